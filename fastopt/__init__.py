@@ -1,0 +1,22 @@
+"""fastopt: fused Numba optimizer kernels over flat parameter buffers.
+
+>>> import numpy as np
+>>> import fastopt
+>>> params = fastopt.FlatParams({"weight": (4, 3), "bias": 3})
+>>> opt = fastopt.AdamW(params, lr=1e-3, groups=[fastopt.ParamGroup(["bias"], weight_decay=0.0)])
+>>> params.grad[:] = 0.5          # your backward pass writes here (or into params.grad_of(name))
+>>> opt.step()                    # one kernel call updates every parameter
+"""
+
+from ._adam import Adam, AdamConfig, AdamW
+from ._optimizer import Optimizer, ParamGroup
+from ._params import FlatParams
+from ._rmsprop import RMSProp, RMSPropConfig
+from ._sgd import SGD, SGDConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "Adam", "AdamConfig", "AdamW", "FlatParams", "Optimizer", "ParamGroup", "RMSProp",
+    "RMSPropConfig", "SGDConfig", "__version__",
+]

@@ -1,0 +1,134 @@
+"""Adam and AdamW, with AMSGrad."""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from . import _checks
+from ._optimizer import Optimizer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdamConfig:
+    """Adam/AdamW hyperparameters, PyTorch's names; defaults are Adam's."""
+
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+    maximize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _checks.nonnegative("lr", self.lr))
+        if isinstance(self.betas, str) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got betas={self.betas!r}")
+        beta1 = _checks.in_range("beta1", self.betas[0], 0.0, 1.0, high_inclusive=False)
+        beta2 = _checks.in_range("beta2", self.betas[1], 0.0, 1.0, high_inclusive=False)
+        object.__setattr__(self, "betas", (beta1, beta2))
+        object.__setattr__(self, "eps", _checks.positive("eps", self.eps))
+        object.__setattr__(self, "weight_decay", _checks.nonnegative("weight_decay", self.weight_decay))
+        _checks.boolean("amsgrad", self.amsgrad)
+        _checks.boolean("maximize", self.maximize)
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2015), optionally AMSGrad, as ``torch.optim.Adam``.
+
+    .. math::
+
+        g_t &= \pm\nabla_\theta f(\theta_{t-1}) + \lambda\theta_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        \hat v_t &= \max(\hat v_{t-1}, v_t) \ \text{(AMSGrad, else } \hat v_t = v_t\text{)} \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    ``weight_decay`` (:math:`\lambda`) is the coupled L2 term added to the gradient; for
+    decoupled decay use :class:`AdamW`.
+
+    .. warning:: As in PyTorch, :math:`\epsilon` is added after dividing :math:`\sqrt{v}` by
+       the bias correction (the paper adds it to :math:`\hat v` before the square root
+       differently); results match PyTorch, not optax's ``scale_by_adam`` with ``eps_root``.
+       ``eps`` must be > 0 here (PyTorch allows 0).
+
+    Parameters
+    ----------
+    params : FlatParams
+    lr : float
+    betas : (float, float), each in [0, 1)
+    eps : float > 0
+    weight_decay : float >= 0
+    amsgrad, maximize : bool, keyword-only
+    groups : sequence of ParamGroup, keyword-only
+
+    Examples
+    --------
+    >>> from fastopt import FlatParams, Adam
+    >>> params = FlatParams({"w": 2})
+    >>> opt = Adam(params, lr=0.1)
+    >>> params.grad[:] = [1.0, -2.0]
+    >>> opt.step()
+    >>> params["w"]
+    array([-0.1,  0.1], dtype=float32)
+    """
+
+    config_type = AdamConfig
+    _kernel_names = ("adam_step", "adam_amsgrad_step")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 amsgrad=False, maximize=False, groups=()):
+        config = AdamConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                            amsgrad=amsgrad, maximize=maximize)
+        super().__init__(params, config, groups)
+
+    def _select(self, config):
+        from .kernels import adam as kernels
+
+        plain, amsgrad = (getattr(kernels, name) for name in self._kernel_names)
+        if config.amsgrad:
+            return amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return plain, ("exp_avg", "exp_avg_sq")
+
+    def _refresh(self):
+        t = self._dtype
+        beta1, beta2 = self._config.betas
+        self._lr_per_group = self._group_lr()
+        self._group_decay[:] = self._decay_per_group()
+        self._constant_scalars = (self._grad_sign(), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
+                                  t(self._config.eps))
+
+    def _decay_per_group(self):
+        return self._group_weight_decay()
+
+    def _prepare(self, step):
+        beta1, beta2 = self._config.betas
+        np.divide(self._lr_per_group, 1.0 - beta1**step, out=self._group_scale, casting="same_kind")
+        return (*self._constant_scalars, self._dtype(math.sqrt(1.0 - beta2**step)))
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``.
+
+    Before the Adam update each parameter is multiplied by :math:`1 - \gamma\lambda` (with the
+    group's learning rate :math:`\gamma`); the gradient gets no L2 term. The default
+    ``weight_decay`` is PyTorch's 1e-2.
+
+    Examples
+    --------
+    >>> from fastopt import FlatParams, AdamW, ParamGroup
+    >>> params = FlatParams({"w": 2, "b": 1})
+    >>> opt = AdamW(params, lr=1e-3, groups=[ParamGroup(["b"], weight_decay=0.0)])
+    >>> opt.step()
+    """
+
+    _kernel_names = ("adamw_step", "adamw_amsgrad_step")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
+                 amsgrad=False, maximize=False, groups=()):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, groups=groups)
+
+    def _decay_per_group(self):
+        return 1.0 - self._group_lr() * self._group_weight_decay()

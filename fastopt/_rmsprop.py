@@ -1,0 +1,86 @@
+"""RMSProp, plain, centered and with momentum."""
+
+import dataclasses
+
+from . import _checks
+from ._optimizer import Optimizer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RMSPropConfig:
+    """RMSProp hyperparameters, PyTorch's names and defaults."""
+
+    lr: float = 1e-2
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+    maximize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _checks.nonnegative("lr", self.lr))
+        object.__setattr__(self, "alpha", _checks.in_range("alpha", self.alpha, 0.0, 1.0, high_inclusive=True))
+        object.__setattr__(self, "eps", _checks.positive("eps", self.eps))
+        object.__setattr__(self, "weight_decay", _checks.nonnegative("weight_decay", self.weight_decay))
+        object.__setattr__(self, "momentum", _checks.nonnegative("momentum", self.momentum))
+        _checks.boolean("centered", self.centered)
+        _checks.boolean("maximize", self.maximize)
+
+
+class RMSProp(Optimizer):
+    r"""RMSProp (Hinton, 2012), optionally centered and with momentum, as ``torch.optim.RMSprop``.
+
+    .. math::
+
+        g_t &= \pm\nabla_\theta f(\theta_{t-1}) + \lambda\theta_{t-1} \\
+        v_t &= \alpha v_{t-1} + (1-\alpha) g_t^2 \\
+        \bar g_t &= \alpha \bar g_{t-1} + (1-\alpha) g_t, \quad
+            \tilde v_t = v_t - \bar g_t^2 \ \text{(centered, else } \tilde v_t = v_t\text{)} \\
+        b_t &= \mu b_{t-1} + g_t / (\sqrt{\tilde v_t} + \epsilon), \quad
+            \theta_t = \theta_{t-1} - \gamma b_t
+            \ \text{(momentum, else } \theta_t = \theta_{t-1} - \gamma g_t/(\sqrt{\tilde v_t}+\epsilon)\text{)}
+
+    .. warning:: :math:`\epsilon` is added outside the square root, as in PyTorch; Keras and
+       TensorFlow put it inside. ``eps`` must be > 0 here (PyTorch allows 0).
+
+    Examples
+    --------
+    >>> from fastopt import FlatParams, RMSProp
+    >>> params = FlatParams({"w": 1})
+    >>> opt = RMSProp(params, lr=0.01, centered=True, momentum=0.9)
+    >>> params.grad[:] = 1.0
+    >>> opt.step()
+    """
+
+    config_type = RMSPropConfig
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, *,
+                 centered=False, maximize=False, groups=()):
+        config = RMSPropConfig(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                               momentum=momentum, centered=centered, maximize=maximize)
+        super().__init__(params, config, groups)
+
+    def _select(self, config):
+        from .kernels import rmsprop as kernels
+
+        if config.momentum > 0 and config.centered:
+            return kernels.rmsprop_centered_momentum_step, ("square_avg", "grad_avg", "momentum_buffer")
+        if config.momentum > 0:
+            return kernels.rmsprop_momentum_step, ("square_avg", "momentum_buffer")
+        if config.centered:
+            return kernels.rmsprop_centered_step, ("square_avg", "grad_avg")
+        return kernels.rmsprop_step, ("square_avg",)
+
+    def _refresh(self):
+        t = self._dtype
+        config = self._config
+        self._group_scale[:] = self._group_lr()
+        self._group_decay[:] = self._group_weight_decay()
+        scalars = (self._grad_sign(), t(config.alpha), t(1.0 - config.alpha), t(config.eps))
+        if config.momentum > 0:
+            scalars += (t(config.momentum),)
+        self._scalars = scalars
+
+    def _prepare(self, step):
+        return self._scalars

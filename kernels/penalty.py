@@ -1,0 +1,39 @@
+r"""The L2 penalty :math:`\sum_k \tfrac{\lambda_k}{2}\lVert\theta_k\rVert^2` over parameter groups.
+
+The penalty whose gradient the update kernels fuse in as :math:`g + \lambda\theta`, returned as
+a Python float for a batch cost. Each chunk's sum of squares is accumulated in float64 (a
+float32 accumulator loses digits over millions of terms) and the chunk sums are added in chunk
+order, so the value does not depend on the number of threads. Within a chunk the sum is
+vectorised (``reassoc``), so its last bits depend on the SIMD width of the machine it runs on.
+
+Argument order: ``param, chunk_bounds, chunk_group, group_weight_decay``.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._config import reduction_kernel
+from ._groups import expand
+
+
+@reduction_kernel
+def _chunk_penalties(param, chunk_bounds, chunk_group, group_weight_decay, out):
+    for c in prange(chunk_group.size):
+        total = 0.0
+        for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
+            x = np.float64(param[i])
+            total += x * x
+        out[c] = 0.5 * np.float64(group_weight_decay[chunk_group[c]]) * total
+
+
+def l2_penalty(param, chunk_bounds, chunk_group, group_weight_decay):
+    """Return the L2 penalty of ``param`` as a float (float64 accumulation)."""
+    out = np.empty(chunk_group.size, dtype=np.float64)
+    _chunk_penalties(param, chunk_bounds, chunk_group, group_weight_decay, out)
+    return float(out.sum())
+
+
+def l2_penalty_reference(param, chunk_bounds, chunk_group, group_weight_decay):
+    """float64 reference of :func:`l2_penalty`."""
+    p = np.asarray(param, dtype=np.float64)
+    return float(0.5 * np.sum(expand(group_weight_decay, chunk_bounds, chunk_group) * p * p))

@@ -1,0 +1,181 @@
+"""Every CPU kernel against its float64 reference, on awkward sizes and random options."""
+
+import re
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastopt.kernels import penalty
+from fastopt.kernels.chunks import chunk_table
+from fastopt.kernels.chunks import CHUNK_SIZE
+
+from kernel_cases import DTYPES, GRADIENT_UNITS, KERNELS, SIZES, buffer_names, make_case
+
+#: Allowed error in units of the dtype's epsilon, on top of the data's own conditioning.
+ULPS = 8
+#: Allowed multiple of the data's conditioning. Larger for float64, where the float64
+#: reference rounds as coarsely as the kernel, so the comparison sees both errors.
+SENSITIVITY_FACTOR = {np.float32: 16, np.float64: 256}
+
+
+def run_both(name, size, dtype, rng, n_groups):
+    kernel, reference, mutated, args = make_case(name, size, dtype, rng, n_groups)
+    before = [b.copy() for b in mutated]
+    expected = [b.copy() for b in mutated]
+    kernel(*mutated, *args)
+    reference(*expected, *args)
+    sensitivity = conditioning(reference, buffer_names(name), before, args, expected, dtype)
+    assert_close(mutated, expected, before, sensitivity, dtype)
+
+
+def conditioning(reference, names, before, args, expected, dtype):
+    """How far the float64 result moves under perturbations the size of one rounding.
+
+    Each input in turn moves by one ulp of the sum of magnitudes of all inputs of its units at that
+    element: that is the size of the rounding error of any intermediate such as ``g - m``,
+    however much it then cancels (``m + (1 - b1)(g - m)`` near zero). A kernel that rounds
+    each operation once stays within a small multiple of this; a wrong formula does not.
+    """
+    eps = np.finfo(dtype).eps
+    # A float64 reference cannot resolve a one-ulp nudge of float64 data: nudge 2**20 times
+    # harder and scale the effect back down (the effects are linear at that size).
+    magnify = 2.0**20 if dtype == np.float64 else 1.0
+    inputs = dict(zip(names, (b.astype(np.float64) for b in before)))
+    inputs["grad"] = args[0].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = {
+            units: sum(np.abs(v) for k, v in inputs.items() if (k in GRADIENT_UNITS) == units)
+            for units in (True, False)
+        }
+    total = [np.zeros(b.size) for b in before]
+    for moved_name in inputs:  # one input at a time: the first-order bound sums |effects|
+        moved = dict(inputs)
+        moved[moved_name] = inputs[moved_name] + magnify * eps * scale[moved_name in GRADIENT_UNITS]
+        state = [moved[k].copy() for k in names]
+        reference(*state, moved["grad"], *args[1:])
+        for t, s, e in zip(total, state, expected):
+            with np.errstate(invalid="ignore"):
+                t += np.nan_to_num(np.abs(s - e)) / magnify
+    return total
+
+
+def assert_close(actual, expected, before, sensitivity, dtype):
+    """Each element within ``ULPS`` roundings of the float64 reference, plus a multiple of the
+    reference's own movement under one-ulp input perturbations."""
+    tol = ULPS * np.finfo(dtype).eps
+    for a, e, b, s in zip(actual, expected, before, sensitivity):
+        assert a.dtype == e.dtype == dtype
+        e64 = e.astype(np.float64)
+        bound = tol * (np.abs(b) + np.abs(e64)) + SENSITIVITY_FACTOR[dtype] * s + np.finfo(dtype).tiny
+        bad = ~(np.abs(a - e64) <= bound) & ~(np.isnan(a) & np.isnan(e))
+        assert not bad.any(), (
+            f"{bad.sum()} of {a.size} elements differ, first at {np.flatnonzero(bad)[:3]}: "
+            f"{a[bad][:3]} vs {e[bad][:3]} (before {b[bad][:3]})"
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_matches_reference(name, size, dtype, rng):
+    run_both(name, size, dtype, rng, n_groups=3 if size > 1 else 1)
+
+
+@given(name=st.sampled_from(sorted(KERNELS)), size=st.integers(0, 3 * CHUNK_SIZE + 5),
+       n_groups=st.integers(1, 5), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_kernel_matches_reference_over_options(name, size, n_groups, dtype, seed):
+    run_both(name, size, dtype, np.random.default_rng(seed), n_groups)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_result_does_not_depend_on_thread_count(name, rng):
+    kernel, _, mutated, args = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
+    one_thread = [b.copy() for b in mutated]
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        kernel(*one_thread, *args)
+    finally:
+        numba.set_num_threads(threads)
+    kernel(*mutated, *args)
+    for a, b in zip(mutated, one_thread):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_nan_and_inf_in_the_gradient_reach_the_parameters(name, rng):
+    kernel, _, mutated, args = make_case(name, 64, np.float32, rng)
+    args[0][3] = np.nan
+    args[0][5] = np.inf
+    kernel(*mutated, *args)
+    param = mutated[0]
+    assert np.isnan(param[3])
+    assert not np.isfinite(param[5])
+    assert np.isfinite(np.delete(param, [3, 5])).all()
+
+
+def float32_assembly(name, rng):
+    """The kernel's x86 assembly for float32 buffers, compiled afresh (a kernel loaded from
+    the on-disk cache cannot be inspected)."""
+    kernel, _, mutated, args = make_case(name, 16, np.float32, rng)
+    options = {**kernel.targetoptions, "cache": False}
+    options.pop("nopython", None)
+    fresh = numba.njit(**options)(kernel.py_func)
+    fresh(*mutated, *args)
+    return fresh.inspect_asm(tuple(numba.typeof(a) for a in (*mutated, *args)))
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_float32_kernels_do_no_float64_arithmetic(name, rng):
+    asm = float32_assembly(name, rng)
+    double_ops = re.findall(r"\bv?(?:add|sub|mul|div|sqrt|fmadd\w*|cvtss2)(?:sd|pd)\b", asm)
+    assert double_ops == []
+    assert re.search(r"\bvfmadd\w*ps\b|\bvfmadd\w*ss\b", asm), "expected single-precision FMAs"
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_inner_loop_is_vectorised(name, rng):
+    asm = float32_assembly(name, rng)
+    assert re.search(r"\bvfmadd\w*ps\s.*%[yz]mm", asm), "no packed FMA: the loop did not vectorise"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+def test_l2_penalty_matches_reference(size, dtype, rng):
+    param = (rng.standard_normal(size) * 3).astype(dtype)
+    edges = sorted(rng.integers(0, size + 1, 2).tolist())
+    bounds, groups = chunk_table([(0, edges[0], 0), (edges[0], edges[1], 1), (edges[1], size, 2)])
+    decay = np.array([0.0, 0.1, 2.5], dtype)
+    expected = penalty.l2_penalty_reference(param, bounds, groups, decay)
+    assert penalty.l2_penalty(param, bounds, groups, decay) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_l2_penalty_propagates_nan():
+    param = np.ones(100, np.float32)
+    param[50] = np.nan
+    bounds, groups = chunk_table([(0, 100, 0)])
+    assert np.isnan(penalty.l2_penalty(param, bounds, groups, np.ones(1, np.float32)))
+
+
+class TestChunkTable:
+    def test_merges_neighbours_and_splits_long_runs(self):
+        bounds, groups = chunk_table([(0, 3, 0), (3, 10, 0), (10, 30, 1), (30, 30, 2)], chunk_size=8)
+        assert bounds.tolist() == [0, 8, 10, 18, 26, 30]
+        assert groups.tolist() == [0, 0, 1, 1, 1]
+        assert bounds.dtype == np.uint64 and groups.dtype == np.int64
+
+    def test_empty_buffer_has_no_chunks(self):
+        bounds, groups = chunk_table([(0, 0, 0)])
+        assert bounds.tolist() == [0] and groups.size == 0
+
+    @pytest.mark.parametrize("segments", [[(1, 3, 0)], [(0, 3, 0), (4, 5, 1)], [(0, 3, 0), (3, 2, 1)]])
+    def test_refuses_gaps_and_reversed_ranges(self, segments):
+        with pytest.raises(ValueError, match="consecutive"):
+            chunk_table(segments)
+
+    def test_refuses_a_chunk_size_below_one(self):
+        with pytest.raises(ValueError, match="chunk_size"):
+            chunk_table([(0, 3, 0)], chunk_size=0)
