@@ -212,9 +212,8 @@ class Optimizer:
         """
         from .kernels import penalty
 
-        weight_decay = self._group_weight_decay().astype(self._params.dtype)
         return penalty.l2_penalty(self._params.data, self._chunk_bounds, self._chunk_group,
-                                  weight_decay)
+                                  self._group_weight_decay())
 
     # -- state dicts ---------------------------------------------------------------------------
 
@@ -235,7 +234,12 @@ class Optimizer:
         }
 
     def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict` output. Everything is checked before anything changes."""
+        """Restore :meth:`state_dict` output: config, groups, step count and state.
+
+        The state dict must come from the same optimizer class, parameter layout and dtype;
+        its config replaces this optimizer's, as in PyTorch. Everything is checked before
+        anything changes.
+        """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         missing = {"format", "optimizer", "config", "groups", "step", "layout", "dtype", "state"} - set(state_dict)
@@ -255,8 +259,6 @@ class Optimizer:
             raise ValueError(f"state_dict is for dtype {state_dict['dtype']}, these params are {self._params.dtype}")
         config = config_from_dict(self.config_type, state_dict["config"])
         kernel, state_names = self._select(config)
-        if kernel is not self._kernel:
-            raise ValueError(f"state_dict config {config} needs other state than this optimizer's")
         groups = self._check_groups([ParamGroup(**group) for group in state_dict["groups"]])
         step = state_dict["step"]
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
@@ -273,8 +275,13 @@ class Optimizer:
                     f"({self._params.size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
                     f"{getattr(buffer, 'shape', '')}"
                 )
+        # Like PyTorch, the saved config wins, even where it needs other state buffers (a
+        # momentum buffer, AMSGrad's maximum) than this optimizer was built with.
+        self._state = {name: self._state.get(name, np.empty_like(self._params.data))
+                       for name in state_names}
         for name in state_names:
             np.copyto(self._state[name], buffers[name])
+        self._kernel = kernel
         self._config = config
         self._step_count = int(step)
         self._set_groups(groups)

@@ -6,7 +6,8 @@ float32 accumulator loses digits over millions of terms) and the chunk sums are 
 order, so the value does not depend on the number of threads. Within a chunk the sum is
 vectorised (``reassoc``), so its last bits depend on the SIMD width of the machine it runs on.
 
-Argument order: ``param, chunk_bounds, chunk_group, group_weight_decay``.
+Argument order: ``param, chunk_bounds, chunk_group, group_weight_decay``. The weight decays
+may be float64 whatever the buffer's dtype (the façade passes them so: 0.1 is not a float32).
 """
 
 import numpy as np

@@ -1,0 +1,300 @@
+"""The optimizers as a user drives them: trajectories, groups, state dicts, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
+
+from textbook import RULES
+
+SHAPES = {"layer1.weight": (37, 11), "layer1.bias": (11,), "layer2.weight": (11, 5), "layer2.bias": (5,)}
+GROUPS = [ParamGroup(["layer1.bias", "layer2.bias"], weight_decay=0.0),
+          ParamGroup(["layer2.weight"], lr_factor=0.5)]
+
+OPTIONS = [
+    (SGD, dict(lr=0.05)),
+    (SGD, dict(lr=0.05, weight_decay=0.01, maximize=True)),
+    (SGD, dict(lr=0.02, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    (SGD, dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.001)),
+    (Adam, dict(lr=1e-2)),
+    (Adam, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01, amsgrad=True)),
+    (Adam, dict(lr=1e-2, maximize=True, weight_decay=0.1)),
+    (AdamW, dict(lr=1e-2)),
+    (AdamW, dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True)),
+    (RMSProp, dict(lr=1e-3)),
+    (RMSProp, dict(lr=1e-3, centered=True, weight_decay=0.01)),
+    (RMSProp, dict(lr=1e-3, momentum=0.9, maximize=True)),
+    (RMSProp, dict(lr=1e-3, alpha=0.9, centered=True, momentum=0.5, eps=1e-6)),
+]
+OPTION_IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for cls, kw in OPTIONS]
+
+
+def make_params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return FlatParams.from_arrays({n: rng.standard_normal(s) for n, s in SHAPES.items()}, dtype=dtype)
+
+
+class Quadratic:
+    """Gradients of ``sum(a * (p - target)**2 / 2)`` plus fixed noise per step, negated when
+    maximising so that every run converges."""
+
+    def __init__(self, size, steps, maximize, seed=1):
+        rng = np.random.default_rng(seed)
+        self.a = rng.uniform(0.5, 2.0, size)
+        self.target = rng.standard_normal(size)
+        self.noise = rng.standard_normal((steps, size)) * 0.1
+        self.sign = -1.0 if maximize else 1.0
+
+    def grad(self, p, t):
+        return self.sign * (self.a * (p - self.target) + self.noise[t])
+
+
+def per_element(params, groups, config, name):
+    """A group's lr or weight decay at every element (group 0 = everything not named)."""
+    values = np.full(params.size, getattr(config, name) if name != "lr_factor" else 1.0)
+    for group in groups:
+        for pname in group.params:
+            start, stop = params.segment(pname)
+            value = getattr(group, name)
+            values[start:stop] = getattr(config, name) if value is None else value
+    return values
+
+
+def run_textbook(cls, config, params, groups, problem, steps):
+    p = params.data.astype(np.float64)
+    lr = config.lr * per_element(params, groups, config, "lr_factor")
+    wd = per_element(params, groups, config, "weight_decay")
+    state = {}
+    for t in range(steps):
+        p = RULES[cls.__name__](config, p, problem.grad(p, t), state, t + 1, lr, wd)
+    return p
+
+
+@pytest.mark.parametrize("cls, options", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_thousand_step_trajectory_follows_the_textbook_rule(cls, options, dtype, tolerance):
+    steps = 1000
+    params = make_params(dtype)
+    opt = cls(params, **options, groups=GROUPS)
+    problem = Quadratic(params.size, steps, opt.config.maximize)
+    expected = run_textbook(cls, opt.config, params, GROUPS, problem, steps)
+    for t in range(steps):
+        params.grad[:] = problem.grad(params.data.astype(np.float64), t)
+        opt.step()
+    error = np.max(np.abs(params.data - expected)) / np.max(np.abs(expected))
+    assert error <= tolerance
+    assert opt.step_count == steps
+
+
+@pytest.mark.parametrize("cls, options", OPTIONS, ids=OPTION_IDS)
+def test_state_dict_round_trip_continues_bit_for_bit(cls, options):
+    params = make_params(np.float32)
+    opt = cls(params, **options, groups=GROUPS)
+    problem = Quadratic(params.size, 20, opt.config.maximize)
+
+    def run(optimizer, flat, steps):
+        for t in steps:
+            flat.grad[:] = problem.grad(flat.data, t)
+            optimizer.step()
+
+    run(opt, params, range(7))
+    saved = opt.state_dict()
+    saved_data = params.data.copy()
+    json.dumps({k: v for k, v in saved.items() if k != "state"})  # plain data but the arrays
+    run(opt, params, range(7, 12))
+
+    restored_params = FlatParams.wrap(saved_data, np.zeros_like(saved_data), dict(params.layout))
+    restored = cls(restored_params, lr=123.0)  # config, groups and state kind come from the dict
+    restored.load_state_dict(saved)
+    assert restored.config == opt.config and restored.groups == opt.groups
+    run(restored, restored_params, range(7, 12))
+    assert np.array_equal(restored_params.data, params.data)
+    for name, buffer in opt.state.items():
+        assert np.array_equal(restored.state[name], buffer)
+
+
+def test_groups_get_their_own_learning_rate_and_weight_decay():
+    params = FlatParams({"w": 3, "b": 2})
+    params.data[:] = 1.0
+    opt = SGD(params, lr=0.1, weight_decay=0.5,
+              groups=[ParamGroup(["b"], lr_factor=2.0, weight_decay=0.0)])
+    opt.step()  # zero gradient: only the decay moves w; b has none
+    np.testing.assert_allclose(params["w"], 1 - 0.1 * 0.5)
+    np.testing.assert_array_equal(params["b"], 1.0)
+    params.grad[:] = 1.0
+    opt.lr = 0.01
+    before = params.data.copy()
+    opt.step()
+    np.testing.assert_allclose(params["b"], before[3:] - 0.02 * 1.0, rtol=1e-6)
+
+
+def test_l2_penalty_sums_each_groups_decay():
+    params = FlatParams.from_arrays({"w": [1.0, 2.0], "b": [3.0]})
+    opt = Adam(params, weight_decay=0.1, groups=[ParamGroup(["b"], weight_decay=1.0)])
+    assert opt.l2_penalty() == pytest.approx(0.5 * 0.1 * 5.0 + 0.5 * 1.0 * 9.0, rel=1e-12)
+
+
+def test_nan_gradient_reaches_the_parameter():
+    params = FlatParams({"w": 4})
+    opt = Adam(params)
+    params.grad[:] = [0.1, np.nan, np.inf, -0.1]
+    opt.step()
+    assert np.isnan(params.data[1]) and np.isnan(params.data[2])
+    assert np.isfinite(params.data[[0, 3]]).all()
+
+
+def test_hyperparameters_change_between_steps():
+    params = FlatParams({"w": 4})
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    opt.set_hyperparameters(momentum=0.8, lr=0.2)
+    assert opt.config.momentum == 0.8 and opt.lr == 0.2
+    with pytest.raises(ValueError, match="different state"):
+        opt.set_hyperparameters(momentum=0.0)
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = float("nan")
+    assert opt.lr == 0.2
+
+
+def test_zero_grad_clears_the_gradient():
+    params = FlatParams({"w": 4})
+    params.grad[:] = 3.0
+    SGD(params).zero_grad()
+    assert not params.grad.any()
+
+
+class TestFlatParams:
+    def test_views_share_the_flat_buffer(self):
+        params = FlatParams({"w": (2, 3), "b": 3}, dtype=np.float64)
+        params["w"][1, 2] = 5.0
+        params.grad_of("b")[0] = 7.0
+        assert params.data[5] == 5.0 and params.grad[6] == 7.0
+        assert params.segment("b") == (6, 9) and params.layout == (("w", (2, 3)), ("b", (3,)))
+        assert params.views()["w"].base is not None and len(params) == 2 and "b" in params
+
+    def test_from_arrays_copies_values_in(self):
+        original = np.arange(6.0).reshape(2, 3)
+        params = FlatParams.from_arrays({"w": original, "s": 2.5})
+        original[0, 0] = 99.0
+        np.testing.assert_array_equal(params["w"], np.arange(6.0).reshape(2, 3))
+        assert params["s"].shape == () and params["s"] == 2.5 and params.dtype == np.float32
+
+    def test_wrap_adopts_buffers_without_copying(self):
+        data, grad = np.zeros(5), np.zeros(5)
+        params = FlatParams.wrap(data, grad, {"a": 2, "b": 3})
+        params["b"][:] = 1.0
+        assert data[2:].sum() == 3.0 and params.grad is grad
+
+    def test_empty_and_zero_sized_parameters(self):
+        params = FlatParams({"w": (0, 3), "b": 1})
+        opt = Adam(params)
+        params.grad[:] = 1.0
+        opt.step()
+        assert params.size == 1 and params["w"].shape == (0, 3)
+
+
+def _read_only():
+    data = np.zeros(3, np.float32)
+    data.flags.writeable = False
+    return data
+
+
+BAD_INPUTS = [
+    (lambda: FlatParams({"w": (2, -1)}), ValueError, "shape of 'w'"),
+    (lambda: FlatParams({"w": 2.5}), TypeError, "shape of 'w'"),
+    (lambda: FlatParams({"w": 2}, dtype=np.int32), TypeError, "dtype"),
+    (lambda: FlatParams({"w": 2}, dtype=np.float16), TypeError, "dtype"),
+    (lambda: FlatParams([("w", 2)]), TypeError, "mapping"),
+    (lambda: FlatParams.from_arrays({"w": ["a", "b"]}), TypeError, "'w'"),
+    (lambda: FlatParams.wrap(np.zeros(6, np.float32)[::2], np.zeros(3, np.float32), {"w": 3}), ValueError, "C-contiguous"),
+    (lambda: FlatParams.wrap(_read_only(), np.zeros(3, np.float32), {"w": 3}), ValueError, "writeable"),
+    (lambda: FlatParams.wrap(np.zeros(3, np.float32), np.zeros(3), {"w": 3}), TypeError, "dtype"),
+    (lambda: FlatParams.wrap(np.zeros(3, np.float32), np.zeros(4, np.float32), {"w": 3}), ValueError, "grad must hold 3"),
+    (lambda: FlatParams.wrap(np.zeros((3, 1), np.float32), np.zeros(3, np.float32), {"w": 3}), ValueError, "1-D"),
+    (lambda: FlatParams.wrap(np.zeros(3, np.int64), np.zeros(3, np.int64), {"w": 3}), TypeError, "data.dtype"),
+    (lambda: Adam(np.zeros(3)), TypeError, "FlatParams"),
+    (lambda: SGD(FlatParams({"w": 2}), lr=-0.1), ValueError, r"lr=-0\.1"),
+    (lambda: SGD(FlatParams({"w": 2}), lr=float("nan")), ValueError, "lr=nan"),
+    (lambda: SGD(FlatParams({"w": 2}), lr=float("inf")), ValueError, "lr=inf"),
+    (lambda: SGD(FlatParams({"w": 2}), lr="0.1"), TypeError, "lr='0.1'"),
+    (lambda: SGD(FlatParams({"w": 2}), lr=True), TypeError, "lr=True"),
+    (lambda: SGD(FlatParams({"w": 2}), momentum=-0.5), ValueError, "momentum=-0.5"),
+    (lambda: SGD(FlatParams({"w": 2}), dampening=1.5), ValueError, "dampening=1.5"),
+    (lambda: SGD(FlatParams({"w": 2}), nesterov=True), ValueError, "nesterov"),
+    (lambda: SGD(FlatParams({"w": 2}), momentum=0.9, dampening=0.1, nesterov=True), ValueError, "dampening=0.1"),
+    (lambda: SGD(FlatParams({"w": 2}), maximize="no"), TypeError, "maximize"),
+    (lambda: Adam(FlatParams({"w": 2}), betas=(1.0, 0.999)), ValueError, "beta1=1.0"),
+    (lambda: Adam(FlatParams({"w": 2}), betas=(0.9, -0.1)), ValueError, r"beta2=-0\.1"),
+    (lambda: Adam(FlatParams({"w": 2}), betas=(0.9, float("nan"))), ValueError, "beta2=nan"),
+    (lambda: Adam(FlatParams({"w": 2}), betas=(0.9,)), ValueError, "betas"),
+    (lambda: Adam(FlatParams({"w": 2}), eps=0.0), ValueError, "eps=0.0"),
+    (lambda: AdamW(FlatParams({"w": 2}), eps=-1e-8), ValueError, "eps=-1e-08"),
+    (lambda: AdamW(FlatParams({"w": 2}), weight_decay=-0.01), ValueError, r"weight_decay=-0\.01"),
+    (lambda: RMSProp(FlatParams({"w": 2}), alpha=1.5), ValueError, r"alpha=1\.5"),
+    (lambda: RMSProp(FlatParams({"w": 2}), momentum=float("nan")), ValueError, "momentum=nan"),
+    (lambda: Adam(FlatParams({"w": 2}), groups=[ParamGroup(["v"])]), ValueError, "'v'"),
+    (lambda: Adam(FlatParams({"w": 2}), groups=[ParamGroup(["w"]), ParamGroup(["w"])]), ValueError, "groups"),
+    (lambda: Adam(FlatParams({"w": 2}), groups=[{"params": ["w"]}]), TypeError, "ParamGroup"),
+    (lambda: ParamGroup("w"), TypeError, "params"),
+    (lambda: ParamGroup(["w"], lr_factor=-1.0), ValueError, "lr_factor=-1.0"),
+    (lambda: ParamGroup(["w"], weight_decay=float("nan")), ValueError, "weight_decay=nan"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", BAD_INPUTS)
+def test_bad_input_is_refused_with_its_name_and_value(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_optimizer_refuses_a_read_only_buffer():
+    params = FlatParams({"w": 3})
+    params.data.flags.writeable = False
+    with pytest.raises(ValueError, match="params.data must be writeable"):
+        Adam(params)
+
+
+def _saved(opt_type=Adam, shapes=None, dtype=np.float32, **options):
+    params = FlatParams(shapes or {"w": 3, "b": 2}, dtype=dtype)
+    opt = opt_type(params, **options)
+    params.grad[:] = 1.0
+    opt.step()
+    return opt.state_dict()
+
+
+BAD_STATE_DICTS = [
+    (lambda: _saved(AdamW), "from a 'AdamW' optimizer"),
+    (lambda: _saved(shapes={"w": 3, "b": 3}), "layout"),
+    (lambda: _saved(shapes={"w": 3, "c": 2}), "layout"),
+    (lambda: _saved(dtype=np.float64), "dtype"),
+    (lambda: {**_saved(amsgrad=True), "state": _saved()["state"]}, "max_exp_avg_sq"),
+    (lambda: {**_saved(), "step": -1}, "step"),
+    (lambda: {**_saved(), "format": 99}, "format"),
+    (lambda: {k: v for k, v in _saved().items() if k != "config"}, "lacks"),
+    (lambda: {**_saved(), "config": {**_saved()["config"], "lr": -1.0}}, r"lr=-1\.0"),
+    (lambda: {**_saved(), "config": {**_saved()["config"], "foo": 1}}, "foo"),
+    (lambda: {**_saved(), "state": {"exp_avg": np.zeros(5, np.float32)}}, "exp_avg_sq"),
+    (lambda: {**_saved(), "state": {"exp_avg": np.zeros(4, np.float32), "exp_avg_sq": np.zeros(5, np.float32)}}, "shape"),
+    (lambda: {**_saved(), "groups": [{"params": ["x"], "lr_factor": 1.0, "weight_decay": None}]}, "'x'"),
+]
+
+
+@pytest.mark.parametrize("make, message", BAD_STATE_DICTS)
+def test_bad_state_dict_is_refused_and_changes_nothing(make, message):
+    params = FlatParams({"w": 3, "b": 2})
+    opt = Adam(params, lr=0.5)
+    params.grad[:] = 2.0
+    opt.step()
+    before = opt.state_dict()
+    with pytest.raises((ValueError, TypeError), match=message):
+        opt.load_state_dict(make())
+    after = opt.state_dict()
+    assert after["config"] == before["config"] and after["step"] == before["step"]
+    for name in before["state"]:
+        assert np.array_equal(after["state"][name], before["state"][name])
+
+
+def test_public_api_is_explicit():
+    assert set(fastopt.__all__) >= {"FlatParams", "SGD", "Adam", "AdamW", "RMSProp", "ParamGroup"}

@@ -1,0 +1,65 @@
+"""PyTorch's documented update rules, transcribed independently of fastopt, in float64.
+
+Each function takes per-element learning rates and weight decays (the groups already
+expanded), the step count ``t`` (from 1) and a dict of state it fills in, and returns the new
+parameters. The text follows the pseudo-code of the ``torch.optim`` documentation.
+"""
+
+import numpy as np
+
+
+def sgd(config, p, g, state, t, lr, wd):
+    if config.maximize:
+        g = -g
+    g = g + wd * p
+    if config.momentum != 0:
+        if t == 1:
+            b = g.copy()
+        else:
+            b = config.momentum * state["b"] + (1 - config.dampening) * g
+        state["b"] = b
+        g = g + config.momentum * b if config.nesterov else b
+    return p - lr * g
+
+
+def adam(config, p, g, state, t, lr, wd, *, decoupled=False):
+    beta1, beta2 = config.betas
+    if config.maximize:
+        g = -g
+    if decoupled:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    m = beta1 * state.get("m", 0.0) + (1 - beta1) * g
+    v = beta2 * state.get("v", 0.0) + (1 - beta2) * g**2
+    state["m"], state["v"] = m, v
+    if config.amsgrad:
+        v = np.maximum(state.get("v_max", 0.0), v)
+        state["v_max"] = v
+    m_hat = m / (1 - beta1**t)
+    return p - lr * m_hat / (np.sqrt(v) / np.sqrt(1 - beta2**t) + config.eps)
+
+
+def adamw(config, p, g, state, t, lr, wd):
+    return adam(config, p, g, state, t, lr, wd, decoupled=True)
+
+
+def rmsprop(config, p, g, state, t, lr, wd):
+    if config.maximize:
+        g = -g
+    g = g + wd * p
+    v = config.alpha * state.get("v", 0.0) + (1 - config.alpha) * g**2
+    state["v"] = v
+    if config.centered:
+        g_avg = config.alpha * state.get("g_avg", 0.0) + (1 - config.alpha) * g
+        state["g_avg"] = g_avg
+        v = v - g_avg**2
+    denominator = np.sqrt(v) + config.eps
+    if config.momentum > 0:
+        b = config.momentum * state.get("b", 0.0) + g / denominator
+        state["b"] = b
+        return p - lr * b
+    return p - lr * g / denominator
+
+
+RULES = {"SGD": sgd, "Adam": adam, "AdamW": adamw, "RMSProp": rmsprop}
