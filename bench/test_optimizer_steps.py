@@ -1,0 +1,67 @@
+"""pytest-benchmark suite: one optimizer step, per rule, size and implementation.
+
+    pytest bench/ --benchmark-only                       # 1e6 and 1e7
+    FASTOPT_BENCH_MAX_SIZE=1e8 pytest bench/ --benchmark-only
+    pytest bench/ --benchmark-only --benchmark-save=baseline
+    pytest bench/ --benchmark-only --benchmark-compare=0001 --benchmark-compare-fail=median:10%
+
+Each result carries ``bytes``, ``gbps`` and ``pct_roofline`` (against ``x *= s`` over the same
+size, measured in the same run) in its extra info. Peers: best-effort numpy (``out=``, one
+scratch buffer) and, when installed, torch.optim (fused where it has it, else foreach).
+"""
+
+import numpy as np
+import pytest
+
+import cases
+from conftest import SIZES, record
+
+IMPLEMENTATIONS = {"fastopt": cases.FastoptStep, "numpy": cases.NumpyStep, "torch": cases.TorchStep}
+
+
+def rounds(n):
+    return 30 if n <= 10**6 else 10 if n <= 10**7 else 5
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+def test_roofline(benchmark, size, roofline_gbps):
+    step = cases.RooflineStep(size)
+    benchmark.pedantic(step.step, rounds=rounds(size) * 3, warmup_rounds=2)
+    record(benchmark, 8 * size, roofline_gbps(size))
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+@pytest.mark.parametrize("rule", list(cases.BYTES_PER_ELEMENT))
+def test_step(benchmark, rule, size, implementation, roofline_gbps):
+    if implementation == "torch":
+        pytest.importorskip("torch")
+    step = IMPLEMENTATIONS[implementation](rule, size)
+    benchmark.group = f"{rule} {size:.0e}"
+    benchmark.pedantic(step.step, rounds=rounds(size), warmup_rounds=2)
+    record(benchmark, cases.BYTES_PER_ELEMENT[rule] * size, roofline_gbps(size))
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "torch"])
+def test_adam_many_tensors(benchmark, implementation, roofline_gbps):
+    """2,000 tensors of 5,000: one flat buffer against torch's fused loop over the tensors."""
+    n = 2000 * 5000
+    if implementation == "torch":
+        pytest.importorskip("torch")
+        step = cases.TorchStep("adam", n, tensors=2000)
+    else:
+        step = cases.FastoptStep("adam", n)
+    benchmark.group = "adam 2000 x 5000"
+    benchmark.pedantic(step.step, rounds=10, warmup_rounds=2)
+    record(benchmark, 28 * n, roofline_gbps(n))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+def test_l2_penalty(benchmark, size, roofline_gbps):
+    import fastopt
+
+    params = fastopt.FlatParams.wrap(cases.random_buffer(size, 0), np.zeros(size, np.float32), {"p": size})
+    optimizer = fastopt.SGD(params, weight_decay=1e-4)
+    benchmark.group = f"l2 penalty {size:.0e}"
+    benchmark.pedantic(optimizer.l2_penalty, rounds=rounds(size), warmup_rounds=2)
+    record(benchmark, 4 * size, roofline_gbps(size))
