@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies
 
 import fastopt
 from fastopt import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
@@ -298,3 +300,48 @@ def test_bad_state_dict_is_refused_and_changes_nothing(make, message):
 
 def test_public_api_is_explicit():
     assert set(fastopt.__all__) >= {"FlatParams", "SGD", "Adam", "AdamW", "RMSProp", "ParamGroup"}
+
+
+def _options(draw, cls):
+    st = strategies
+    maximize = draw(st.booleans())
+    weight_decay = draw(st.sampled_from([0.0, 1e-3, 0.1]))
+    if cls is SGD:
+        momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        nesterov = momentum > 0 and draw(st.booleans())
+        dampening = 0.0 if nesterov else draw(st.sampled_from([0.0, 0.3]))
+        return dict(lr=draw(st.floats(1e-3, 0.05)), momentum=momentum, dampening=dampening,
+                    nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
+    if cls in (Adam, AdamW):
+        return dict(lr=draw(st.floats(1e-4, 0.05)),
+                    betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.5, 0.9999))),
+                    eps=draw(st.sampled_from([1e-8, 1e-6, 1e-3])), weight_decay=weight_decay,
+                    amsgrad=draw(st.booleans()), maximize=maximize)
+    return dict(lr=draw(st.floats(1e-4, 0.01)), alpha=draw(st.floats(0.5, 0.999)),
+                eps=draw(st.sampled_from([1e-8, 1e-6])), weight_decay=weight_decay,
+                momentum=draw(st.sampled_from([0.0, 0.5])), centered=draw(st.booleans()),
+                maximize=maximize)
+
+
+@given(data=strategies.data())
+def test_any_option_combination_follows_the_textbook_rule(data):
+    draw = data.draw
+    cls = draw(strategies.sampled_from([SGD, Adam, AdamW, RMSProp]))
+    options = _options(draw, cls)
+    sizes = draw(strategies.lists(strategies.integers(0, 40), min_size=1, max_size=4))
+    shapes = {f"p{k}": size for k, size in enumerate(sizes)}
+    groups = [ParamGroup([name], lr_factor=draw(strategies.floats(0.0, 2.0)),
+                         weight_decay=draw(strategies.sampled_from([None, 0.0, 0.05])))
+              for name in shapes if draw(strategies.booleans())]
+    dtype = draw(strategies.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(strategies.integers(0, 2**32 - 1)))
+    params = FlatParams.from_arrays({n: rng.standard_normal(s) for n, s in shapes.items()}, dtype=dtype)
+    opt = cls(params, **options, groups=groups)
+    steps = 50
+    problem = Quadratic(params.size, steps, opt.config.maximize, seed=rng.integers(2**32))
+    expected = run_textbook(cls, opt.config, params, groups, problem, steps)
+    for t in range(steps):
+        params.grad[:] = problem.grad(params.data.astype(np.float64), t)
+        opt.step()
+    scale = max(np.max(np.abs(expected), initial=0.0), 1.0)
+    assert np.max(np.abs(params.data - expected), initial=0.0) <= (1e-5 if dtype == np.float32 else 1e-12) * scale
