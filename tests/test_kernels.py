@@ -117,6 +117,21 @@ def test_nan_and_inf_in_the_gradient_reach_the_parameters(name, rng):
     assert np.isfinite(np.delete(param, [3, 5])).all()
 
 
+def _host_has_avx2_fma():
+    import platform
+
+    from llvmlite import binding
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    features = binding.get_host_cpu_features()
+    return bool(features.get("avx2")) and bool(features.get("fma"))
+
+
+needs_avx2_fma = pytest.mark.skipif(not _host_has_avx2_fma(),
+                                    reason="reads x86 AVX2/FMA assembly")
+
+
 def float32_assembly(name, rng):
     """The kernel's x86 assembly for float32 buffers, compiled afresh (a kernel loaded from
     the on-disk cache cannot be inspected)."""
@@ -128,6 +143,7 @@ def float32_assembly(name, rng):
     return fresh.inspect_asm(tuple(numba.typeof(a) for a in (*mutated, *args)))
 
 
+@needs_avx2_fma
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_float32_kernels_do_no_float64_arithmetic(name, rng):
     asm = float32_assembly(name, rng)
@@ -136,6 +152,7 @@ def test_float32_kernels_do_no_float64_arithmetic(name, rng):
     assert re.search(r"\bvfmadd\w*ps\b|\bvfmadd\w*ss\b", asm), "expected single-precision FMAs"
 
 
+@needs_avx2_fma
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_inner_loop_is_vectorised(name, rng):
     asm = float32_assembly(name, rng)
