@@ -277,8 +277,8 @@ class Optimizer:
                 )
         # Like PyTorch, the saved config wins, even where it needs other state buffers (a
         # momentum buffer, AMSGrad's maximum) than this optimizer was built with.
-        self._state = {name: self._state.get(name, np.empty_like(self._params.data))
-                       for name in state_names}
+        self._state = {name: self._state[name] if name in self._state
+                       else np.empty_like(self._params.data) for name in state_names}
         for name in state_names:
             np.copyto(self._state[name], buffers[name])
         self._kernel = kernel

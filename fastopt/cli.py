@@ -16,14 +16,20 @@ import numpy as np
 
 from . import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
 
+#: Per optimizer, the options it takes beyond ``lr``, ``weight_decay`` and ``groups``.
 OPTIMIZERS = {
-    "sgd": lambda p, a: SGD(p, lr=a.lr, momentum=a.momentum, nesterov=a.momentum > 0,
-                            weight_decay=a.l2, groups=[ParamGroup(["bias"], weight_decay=0.0)]),
-    "adam": lambda p, a: Adam(p, lr=a.lr, weight_decay=a.l2, groups=[ParamGroup(["bias"], weight_decay=0.0)]),
-    "adamw": lambda p, a: AdamW(p, lr=a.lr, weight_decay=a.l2, groups=[ParamGroup(["bias"], weight_decay=0.0)]),
-    "rmsprop": lambda p, a: RMSProp(p, lr=a.lr, momentum=a.momentum, weight_decay=a.l2,
-                                    groups=[ParamGroup(["bias"], weight_decay=0.0)]),
+    "sgd": (SGD, lambda a: dict(momentum=a.momentum, nesterov=a.momentum > 0)),
+    "adam": (Adam, lambda a: {}),
+    "adamw": (AdamW, lambda a: {}),
+    "rmsprop": (RMSProp, lambda a: dict(momentum=a.momentum)),
 }
+
+
+def build_optimizer(params, args):
+    """The chosen optimizer, with the bias in a group without weight decay."""
+    cls, extra = OPTIMIZERS[args.optimizer]
+    return cls(params, lr=args.lr, weight_decay=args.l2,
+               groups=[ParamGroup(["bias"], weight_decay=0.0)], **extra(args))
 
 
 def _positive_int(text):
@@ -48,7 +54,7 @@ def demo(args, out=None):
     y = x @ true_weight + np.float32(0.5) + np.float32(0.1) * rng.standard_normal(args.samples, dtype=np.float32)
 
     params = FlatParams({"weight": args.features, "bias": ()})
-    optimizer = OPTIMIZERS[args.optimizer](params, args)
+    optimizer = build_optimizer(params, args)
     weight, bias = params["weight"], params["bias"]
     grad_weight, grad_bias = params.grad_of("weight"), params.grad_of("bias")
     print(f"fastopt demo: {args.optimizer}, lr={args.lr}, l2={args.l2}, {args.samples} samples x "

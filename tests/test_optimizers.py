@@ -303,6 +303,9 @@ def test_public_api_is_explicit():
 
 
 def _options(draw, cls):
+    # Second-moment decay rates stay >= 0.9: below that, near the optimum g / sqrt(v) acts
+    # like sign(g) of a gradient crossing zero, and float32 and float64 runs part by rounding
+    # alone (seen: 1.4e-5 after 50 steps at alpha=0.5), which says nothing about the kernel.
     st = strategies
     maximize = draw(st.booleans())
     weight_decay = draw(st.sampled_from([0.0, 1e-3, 0.1]))
@@ -314,10 +317,10 @@ def _options(draw, cls):
                     nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
     if cls in (Adam, AdamW):
         return dict(lr=draw(st.floats(1e-4, 0.05)),
-                    betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.5, 0.9999))),
+                    betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.9, 0.9999))),
                     eps=draw(st.sampled_from([1e-8, 1e-6, 1e-3])), weight_decay=weight_decay,
                     amsgrad=draw(st.booleans()), maximize=maximize)
-    return dict(lr=draw(st.floats(1e-4, 0.01)), alpha=draw(st.floats(0.5, 0.999)),
+    return dict(lr=draw(st.floats(1e-4, 0.01)), alpha=draw(st.floats(0.9, 0.999)),
                 eps=draw(st.sampled_from([1e-8, 1e-6])), weight_decay=weight_decay,
                 momentum=draw(st.sampled_from([0.0, 0.5])), centered=draw(st.booleans()),
                 maximize=maximize)

@@ -3,6 +3,8 @@
 Skipped when PyTorch is not installed (it is an optional extra).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ TORCH_CLASS = {"SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSProp": "RMSpr
 
 def torch_optimizer(opt, tensors):
     """A torch.optim optimizer with ``opt``'s hyperparameters and parameter groups."""
-    config = {f: getattr(opt.config, f) for f in opt.config.__dataclass_fields__}
+    config = dataclasses.asdict(opt.config)
     grouped = {name for group in opt.groups for name in group.params}
     param_groups = [{"params": [t for n, t in tensors.items() if n not in grouped]}]
     for group in opt.groups:
