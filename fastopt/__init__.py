@@ -11,12 +11,14 @@
 from ._adam import Adam, AdamConfig, AdamW
 from ._optimizer import Optimizer, ParamGroup
 from ._params import FlatParams
+from . import schedules
 from ._rmsprop import RMSProp, RMSPropConfig
+from ._scheduler import ReduceLROnPlateau, Scheduler
 from ._sgd import SGD, SGDConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adam", "AdamConfig", "AdamW", "FlatParams", "Optimizer", "ParamGroup", "RMSProp",
-    "RMSPropConfig", "SGDConfig", "__version__",
+    "RMSPropConfig", "ReduceLROnPlateau", "SGDConfig", "Scheduler", "__version__", "schedules",
 ]

@@ -1,6 +1,11 @@
 """The ``fastopt`` command.
 
     fastopt demo [--optimizer adamw] [--lr 0.01] [--steps 300] [--features 200] ...
+    fastopt schedule NAME --param value ... [--steps N] [--out lr.png]
+
+``schedule`` builds a schedule from :mod:`fastopt.schedules` by name, prints a few of its values
+and, with ``--out``, draws it (matplotlib): ``fastopt schedule cyclic --base_value 0.001
+--max_value 0.006 --step_size_up 500 --mode triangular2 --steps 3000 --out lr.png``.
 
 ``demo`` fits a linear least-squares model on seeded synthetic data with the chosen optimizer:
 the weights and the bias are views into one :class:`~fastopt.FlatParams`, the bias sits in a
@@ -82,6 +87,27 @@ def demo(args, out=None):
     return 0
 
 
+def schedule(args, extra, out=None):
+    from . import schedules
+
+    out = out or sys.stdout
+    if len(extra) % 2 or any(not key.startswith("--") for key in extra[::2]):
+        raise ValueError(f"schedule parameters must come as '--name value' pairs, got {extra}")
+    arguments = {key[2:].replace("-", "_"): schedules.parse_value(value)
+                 for key, value in zip(extra[::2], extra[1::2])}
+    built = schedules.by_name(args.name, **arguments)
+    values = schedules.evaluate(built, args.steps)
+    marks = sorted({0, 1, args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps - 1})
+    print(f"{args.name}: " + ", ".join(f"step {t}: {values[t]:.6g}" for t in marks), file=out)
+    print(f"min {values.min():.6g}, max {values.max():.6g} over {args.steps} steps", file=out)
+    if args.out:
+        from ._plot import plot_schedules
+
+        plot_schedules({args.name: built}, args.steps, args.out, title=f"{args.name} {arguments}")
+        print(f"wrote {args.out}", file=out)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastopt", description="fused Numba optimizer kernels")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,10 +120,22 @@ def main(argv=None):
     run.add_argument("--samples", type=_positive_int, default=2000)
     run.add_argument("--features", type=_positive_int, default=200)
     run.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    from .schedules import NAMES
+
+    draw = commands.add_parser(
+        "schedule", help="print and draw a learning-rate schedule",
+        description="Any other '--name value' pairs are the schedule's arguments.")
+    draw.add_argument("name", choices=NAMES)
+    draw.add_argument("--steps", type=_positive_int, default=100)
+    draw.add_argument("--out", help="image file to draw into (needs matplotlib)")
+    args, extra = parser.parse_known_args(argv)
     try:
+        if args.command == "schedule":
+            return schedule(args, extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return demo(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, ImportError) as error:
         parser.error(str(error))
 
 
