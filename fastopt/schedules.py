@@ -359,7 +359,6 @@ class Cyclic(Schedule):
 
 def cyclic_momentum(learning_rate, base_momentum=0.8, max_momentum=0.9):
     """The momentum (or Adam ``beta1``) schedule cycled against a :class:`Cyclic` one."""
-    _schedule("learning_rate", learning_rate)
     if not isinstance(learning_rate, Cyclic):
         raise TypeError(f"learning_rate must be a cyclic schedule, got {learning_rate!r}")
     return dataclasses.replace(learning_rate, base_value=base_momentum, max_value=max_momentum,
@@ -412,6 +411,12 @@ class OneCycle(Schedule):
             _set(self, base_value=base)
         elif self.base_value is not None:
             raise ValueError("base_value is for the momentum schedule (inverse=True) only")
+        ends = [0.0] + [end for end, _, _ in self._phases()]
+        if any(b <= a for a, b in zip(ends, ends[1:])):
+            raise ValueError(
+                f"pct_start={pct} leaves a phase of no steps in total_steps={total} "
+                f"(phase ends {ends[1:]}); each phase needs at least one step"
+            )
 
     def _phases(self):
         end_up = self.pct_start * self.total_steps - 1

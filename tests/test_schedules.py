@@ -333,3 +333,10 @@ def test_bad_scheduler_state_changes_nothing():
     with pytest.raises(ValueError, match="step_size=0"):
         scheduler.load_state_dict(bad)
     assert scheduler.step_count == 1 and scheduler.state_dict()["lr"]["step_size"] == 2
+
+
+@pytest.mark.parametrize("options", [dict(total_steps=10, pct_start=0.1), dict(total_steps=10, pct_start=1.0),
+                                     dict(total_steps=10, pct_start=0.6, three_phase=True)])
+def test_one_cycle_refuses_an_empty_phase(options):
+    with pytest.raises(ValueError, match="pct_start"):
+        S.one_cycle(0.1, **options)
