@@ -177,3 +177,40 @@ def median_seconds(step, repeats, warmup=3):
         step()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+class DropoutStep:
+    """Inverted dropout in place over ``n`` float32, p = 0.1, a new step each call.
+
+    ``implementation``: ``"fastopt"`` (Philox kernel), ``"numpy"`` (a fresh ``Generator.random``
+    mask, then ``x *= mask``, ``x *= scale``) or ``"torch"`` (``F.dropout(x, p, inplace=True)``).
+    """
+
+    BYTES_PER_ELEMENT = 8
+    P = 0.1
+
+    def __init__(self, implementation, n):
+        self.x = random_buffer(n, 3)
+        self.t = 0
+        if implementation == "torch":
+            import torch
+
+            tensor = torch.from_numpy(self.x)
+            functional = torch.nn.functional
+            self.step = lambda: functional.dropout(tensor, self.P, training=True, inplace=True)
+        elif implementation == "numpy":
+            self.rng = np.random.default_rng(0)
+            self.mask = np.empty(n, np.float32)
+            self.step = self._numpy
+        else:
+            self.step = self._fastopt
+
+    def _fastopt(self):
+        self.t += 1
+        fastopt.dropout(self.x, self.P, seed=1234, stream=0, step=self.t)
+
+    def _numpy(self):
+        self.rng.random(self.x.size, dtype=np.float32, out=self.mask)
+        np.less(self.mask, np.float32(1 - self.P), out=self.mask, casting="unsafe")
+        self.x *= self.mask
+        self.x *= np.float32(1 / (1 - self.P))

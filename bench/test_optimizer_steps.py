@@ -65,3 +65,15 @@ def test_l2_penalty(benchmark, size, roofline_gbps):
     benchmark.group = f"l2 penalty {size:.0e}"
     benchmark.pedantic(optimizer.l2_penalty, rounds=rounds(size), warmup_rounds=2)
     record(benchmark, 4 * size, roofline_gbps(size))
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "numpy", "torch"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+def test_dropout(benchmark, size, implementation, roofline_gbps):
+    """In-place inverted dropout, p = 0.1; 8 bytes per element; a new mask every call."""
+    if implementation == "torch":
+        pytest.importorskip("torch")
+    step = cases.DropoutStep(implementation, size)
+    benchmark.group = f"dropout {size:.0e}"
+    benchmark.pedantic(step.step, rounds=rounds(size), warmup_rounds=2)
+    record(benchmark, cases.DropoutStep.BYTES_PER_ELEMENT * size, roofline_gbps(size))

@@ -9,6 +9,7 @@
 """
 
 from ._adam import Adam, AdamConfig, AdamW
+from ._dropout import Dropout, dropout, dropout_backward, dropout_mask
 from ._optimizer import Optimizer, ParamGroup
 from ._params import FlatParams
 from . import schedules
@@ -19,6 +20,7 @@ from ._sgd import SGD, SGDConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adam", "AdamConfig", "AdamW", "FlatParams", "Optimizer", "ParamGroup", "RMSProp",
-    "RMSPropConfig", "ReduceLROnPlateau", "SGDConfig", "Scheduler", "__version__", "schedules",
+    "SGD", "Adam", "AdamConfig", "AdamW", "Dropout", "FlatParams", "Optimizer", "ParamGroup", "RMSProp",
+    "RMSPropConfig", "ReduceLROnPlateau", "SGDConfig", "Scheduler", "__version__", "dropout", "dropout_backward",
+    "dropout_mask", "schedules",
 ]

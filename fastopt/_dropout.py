@@ -1,0 +1,164 @@
+"""Inverted dropout whose masks are a pure function of (seed, stream, step, element index)."""
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _checks
+
+_U32 = 2**32
+
+
+def _uint(name, value, limit):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {name}={value!r}")
+    if not 0 <= value < limit:
+        raise ValueError(f"{name} must lie in [0, {limit}), got {name}={value!r}")
+    return np.uint64(value)
+
+
+def _probability(p):
+    return _checks.in_range("p", p, 0.0, 1.0, high_inclusive=True)
+
+
+def _buffer(name, x):
+    """``x`` as a flat view: any shape, C-contiguous, writeable, float32 or float64."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    _checks.float_dtype(f"{name}.dtype", x.dtype)
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got strides {x.strides}")
+    if not x.flags.writeable:
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    return x.reshape(-1)
+
+
+def _mask_arguments(p, seed, stream, step, offset):
+    """The kernel's uint64 scalars: offset, key words, stream, step and the keep threshold."""
+    seed = _uint("seed", seed, 2**64)
+    return (_uint("offset", offset, 2**62), seed & np.uint64(_U32 - 1), seed >> np.uint64(32),
+            _uint("stream", stream, _U32), _uint("step", step, _U32),
+            np.uint64(math.floor((1.0 - p) * _U32)))  # exact: scaling by 2**32 is exact
+
+
+def dropout(x, p, *, seed, stream=0, step=0, offset=0):
+    r"""Inverted dropout of ``x`` in place: each element is zeroed with probability ``p`` and
+    the others are multiplied by :math:`1/(1-p)` (rounded once to ``x``'s dtype). Returns ``x``.
+
+    The mask depends only on ``(seed, stream, step)`` and each element's index (``offset`` is
+    the index of ``x``'s first element): the same on any thread count and any device, and
+    :func:`dropout_backward` regenerates it instead of storing it. Use one ``stream`` per
+    layer and the training step as ``step``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, C-contiguous, writeable (any shape)
+    p : float in [0, 1]
+        ``p = 0`` leaves ``x`` unchanged and ``p = 1`` zeroes it, both exactly.
+    seed : int in [0, 2**64)
+    stream, step : int in [0, 2**32)
+    offset : int >= 0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import dropout
+    >>> x = np.ones(8, np.float32)
+    >>> dropout(x, 0.5, seed=7, step=1)
+    array([0., 2., 2., 2., 0., 0., 2., 0.], dtype=float32)
+    """
+    flat = _buffer("x", x)
+    p = _probability(p)
+    arguments = _mask_arguments(p, seed, stream, step, offset)
+    if p == 0.0:
+        return x
+    if p == 1.0:
+        flat.fill(0)
+        return x
+    from .kernels.dropout import dropout_step
+
+    dropout_step(flat, *arguments, flat.dtype.type(1.0 / (1.0 - p)))
+    return x
+
+
+def dropout_backward(grad, p, *, seed, stream=0, step=0, offset=0):
+    """The gradient of :func:`dropout` in place: the same mask, regenerated from the same
+    ``(seed, stream, step, offset)``, applied to ``grad``. Returns ``grad``."""
+    return dropout(grad, p, seed=seed, stream=stream, step=step, offset=offset)
+
+
+def dropout_mask(size, p, *, seed, stream=0, step=0, offset=0, packed=False):
+    """The keep mask :func:`dropout` uses for ``size`` elements: a uint8 array of 1 (kept) and
+    0 (dropped), or with ``packed=True`` the same bits packed eight to a byte, little-endian
+    (``np.unpackbits(m, count=size, bitorder="little")`` unpacks it)."""
+    size = int(_uint("size", size, 2**62))
+    p = _probability(p)
+    arguments = _mask_arguments(p, seed, stream, step, offset)
+    mask = np.empty(size, np.uint8)
+    if p == 0.0 or p == 1.0:
+        mask.fill(1 if p == 0.0 else 0)
+    else:
+        from .kernels.dropout import dropout_mask as kernel
+
+        kernel(mask, *arguments)
+    return np.packbits(mask, bitorder="little") if packed else mask
+
+
+class Dropout:
+    """A dropout layer: :func:`dropout` in training mode, the identity in evaluation mode.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+    seed : int in [0, 2**64)
+    stream : int in [0, 2**32)
+        One per layer, so that layers sharing a seed draw independent masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import Dropout
+    >>> layer = Dropout(0.25, seed=1, stream=3)
+    >>> h = np.ones((2, 4), np.float32)
+    >>> out = layer.forward(h, step=10)          # in place: out is h
+    >>> grad = np.ones_like(h)
+    >>> _ = layer.backward(grad, step=10)        # the same mask, regenerated
+    >>> bool(np.array_equal(grad, h))
+    True
+    >>> layer.eval().forward(np.ones(3, np.float32), step=11)
+    array([1., 1., 1.], dtype=float32)
+    """
+
+    def __init__(self, p, *, seed, stream=0):
+        self.p = _probability(p)
+        _uint("seed", seed, 2**64)
+        _uint("stream", stream, _U32)
+        self.seed, self.stream = int(seed), int(stream)
+        self.training = True
+
+    def train(self, mode=True):
+        self.training = _checks.boolean("mode", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def forward(self, x, step):
+        """Drop elements of ``x`` in place (training mode) and return it."""
+        if not self.training:
+            _buffer("x", x)
+            return x
+        return dropout(x, self.p, seed=self.seed, stream=self.stream, step=step)
+
+    __call__ = forward
+
+    def backward(self, grad, step):
+        """Apply the forward pass's mask of ``step`` to ``grad`` in place and return it."""
+        if not self.training:
+            _buffer("grad", grad)
+            return grad
+        return dropout_backward(grad, self.p, seed=self.seed, stream=self.stream, step=step)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p}, seed={self.seed}, stream={self.stream}, training={self.training})"

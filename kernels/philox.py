@@ -1,0 +1,66 @@
+"""Philox4x32-10 (Salmon, Moraes, Dror & Shaw, SC'11), the counter-based generator behind
+cuRAND's Philox and Random123.
+
+Four 32-bit counter words and two 32-bit key words go in, four 32-bit words come out; the
+same inputs give the same words on every device. :func:`philox4x32_10` is the scalar form
+(written in the subset of Python that both ``numba.njit`` and ``numba.cuda.jit(device=True)``
+compile: unsigned 64-bit products, shifts, masks and xors, no arrays); :func:`philox_lanes`
+runs the rounds over arrays of counters, rounds outer and lanes inner, which LLVM vectorises
+(``vpmuludq``); :func:`philox4x32_10_reference` is a numpy version for the tests.
+"""
+
+import numpy as np
+
+from ._config import inline_helper
+
+MASK32 = np.uint64(0xFFFFFFFF)
+SHIFT32 = np.uint64(32)
+MULTIPLIER0 = np.uint64(0xD2511F53)
+MULTIPLIER1 = np.uint64(0xCD9E8D57)
+WEYL0 = np.uint64(0x9E3779B9)  # golden ratio
+WEYL1 = np.uint64(0xBB67AE85)  # sqrt(3) - 1
+ROUNDS = 10
+
+
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of one counter (uint64 values below 2**32 in and out)."""
+    for _ in range(ROUNDS):
+        product0 = MULTIPLIER0 * c0
+        product1 = MULTIPLIER1 * c2
+        c0, c1, c2, c3 = ((product1 >> SHIFT32) ^ c1 ^ k0, product1 & MASK32,
+                          (product0 >> SHIFT32) ^ c3 ^ k1, product0 & MASK32)
+        k0 = (k0 + WEYL0) & MASK32
+        k1 = (k1 + WEYL1) & MASK32
+    return c0, c1, c2, c3
+
+
+philox4x32_10 = inline_helper(_philox4x32_10)
+
+
+@inline_helper
+def philox_lanes(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of ``len(c0)`` counters in place; the arrays hold uint64 words."""
+    for _ in range(ROUNDS):
+        for j in range(c0.size):
+            # The masks tell LLVM the factors fit 32 bits: one vpmuludq per product.
+            product0 = MULTIPLIER0 * (c0[j] & MASK32)
+            product1 = MULTIPLIER1 * (c2[j] & MASK32)
+            c0[j], c1[j], c2[j], c3[j] = ((product1 >> SHIFT32) ^ c1[j] ^ k0, product1 & MASK32,
+                                          (product0 >> SHIFT32) ^ c3[j] ^ k1, product0 & MASK32)
+        k0 = (k0 + WEYL0) & MASK32
+        k1 = (k1 + WEYL1) & MASK32
+
+
+def philox4x32_10_reference(counter, key):
+    """numpy Philox4x32-10: ``counter`` (n, 4) and ``key`` (2,) or (n, 2) uint32-valued arrays
+    in, (n, 4) uint32 words out."""
+    c = [np.asarray(counter, dtype=np.uint64)[..., w].copy() for w in range(4)]
+    key = np.asarray(key, dtype=np.uint64)
+    k0, k1 = key[..., 0].copy(), key[..., 1].copy()
+    for _ in range(ROUNDS):
+        p0 = MULTIPLIER0 * c[0]
+        p1 = MULTIPLIER1 * c[2]
+        c = [(p1 >> SHIFT32) ^ c[1] ^ k0, p1 & MASK32, (p0 >> SHIFT32) ^ c[3] ^ k1, p0 & MASK32]
+        k0 = (k0 + WEYL0) & MASK32
+        k1 = (k1 + WEYL1) & MASK32
+    return np.stack(c, axis=-1).astype(np.uint32)
