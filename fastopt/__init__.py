@@ -10,17 +10,21 @@
 
 from ._adam import Adam, AdamConfig, AdamW
 from ._dropout import Dropout, dropout, dropout_backward, dropout_mask
+from ._model import MLP
 from ._optimizer import Optimizer, ParamGroup
 from ._params import FlatParams
 from . import schedules
 from ._rmsprop import RMSProp, RMSPropConfig
 from ._scheduler import ReduceLROnPlateau, Scheduler
 from ._sgd import SGD, SGDConfig
+from ._trainer import Checkpoint, EarlyStopping, StopTraining, Trainer
+from . import losses
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adam", "AdamConfig", "AdamW", "Dropout", "FlatParams", "Optimizer", "ParamGroup", "RMSProp",
+    "SGD", "Adam", "AdamConfig", "AdamW", "Checkpoint", "Dropout", "EarlyStopping", "FlatParams",
+    "MLP", "StopTraining", "Trainer", "losses", "Optimizer", "ParamGroup", "RMSProp",
     "RMSPropConfig", "ReduceLROnPlateau", "SGDConfig", "Scheduler", "__version__", "dropout", "dropout_backward",
     "dropout_mask", "schedules",
 ]

@@ -2,6 +2,7 @@
 
     fastopt demo [--optimizer adamw] [--lr 0.01] [--steps 300] [--features 200] ...
     fastopt schedule NAME --param value ... [--steps N] [--out lr.png]
+    fastopt train [--data FILE --target COLUMN] [--optimizer adamw] [--epochs 30] ...
 
 ``schedule`` builds a schedule from :mod:`fastopt.schedules` by name, prints a few of its values
 and, with ``--out``, draws it (matplotlib): ``fastopt schedule cyclic --base_value 0.001
@@ -14,6 +15,7 @@ parameter group without weight decay, and every step is one kernel call. It prin
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -108,6 +110,86 @@ def schedule(args, extra, out=None):
     return 0
 
 
+DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3}
+TRAIN_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+
+
+def _train_schedule(name, lr, epochs, steps_per_epoch):
+    """(schedule, per_batch) for ``--schedule``; ``plateau`` is handled by the caller."""
+    from . import schedules
+
+    if name == "step":
+        return schedules.step_decay(lr, step_size=max(1, epochs // 3), gamma=0.3), False
+    if name == "cosine":
+        return schedules.cosine_annealing(lr, T_max=max(1, epochs), eta_min=lr / 100), False
+    if name == "onecycle":
+        return schedules.one_cycle(lr, total_steps=max(2, epochs * steps_per_epoch)), True
+    return schedules.constant(lr), False
+
+
+def train(args, out=None):
+    from . import MLP, ReduceLROnPlateau, Scheduler, Trainer, data, losses
+    from ._trainer import Checkpoint
+
+    out = out or sys.stdout
+    if args.device == "cuda":
+        raise ValueError("--device cuda is not available yet: fastopt's CUDA backend has not landed; use --device cpu")
+    if args.data is None:
+        x, y = data.load_digits()
+        source = "digits (scikit-learn, bundled)"
+    else:
+        x, y = data.load_table(args.data, args.target)
+        source = args.data
+    y = data.class_labels(y)
+    if len(x) != len(y):
+        raise ValueError(f"X and y have different lengths: {len(x)} and {len(y)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"the features hold NaN or inf (first at row {np.argwhere(~np.isfinite(x))[0][0]})")
+    classes = int(y.max()) + 1 if len(y) else 0
+    if classes < 2:
+        raise ValueError(f"training needs at least 2 classes in the labels, got {classes}")
+    x_train, y_train, x_test, y_test = data.split(x.astype(np.float32), y, args.test_fraction, args.seed)
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    model = MLP((x.shape[1], *hidden, classes), activation=args.activation, dropout=args.dropout, seed=args.seed)
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    cls, extra = OPTIMIZERS[args.optimizer]
+    biases = [name for name in model.params if name.endswith(".bias")]
+    optimizer = cls(model.params, lr=lr, weight_decay=args.l2, groups=[ParamGroup(biases, weight_decay=0.0)],
+                    **extra(args))
+    steps_per_epoch = -(-int(round(len(x_train) * (1 - args.validation_fraction))) // args.batch_size)
+    plateau = ReduceLROnPlateau(optimizer, factor=0.5, patience=3) if args.schedule == "plateau" else None
+    schedule, per_batch = _train_schedule(args.schedule, lr, args.epochs, steps_per_epoch)
+    scheduler = None if plateau is not None else Scheduler(optimizer, schedule)
+    callbacks = [Checkpoint(args.checkpoint)] if args.checkpoint else []
+    trainer = Trainer(model, optimizer, losses.softmax_cross_entropy, scheduler=scheduler,
+                      per_batch=per_batch, plateau=plateau, callbacks=callbacks, seed=args.seed,
+                      progress=False if args.no_progress else None, log=out)
+    if args.resume:
+        path = os.path.join(args.checkpoint, "checkpoint.npz")
+        if not os.path.exists(path):
+            raise ValueError(f"--resume: no checkpoint at {path}")
+        trainer.load(path)
+        print(f"resumed from {path} at epoch {trainer.epoch}", file=out)
+    print(f"fastopt train: {source}, {len(x_train)} training / {len(x_test)} test samples, "
+          f"MLP {model.sizes}, {args.optimizer} lr={lr}, schedule {args.schedule}, l2={args.l2}, "
+          f"dropout={args.dropout}", file=out)
+    start = time.perf_counter()
+    trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                validation_split=args.validation_fraction)
+    seconds = time.perf_counter() - start
+    if args.plot and trainer.history:
+        from ._plot import plot_history
+
+        plot_history(trainer.history, args.plot)
+        print(f"wrote {args.plot}", file=out)
+    if trainer.stop_reason and "loss became" in trainer.stop_reason:
+        return 1
+    result = trainer.evaluate(x_test, y_test)
+    print(f"test accuracy {result['accuracy']:.4f}, test loss {result['loss']:.4f} "
+          f"({seconds:.1f} s of training)", file=out)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastopt", description="fused Numba optimizer kernels")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +202,28 @@ def main(argv=None):
     run.add_argument("--samples", type=_positive_int, default=2000)
     run.add_argument("--features", type=_positive_int, default=200)
     run.add_argument("--seed", type=int, default=0)
+    fit = commands.add_parser("train", help="train an MLP classifier (default: the digits set)")
+    fit.add_argument("--data", help="CSV (header row) or NPZ (arrays X, y) file; default: digits")
+    fit.add_argument("--target", help="label column of the CSV (default: the last) or array of the NPZ")
+    fit.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
+    fit.add_argument("--lr", type=_nonnegative_float, default=None, help="default: per optimizer")
+    fit.add_argument("--momentum", type=_nonnegative_float, default=0.9, help="SGD and RMSProp")
+    fit.add_argument("--schedule", choices=TRAIN_SCHEDULES, default="cosine")
+    fit.add_argument("--l2", type=_nonnegative_float, default=1e-4, help="weight decay (not on biases)")
+    fit.add_argument("--dropout", type=_nonnegative_float, default=0.1)
+    fit.add_argument("--hidden", default="128", help="hidden widths, e.g. 256,128")
+    fit.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu"], default="relu")
+    fit.add_argument("--epochs", type=_positive_int, default=30)
+    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--test-fraction", type=_nonnegative_float, default=0.2)
+    fit.add_argument("--validation-fraction", type=_nonnegative_float, default=0.1)
+    fit.add_argument("--checkpoint", help="folder for checkpoint.npz, written every epoch")
+    fit.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    fit.add_argument("--plot", help="image file for loss, accuracy and learning rate per epoch")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     from .schedules import NAMES
 
     draw = commands.add_parser(
@@ -132,6 +236,14 @@ def main(argv=None):
     try:
         if args.command == "schedule":
             return schedule(args, extra)
+        if args.command == "train":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            if args.resume and not args.checkpoint:
+                parser.error("--resume needs --checkpoint DIR")
+            if args.batch_size < 1:
+                parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+            return train(args)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return demo(args)

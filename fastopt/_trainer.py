@@ -1,0 +1,285 @@
+"""Training loop: seeded mini-batches, optimizer and scheduler, metrics, callbacks, checkpoints."""
+
+import math
+import os
+import sys
+
+import numpy as np
+
+from ._checkpoint import load_checkpoint, save_checkpoint
+from .losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end :meth:`Trainer.fit` after the current epoch."""
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", patience=5, mode="min", min_delta=0.0):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got mode={mode!r}")
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, got patience={patience!r}")
+        self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, min_delta
+        self.best, self.bad_epochs = None, 0
+
+    def on_epoch_end(self, trainer, record):
+        value = record.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which the history lacks: {sorted(record)}")
+        sign = 1 if self.mode == "min" else -1
+        if self.best is None or sign * (self.best - value) > self.min_delta:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                raise StopTraining(f"{self.monitor} has not improved for {self.patience} epochs")
+
+
+class Checkpoint:
+    """Save the whole training state to ``folder/checkpoint.npz`` after every ``every``-th epoch."""
+
+    def __init__(self, folder, every=1):
+        self.path = os.path.join(os.fspath(folder), "checkpoint.npz")
+        self.every = every
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.epoch % self.every == 0:
+            trainer.save(self.path)
+
+
+def accuracy(outputs, targets, loss):
+    """Fraction of correct predictions for a classification loss, else None."""
+    if isinstance(loss, SoftmaxCrossEntropy):
+        return float(np.mean(outputs.argmax(axis=1) == targets))
+    if isinstance(loss, BinaryCrossEntropyWithLogits):
+        return float(np.mean((outputs > 0) == (targets > 0.5)))
+    return None
+
+
+class Trainer:
+    """Trains a model (e.g. :class:`~fastopt.MLP`) with a fastopt optimizer.
+
+    Parameters
+    ----------
+    model : object with ``params``, ``forward(x, training=, step=)``, ``backward(grad)``, ``config``
+    optimizer : a fastopt optimizer over ``model.params``
+    loss : a :class:`~fastopt.losses.Loss`
+    scheduler : Scheduler or None, stepped per epoch, or per batch with ``per_batch=True``
+    plateau : ReduceLROnPlateau or None, stepped per epoch with ``plateau_metric``
+    callbacks : objects with ``on_epoch_end(trainer, record)``
+        (:class:`EarlyStopping`, :class:`Checkpoint`)
+    seed : int, seeds shuffling and the validation split
+    progress : bool or None, a tqdm bar with live loss and lr (None: only on a terminal)
+    kernel_threads : int
+        Threads for fastopt's kernels (optimizer step, dropout) inside :meth:`fit`; default 1.
+        Between the model's BLAS matrix products, whose threads keep spinning for a while after
+        each call, a multi-threaded kernel waits for the cores: measured on 2 cores, dropout
+        over 256 x 512 took 5.6 ms right after a matmul and 0.17 ms alone, and an epoch of a
+        256-512-512-10 MLP took 3.6 s with 2 kernel threads and 0.66 s with 1.
+    """
+
+    def __init__(self, model, optimizer, loss, *, scheduler=None, per_batch=False, plateau=None,
+                 plateau_metric="val_loss", callbacks=(), seed=0, progress=None, log=None,
+                 kernel_threads=1):
+        if optimizer.params is not model.params:
+            raise ValueError("optimizer must be built over model.params")
+        self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.scheduler, self.per_batch = scheduler, per_batch
+        self.plateau, self.plateau_metric = plateau, plateau_metric
+        self.callbacks = list(callbacks)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(seed)
+        self.progress, self.log = progress, log
+        if isinstance(kernel_threads, bool) or not isinstance(kernel_threads, int) or kernel_threads < 1:
+            raise ValueError(f"kernel_threads must be an int >= 1, got kernel_threads={kernel_threads!r}")
+        self.kernel_threads = kernel_threads
+        self.epoch, self.step = 0, 0
+        self.history = []
+        self.stop_reason = None
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _check_data(self, x, y, name):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.ndim != 2:
+            raise ValueError(f"{name} X must be 2-D (samples, features), got shape {x.shape}")
+        if len(x) != len(y):
+            raise ValueError(f"{name} X and y must have the same length, got {len(x)} and {len(y)}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} X holds NaN or inf (first at row {np.argwhere(~np.isfinite(x))[0][0]})")
+        if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+            raise ValueError(f"{name} y holds NaN or inf")
+        if isinstance(self.loss, SoftmaxCrossEntropy):
+            classes = self.model.sizes[-1]
+            if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= classes)):
+                raise ValueError(f"{name} labels must be integers in [0, {classes}), got "
+                                 f"{y.dtype} {y.min() if len(y) else ''}..{y.max() if len(y) else ''}")
+        return x.astype(self.model.params.dtype, copy=False), y
+
+    # -- training ------------------------------------------------------------------------------
+
+    def fit(self, x, y, *, epochs, batch_size=32, validation_data=None, validation_split=0.0):
+        """Train until ``epochs`` epochs in all (a resumed trainer continues from its epoch).
+
+        Returns the history: one dict per epoch with ``loss`` (mean per-instance loss),
+        ``cost`` (plus the L2 penalty), ``accuracy`` for classification, the same for the
+        validation data with a ``val_`` prefix, and ``lr``, the learning rate at the epoch's start.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got batch_size={batch_size!r}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must lie in [0, 1), got validation_split={validation_split!r}")
+        x, y = self._check_data(x, y, "training")
+        if validation_data is None and validation_split > 0:
+            order = np.random.default_rng([self.seed, 1]).permutation(len(x))
+            cut = int(round(len(x) * (1 - validation_split)))
+            validation_data = (x[order[cut:]], y[order[cut:]])
+            x, y = x[order[:cut]], y[order[:cut]]
+        if validation_data is not None:
+            validation_data = self._check_data(*validation_data, "validation")
+        self.stop_reason = None
+        import numba
+
+        threads = numba.get_num_threads()
+        numba.set_num_threads(min(self.kernel_threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            self._train(x, y, epochs, batch_size, validation_data)
+        finally:
+            numba.set_num_threads(threads)
+        return self.history
+
+    def _train(self, x, y, epochs, batch_size, validation_data):
+        while self.epoch < epochs:
+            lr = self.optimizer.lr  # the rate this epoch starts with
+            record = self._epoch(x, y, batch_size, epochs)
+            if record is None:
+                break
+            if validation_data is not None:
+                record.update({f"val_{k}": v for k, v in self.evaluate(*validation_data).items()})
+            self.epoch += 1
+            if self.scheduler is not None and not self.per_batch:
+                self.scheduler.step()
+            if self.plateau is not None:
+                self.plateau.step(record[self.plateau_metric])
+            record = {"epoch": self.epoch, **record, "lr": lr}
+            self.history.append(record)
+            self._say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            try:
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, record)
+            except StopTraining as stop:
+                self.stop_reason = str(stop)
+                self._say(f"stopping: {stop}")
+                break
+
+    def _epoch(self, x, y, batch_size, epochs):
+        order = self.rng.permutation(len(x))
+        total, seen, correct = 0.0, 0, 0
+        bar = self._bar(len(order), epochs)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            xb, yb = x[index], y[index]
+            # Overflow on the way to a diverged loss is caught just below, by value, with a
+            # message; numpy's warnings about it would only repeat that.
+            with np.errstate(over="ignore", invalid="ignore"):
+                outputs = self.model.forward(xb, training=True, step=self.step)
+                batch_loss = float(self.loss(outputs, yb).sum())
+            if not math.isfinite(batch_loss):
+                self.stop_reason = (f"the loss became {batch_loss} at epoch {self.epoch + 1}, step "
+                                    f"{self.step}; stopped (try a smaller learning rate)")
+                self._say(self.stop_reason)
+                if bar is not None:
+                    bar.close()
+                return None
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.model.backward(cost_gradient(self.loss, outputs, yb))
+            self.optimizer.step()
+            self.step += 1
+            if self.scheduler is not None and self.per_batch:
+                self.scheduler.step()
+            total += batch_loss
+            seen += len(index)
+            acc = accuracy(outputs, yb, self.loss)
+            correct += 0 if acc is None else acc * len(index)
+            if bar is not None:
+                bar.update(len(index))
+                bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{self.optimizer.lr:.3g}", refresh=False)
+        if bar is not None:
+            bar.close()
+        record = {"loss": total / max(seen, 1)}
+        record["cost"] = record["loss"] + self.optimizer.l2_penalty()
+        if accuracy(np.zeros((1, self.model.sizes[-1])), np.zeros(1, int), self.loss) is not None:
+            record["accuracy"] = correct / max(seen, 1)
+        return record
+
+    def evaluate(self, x, y, batch_size=1024):
+        """``{"loss", "cost", "accuracy"}`` over ``(x, y)`` in evaluation mode."""
+        x, y = self._check_data(x, y, "evaluation")
+        outputs = self.model.predict(x, batch_size)
+        result = {"loss": float(np.mean(self.loss(outputs, y))) if len(y) else float("nan")}
+        result["cost"] = result["loss"] + self.optimizer.l2_penalty()
+        acc = accuracy(outputs, y, self.loss)
+        if acc is not None:
+            result["accuracy"] = acc
+        return result
+
+    def predict(self, x, batch_size=1024):
+        return self.model.predict(x, batch_size)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _bar(self, total, epochs):
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not show:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{epochs}", unit="sample", leave=False)
+
+    def _say(self, text):
+        if self.log is not None:
+            print(text, file=self.log, flush=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the whole training state to ``path`` atomically (see :mod:`fastopt._checkpoint`)."""
+        optimizer_state = self.optimizer.state_dict()
+        arrays = {"params": self.model.params.data}
+        arrays.update({f"optimizer.{k}": v for k, v in optimizer_state.pop("state").items()})
+        meta = {
+            "model": self.model.config, "optimizer": optimizer_state,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+            "rng": self.rng.bit_generator.state, "epoch": self.epoch, "step": self.step,
+            "history": self.history,
+        }
+        save_checkpoint(path, arrays, meta)
+
+    def load(self, path):
+        """Restore the state :meth:`save` wrote; the model must have the same configuration."""
+        arrays, meta = load_checkpoint(path)
+        if meta.get("model") != self.model.config:
+            raise ValueError(f"checkpoint {path} is for a different model: {meta.get('model')} "
+                             f"is not {self.model.config}")
+        if (self.scheduler is None) != (meta["scheduler"] is None) or (self.plateau is None) != (meta["plateau"] is None):
+            raise ValueError(f"checkpoint {path} was written with a different scheduler setup")
+        params = arrays["params"]
+        if params.shape != self.model.params.data.shape or params.dtype != self.model.params.dtype:
+            raise ValueError(f"checkpoint {path} holds parameters {params.dtype} {params.shape}")
+        optimizer_state = dict(meta["optimizer"])
+        optimizer_state["state"] = {k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")}
+        self.optimizer.load_state_dict(optimizer_state)
+        self.model.params.data[:] = params
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(meta["plateau"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
