@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-import cases  # noqa: E402
+from fastopt import _bench as cases  # noqa: E402
 
 
 def roofline_gbps(n, repeats):

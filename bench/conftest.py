@@ -1,14 +1,8 @@
-"""Shared fixtures of the benchmark suite: sizes, and the roofline measured in the same run."""
-
-import os
+"""Shared fixture of the benchmark suite: the roofline measured in the same run."""
 
 import pytest
 
-import cases
-
-#: Sizes to run: 1e6 and 1e7 by default; FASTOPT_BENCH_MAX_SIZE=1e8 adds 1e8 (about 5 GB).
-MAX_SIZE = int(float(os.environ.get("FASTOPT_BENCH_MAX_SIZE", "1e7")))
-SIZES = [n for n in (10**6, 10**7, 10**8) if n <= MAX_SIZE]
+from fastopt import _bench as cases
 
 _roofline = {}
 
@@ -25,13 +19,3 @@ def roofline_gbps():
         return _roofline[n]
 
     return measure
-
-
-def record(benchmark, bytes_per_step, roofline):
-    """Attach bytes moved, GB/s and the percentage of the same run's roofline to a result."""
-    seconds = benchmark.stats.stats.median
-    gbps = bytes_per_step / seconds / 1e9
-    benchmark.extra_info.update(
-        bytes=bytes_per_step, gbps=round(gbps, 2), roofline_gbps=round(roofline, 2),
-        pct_roofline=round(100 * gbps / roofline, 1),
-    )

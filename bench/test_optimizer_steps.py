@@ -13,8 +13,10 @@ scratch buffer) and, when installed, torch.optim (fused where it has it, else fo
 import numpy as np
 import pytest
 
-import cases
-from conftest import SIZES, record
+from fastopt import _bench as cases
+from fastopt._bench import record
+
+SIZES = cases.SUITE_SIZES
 
 IMPLEMENTATIONS = {"fastopt": cases.FastoptStep, "numpy": cases.NumpyStep, "torch": cases.TorchStep}
 
@@ -77,3 +79,13 @@ def test_dropout(benchmark, size, implementation, roofline_gbps):
     benchmark.group = f"dropout {size:.0e}"
     benchmark.pedantic(step.step, rounds=rounds(size), warmup_rounds=2)
     record(benchmark, cases.DropoutStep.BYTES_PER_ELEMENT * size, roofline_gbps(size))
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "torch"])
+def test_trainer_step(benchmark, implementation):
+    """Forward, backward and AdamW of a 256-512-512-10 MLP on a batch of 256."""
+    if implementation == "torch":
+        pytest.importorskip("torch")
+    step = cases.TrainerStep(implementation)
+    benchmark.group = "trainer step 256-512-512-10, batch 256"
+    benchmark.pedantic(step.step, rounds=30, warmup_rounds=3)

@@ -3,6 +3,7 @@
     fastopt demo [--optimizer adamw] [--lr 0.01] [--steps 300] [--features 200] ...
     fastopt schedule NAME --param value ... [--steps N] [--out lr.png]
     fastopt train [--data FILE --target COLUMN] [--optimizer adamw] [--epochs 30] ...
+    fastopt bench [--sizes 1e5,1e6,1e7] [--json out.json] [--plot throughput.png]
 
 ``schedule`` builds a schedule from :mod:`fastopt.schedules` by name, prints a few of its values
 and, with ``--out``, draws it (matplotlib): ``fastopt schedule cyclic --base_value 0.001
@@ -190,6 +191,39 @@ def train(args, out=None):
     return 0
 
 
+def bench(args, out=None):
+    import json
+    import platform
+
+    from . import _bench
+
+    out = out or sys.stdout
+    try:
+        sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be numbers separated by commas, got {args.sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--sizes must be >= 1, got {args.sizes!r}")
+    kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
+    unknown = set(kernels or ()) - set(_bench.REPORT_KERNELS)
+    if unknown:
+        raise ValueError(f"--kernels: unknown {sorted(unknown)}; choose from {sorted(_bench.REPORT_KERNELS)}")
+    import numba
+
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, {numba.get_num_threads()} numba threads; "
+          f"no GPU rows: the CUDA backend has not landed", file=out)
+    rows = _bench.report(sizes, kernels)
+    print(_bench.format_table(rows), file=out)
+    if args.json:
+        with open(args.json, "w") as stream:
+            json.dump({"machine": platform.machine(), "cores": os.cpu_count(), "rows": rows}, stream, indent=2)
+        print(f"wrote {args.json}", file=out)
+    if args.plot:
+        _bench.plot_report(rows, args.plot)
+        print(f"wrote {args.plot}", file=out)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastopt", description="fused Numba optimizer kernels")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +258,12 @@ def main(argv=None):
     fit.add_argument("--plot", help="image file for loss, accuracy and learning rate per epoch")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    measure = commands.add_parser("bench", help="time the kernels against numpy and torch here")
+    measure.add_argument("--sizes", default="1e5,1e6,1e7", help="elements, comma-separated")
+    measure.add_argument("--kernels", help="comma-separated subset of adam,sgd_nesterov,rmsprop,dropout")
+    measure.add_argument("--json", help="write the rows here")
+    measure.add_argument("--plot", help="image of GB/s against size, roofline dashed")
+
     from .schedules import NAMES
 
     draw = commands.add_parser(
@@ -236,6 +276,10 @@ def main(argv=None):
     try:
         if args.command == "schedule":
             return schedule(args, extra)
+        if args.command == "bench":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return bench(args)
         if args.command == "train":
             if extra:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")

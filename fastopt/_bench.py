@@ -1,0 +1,392 @@
+"""Timed cases shared by ``fastopt bench``, ``bench/`` (pytest-benchmark) and ``bench/bars.py``.
+
+One step per implementation: fastopt, best-effort numpy, torch (when installed), and the
+in-place ``x *= s`` roofline. Every case owns its buffers (random, never zeros) and exposes
+``step()``; bytes moved per element are in :data:`BYTES_PER_ELEMENT`.
+"""
+
+import numpy as np
+
+import fastopt
+
+#: Bytes moved per element and step (reads + writes), float32.
+BYTES_PER_ELEMENT = {
+    "sgd": 12, "sgd_nesterov": 20, "adam": 28, "adamw": 28, "adam_amsgrad": 36,
+    "rmsprop": 20, "rmsprop_centered_momentum": 36,
+}
+
+FASTOPT = {
+    "sgd": (fastopt.SGD, dict(lr=1e-3)),
+    "sgd_nesterov": (fastopt.SGD, dict(lr=1e-3, momentum=0.9, nesterov=True)),
+    "adam": (fastopt.Adam, dict(lr=1e-3)),
+    "adamw": (fastopt.AdamW, dict(lr=1e-3)),
+    "adam_amsgrad": (fastopt.Adam, dict(lr=1e-3, amsgrad=True)),
+    "rmsprop": (fastopt.RMSProp, dict(lr=1e-3)),
+    "rmsprop_centered_momentum": (fastopt.RMSProp, dict(lr=1e-3, centered=True, momentum=0.9)),
+}
+
+
+def random_buffer(n, seed, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(n, dtype=np.float64).astype(dtype)
+
+
+class FastoptStep:
+    def __init__(self, rule, n):
+        cls, options = FASTOPT[rule]
+        self.params = fastopt.FlatParams.wrap(random_buffer(n, 0), random_buffer(n, 1) * 1e-3, {"p": n})
+        self.optimizer = cls(self.params, **options)
+        self.step = self.optimizer.step
+
+
+class RooflineStep:
+    """In-place ``x *= s`` over ``n`` float32 with every thread: the ceiling for in-place kernels."""
+
+    def __init__(self, n):
+        from fastopt.kernels.roofline import scale_in_place
+
+        self.x = random_buffer(n, 2)
+        self.s = np.float32(1.0)  # keeps values finite over any number of steps
+        self._kernel = scale_in_place
+
+    def step(self):
+        self._kernel(self.x, self.s)
+
+
+class NumpyStep:
+    """The fastest plain-numpy step we know: in place with ``out=``, one scratch buffer."""
+
+    def __init__(self, rule, n):
+        self.rule = rule
+        self.p, self.g = random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3)
+        self.a = np.zeros(n, np.float32)
+        self.b = np.zeros(n, np.float32) if rule in ("adam", "adamw", "adam_amsgrad", "rmsprop_centered_momentum") else None
+        self.c = np.zeros(n, np.float32) if rule in ("adam_amsgrad", "rmsprop_centered_momentum") else None
+        self.tmp = np.empty(n, np.float32)
+        self.t = 0
+        self.step = getattr(self, "_" + rule)
+
+    def _sgd(self):
+        np.multiply(self.g, np.float32(-1e-3), out=self.tmp)
+        self.p += self.tmp
+
+    def _sgd_nesterov(self):
+        f, buf, tmp = np.float32, self.a, self.tmp
+        buf *= f(0.9)
+        buf += self.g
+        np.multiply(buf, f(0.9), out=tmp)
+        tmp += self.g
+        tmp *= f(-1e-3)
+        self.p += tmp
+
+    def _adam(self, decay=None, amsgrad=False):
+        f, m, v, tmp = np.float32, self.a, self.b, self.tmp
+        self.t += 1
+        if decay is not None:
+            self.p *= f(1 - 1e-3 * decay)
+        m *= f(0.9)
+        np.multiply(self.g, f(0.1), out=tmp)
+        m += tmp
+        v *= f(0.999)
+        np.multiply(self.g, self.g, out=tmp)
+        tmp *= f(0.001)
+        v += tmp
+        if amsgrad:
+            np.maximum(self.c, v, out=self.c)
+            v = self.c
+        np.sqrt(v, out=tmp)
+        tmp *= f(1 / np.sqrt(1 - 0.999**self.t))
+        tmp += f(1e-8)
+        np.divide(m, tmp, out=tmp)
+        tmp *= f(-1e-3 / (1 - 0.9**self.t))
+        self.p += tmp
+
+    def _adamw(self):
+        self._adam(decay=1e-2)
+
+    def _adam_amsgrad(self):
+        self._adam(amsgrad=True)
+
+    def _rmsprop(self, centered_momentum=False):
+        f, sq, tmp = np.float32, self.a, self.tmp
+        sq *= f(0.99)
+        np.multiply(self.g, self.g, out=tmp)
+        tmp *= f(0.01)
+        sq += tmp
+        if centered_momentum:
+            avg = self.b
+            avg *= f(0.99)
+            avg += f(0.01) * self.g
+            np.multiply(avg, avg, out=tmp)
+            np.subtract(sq, tmp, out=tmp)
+            np.sqrt(tmp, out=tmp)
+        else:
+            np.sqrt(sq, out=tmp)
+        tmp += f(1e-8)
+        np.divide(self.g, tmp, out=tmp)
+        if centered_momentum:
+            self.c *= f(0.9)
+            self.c += tmp
+            np.multiply(self.c, f(-1e-3), out=tmp)
+        else:
+            tmp *= f(-1e-3)
+        self.p += tmp
+
+    def _rmsprop_centered_momentum(self):
+        self._rmsprop(centered_momentum=True)
+
+
+class TorchStep:
+    """``torch.optim`` at its fastest on the CPU: fused where it has it, else foreach."""
+
+    TORCH = {
+        "sgd": ("SGD", dict(lr=1e-3)),
+        "sgd_nesterov": ("SGD", dict(lr=1e-3, momentum=0.9, nesterov=True)),
+        "adam": ("Adam", dict(lr=1e-3)),
+        "adamw": ("AdamW", dict(lr=1e-3)),
+        "adam_amsgrad": ("Adam", dict(lr=1e-3, amsgrad=True)),
+        "rmsprop": ("RMSprop", dict(lr=1e-3)),
+        "rmsprop_centered_momentum": ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.9)),
+    }
+
+    def __init__(self, rule, n, *, tensors=1, mode=None):
+        import torch
+
+        name, options = self.TORCH[rule]
+        size = n // tensors
+        self.params = []
+        for k in range(tensors):
+            p = torch.from_numpy(random_buffer(size, 10 + k)).requires_grad_()
+            p.grad = torch.from_numpy(random_buffer(size, 20000 + k) * np.float32(1e-3))
+            self.params.append(p)
+        if mode is None:
+            mode = "foreach" if name == "RMSprop" else "fused"
+        self.mode = mode
+        flag = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[mode]
+        self.optimizer = getattr(torch.optim, name)(self.params, **options, **flag)
+        self.step = self.optimizer.step
+
+
+def median_seconds(step, repeats, warmup=3):
+    """Median wall time of ``step()`` after ``warmup`` untimed calls."""
+    import time
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+class DropoutStep:
+    """Inverted dropout in place over ``n`` float32, p = 0.1, a new step each call.
+
+    ``implementation``: ``"fastopt"`` (Philox kernel), ``"numpy"`` (a fresh ``Generator.random``
+    mask, then ``x *= mask``, ``x *= scale``) or ``"torch"`` (``F.dropout(x, p, inplace=True)``).
+    """
+
+    BYTES_PER_ELEMENT = 8
+    P = 0.1
+
+    def __init__(self, implementation, n):
+        self.x = random_buffer(n, 3)
+        self.t = 0
+        if implementation == "torch":
+            import torch
+
+            tensor = torch.from_numpy(self.x)
+            functional = torch.nn.functional
+            self.step = lambda: functional.dropout(tensor, self.P, training=True, inplace=True)
+        elif implementation == "numpy":
+            self.rng = np.random.default_rng(0)
+            self.mask = np.empty(n, np.float32)
+            self.step = self._numpy
+        else:
+            self.step = self._fastopt
+
+    def _fastopt(self):
+        self.t += 1
+        fastopt.dropout(self.x, self.P, seed=1234, stream=0, step=self.t)
+
+    def _numpy(self):
+        self.rng.random(self.x.size, dtype=np.float32, out=self.mask)
+        np.less(self.mask, np.float32(1 - self.P), out=self.mask, casting="unsafe")
+        self.x *= self.mask
+        self.x *= np.float32(1 / (1 - self.P))
+
+
+# -- the `fastopt bench` report ------------------------------------------------------------------
+
+#: The report's fixed set: kernel name -> (bytes per element, {implementation: factory(n)}).
+REPORT_KERNELS = {
+    "adam": (BYTES_PER_ELEMENT["adam"], {
+        "fastopt": lambda n: FastoptStep("adam", n), "numpy": lambda n: NumpyStep("adam", n),
+        "torch": lambda n: TorchStep("adam", n)}),
+    "sgd_nesterov": (BYTES_PER_ELEMENT["sgd_nesterov"], {
+        "fastopt": lambda n: FastoptStep("sgd_nesterov", n), "numpy": lambda n: NumpyStep("sgd_nesterov", n),
+        "torch": lambda n: TorchStep("sgd_nesterov", n)}),
+    "rmsprop": (BYTES_PER_ELEMENT["rmsprop"], {
+        "fastopt": lambda n: FastoptStep("rmsprop", n), "numpy": lambda n: NumpyStep("rmsprop", n),
+        "torch": lambda n: TorchStep("rmsprop", n)}),
+    "dropout": (DropoutStep.BYTES_PER_ELEMENT, {
+        name: (lambda n, name=name: DropoutStep(name, n)) for name in ("fastopt", "numpy", "torch")}),
+}
+
+
+def _torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _repeats(n):
+    return max(5, min(200, int(2e7 // max(n, 1))))
+
+
+def report(sizes, kernels=None, rounds=3):
+    """Time the fixed set on this machine: one row per (kernel, size, implementation).
+
+    The implementations of one kernel and size take turns ``rounds`` times (noise falls on
+    all alike); each row has the median time, GB/s, the percentage of the in-place roofline
+    (``x *= s`` over the same size, measured in this run) and, for fastopt, the speed-up
+    against each peer. GPU rows will join when the CUDA backend lands.
+    """
+    kernels = list(REPORT_KERNELS) if kernels is None else list(kernels)
+    implementations = ["fastopt", "numpy"] + (["torch"] if _torch_available() else [])
+    rows = []
+    for n in sizes:
+        roof_step = RooflineStep(n)
+        roofline = 8 * n / median_seconds(roof_step.step, _repeats(n)) / 1e9
+        del roof_step
+        for kernel in kernels:
+            bytes_per_element, factories = REPORT_KERNELS[kernel]
+            steps = {name: factories[name](n).step for name in implementations}
+            times = {name: [] for name in steps}
+            for _ in range(rounds):
+                for name, step in steps.items():
+                    times[name].append(median_seconds(step, max(1, _repeats(n) // rounds), warmup=1))
+            del steps
+            medians = {name: float(np.median(t)) for name, t in times.items()}
+            for name, seconds in medians.items():
+                gbps = bytes_per_element * n / seconds / 1e9
+                row = {"kernel": kernel, "size": n, "device": "cpu", "implementation": name,
+                       "ms": seconds * 1e3, "gbps": gbps, "roofline_gbps": roofline,
+                       "pct_roofline": 100 * gbps / roofline}
+                if name == "fastopt":
+                    row["speedup"] = {peer: medians[peer] / seconds for peer in medians if peer != name}
+                rows.append(row)
+    return rows
+
+
+def format_table(rows):
+    """The report as a fixed-width text table."""
+    peers = sorted({peer for row in rows for peer in row.get("speedup", {})})
+    header = (f"{'kernel':<13} {'size':>8} {'device':<6} {'implementation':<14} {'ms':>10} "
+              f"{'GB/s':>7} {'% roof':>7} " + " ".join(f"{'vs ' + p:>9}" for p in peers))
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        speedups = " ".join(f"{'x%.2f' % row['speedup'][p]:>9}" if "speedup" in row else f"{'':>9}" for p in peers)
+        lines.append(f"{row['kernel']:<13} {row['size']:>8.0e} {row['device']:<6} {row['implementation']:<14} "
+                     f"{row['ms']:>10.3f} {row['gbps']:>7.1f} {row['pct_roofline']:>7.1f} {speedups}")
+    return "\n".join(lines)
+
+
+def plot_report(rows, path):
+    """GB/s against size per kernel, one line per implementation, the roofline dashed."""
+    from ._plot import _pyplot
+
+    plt = _pyplot()
+    kernels = list(dict.fromkeys(row["kernel"] for row in rows))
+    figure, axes = plt.subplots(1, len(kernels), figsize=(3.6 * len(kernels), 3.6), layout="constrained",
+                                squeeze=False)
+    for axis, kernel in zip(axes[0], kernels):
+        mine = [row for row in rows if row["kernel"] == kernel]
+        sizes = sorted({row["size"] for row in mine})
+        roof = {row["size"]: row["roofline_gbps"] for row in mine}
+        axis.plot(sizes, [roof[s] for s in sizes], "k--", label="x *= s roofline")
+        for name in dict.fromkeys(row["implementation"] for row in mine):
+            points = sorted((row["size"], row["gbps"]) for row in mine if row["implementation"] == name)
+            axis.plot(*zip(*points), marker="o", label=f"{name} ({mine[0]['device']})")
+        axis.set_xscale("log")
+        axis.set_title(kernel)
+        axis.set_xlabel("elements")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("GB/s (bytes read + written)")
+    axes[0][0].legend(fontsize="small")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+class TrainerStep:
+    """One training step (forward, backward, AdamW) of a 256-512-512-10 MLP on a batch of 256,
+    dropout 0.1: ``"fastopt"`` (MLP + AdamW, kernels on one thread as in the Trainer) or
+    ``"torch"`` (the same network, fused AdamW)."""
+
+    SIZES = (256, 512, 512, 10)
+    BATCH = 256
+
+    def __init__(self, implementation):
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((self.BATCH, self.SIZES[0]), dtype=np.float32)
+        self.y = rng.integers(0, self.SIZES[-1], self.BATCH)
+        self.t = 0
+        if implementation == "torch":
+            import torch
+
+            layers = []
+            for k, (a, b) in enumerate(zip(self.SIZES, self.SIZES[1:])):
+                layers.append(torch.nn.Linear(a, b))
+                if k < len(self.SIZES) - 2:
+                    layers += [torch.nn.ReLU(), torch.nn.Dropout(0.1)]
+            model = torch.nn.Sequential(*layers)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+            loss, xt, yt = torch.nn.CrossEntropyLoss(), torch.from_numpy(self.x), torch.from_numpy(self.y)
+
+            def step():
+                optimizer.zero_grad(set_to_none=True)
+                loss(model(xt), yt).backward()
+                optimizer.step()
+
+            self.step = step
+        else:
+            from .losses import cost_gradient, softmax_cross_entropy
+
+            self.model = fastopt.MLP(self.SIZES, dropout=0.1, seed=0)
+            self.optimizer = fastopt.AdamW(self.model.params, lr=1e-3)
+            self._loss, self._gradient = softmax_cross_entropy, cost_gradient
+            self.step = self._fastopt
+
+    def _fastopt(self):
+        import numba
+
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            self.t += 1
+            outputs = self.model.forward(self.x, training=True, step=self.t)
+            self.model.backward(self._gradient(self._loss, outputs, self.y))
+            self.optimizer.step()
+        finally:
+            numba.set_num_threads(threads)
+
+
+# -- what the pytest-benchmark suite in bench/ shares --------------------------------------------
+
+#: Sizes the suite runs: 1e6 and 1e7 by default; FASTOPT_BENCH_MAX_SIZE=1e8 adds 1e8 (~5 GB).
+SUITE_SIZES = [n for n in (10**6, 10**7, 10**8)
+               if n <= int(float(__import__("os").environ.get("FASTOPT_BENCH_MAX_SIZE", "1e7")))]
+
+
+def record(benchmark, bytes_per_step, roofline):
+    """Attach bytes moved, GB/s and the percentage of the same run's roofline to a result."""
+    seconds = benchmark.stats.stats.median
+    gbps = bytes_per_step / seconds / 1e9
+    benchmark.extra_info.update(
+        bytes=bytes_per_step, gbps=round(gbps, 2), roofline_gbps=round(roofline, 2),
+        pct_roofline=round(100 * gbps / roofline, 1),
+    )

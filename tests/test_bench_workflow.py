@@ -1,0 +1,65 @@
+"""The performance-tracking workflow, and `fastopt bench`, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastopt import _bench, cli
+
+SLOWABLE = Path(__file__).parent / "benchmark_workflow" / "slowable_bench.py"
+
+
+def _pytest(storage, *arguments, slowdown=1):
+    command = [sys.executable, "-m", "pytest", str(SLOWABLE), "-q", "-p", "no:cacheprovider",
+               "--benchmark-only", f"--benchmark-storage={storage}", *arguments]
+    environment = {**os.environ, "FASTOPT_BENCH_SLOWDOWN": str(slowdown)}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+
+def test_compare_catches_a_deliberately_slowed_kernel(tmp_path):
+    storage = tmp_path / "benchmarks"
+    saved = _pytest(storage, "--benchmark-save=baseline")
+    assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-3000:]
+    assert list(storage.rglob("0001_baseline.json"))
+
+    slowed = _pytest(storage, "--benchmark-compare=0001", "--benchmark-compare-fail=median:100%", slowdown=6)
+    assert slowed.returncode != 0
+    assert "Performance has regressed" in slowed.stdout + slowed.stderr
+
+    same = _pytest(storage, "--benchmark-compare=0001", "--benchmark-compare-fail=median:100%")
+    assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+
+
+def test_bench_command_prints_a_table_and_writes_json_and_png(tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert cli.main(["bench", "--sizes", "1e4,3e4", "--kernels", "adam,dropout",
+                     "--json", str(out_json), "--plot", str(out_png)]) == 0
+    printed = capsys.readouterr().out
+    assert "% roof" in printed and "vs numpy" in printed
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {(r["kernel"], r["size"]) for r in rows} == {(k, s) for k in ("adam", "dropout") for s in (10_000, 30_000)}
+    for row in rows:
+        assert row["ms"] > 0 and row["gbps"] > 0 and row["pct_roofline"] > 0
+        if row["implementation"] == "fastopt":
+            assert row["speedup"]["numpy"] > 0
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("arguments, message", [(["--sizes", "abc"], "--sizes"), (["--sizes", "0"], "--sizes"),
+                                                (["--kernels", "lion"], "unknown ['lion']")])
+def test_bench_command_refuses_bad_arguments(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_format_table_lists_every_row():
+    rows = [{"kernel": "adam", "size": 10, "device": "cpu", "implementation": name, "ms": 1.0, "gbps": 2.0,
+             "pct_roofline": 50.0, **({"speedup": {"numpy": 3.0}} if name == "fastopt" else {})}
+            for name in ("fastopt", "numpy")]
+    table = _bench.format_table(rows).splitlines()
+    assert len(table) == 4 and "x3.00" in table[2]
