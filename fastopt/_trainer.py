@@ -50,6 +50,10 @@ class Checkpoint:
             trainer.save(self.path)
 
 
+def is_classification(loss):
+    return isinstance(loss, (SoftmaxCrossEntropy, BinaryCrossEntropyWithLogits))
+
+
 def accuracy(outputs, targets, loss):
     """Fraction of correct predictions for a classification loss, else None."""
     if isinstance(loss, SoftmaxCrossEntropy):
@@ -212,7 +216,7 @@ class Trainer:
             bar.close()
         record = {"loss": total / max(seen, 1)}
         record["cost"] = record["loss"] + self.optimizer.l2_penalty()
-        if accuracy(np.zeros((1, self.model.sizes[-1])), np.zeros(1, int), self.loss) is not None:
+        if is_classification(self.loss):
             record["accuracy"] = correct / max(seen, 1)
         return record
 
@@ -275,11 +279,25 @@ class Trainer:
             raise ValueError(f"checkpoint {path} holds parameters {params.dtype} {params.shape}")
         optimizer_state = dict(meta["optimizer"])
         optimizer_state["state"] = {k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")}
-        self.optimizer.load_state_dict(optimizer_state)
-        self.model.params.data[:] = params
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(meta["scheduler"])
-        if self.plateau is not None:
-            self.plateau.load_state_dict(meta["plateau"])
-        self.rng.bit_generator.state = meta["rng"]
+        # Each part checks its own state before changing; should a later part refuse, put the
+        # earlier ones back, so that a bad checkpoint changes nothing.
+        saved = (self.optimizer.state_dict(), self.model.params.data.copy(),
+                 None if self.scheduler is None else self.scheduler.state_dict(),
+                 None if self.plateau is None else self.plateau.state_dict())
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+            self.model.params.data[:] = params
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(meta["scheduler"])
+            if self.plateau is not None:
+                self.plateau.load_state_dict(meta["plateau"])
+            self.rng.bit_generator.state = meta["rng"]
+        except Exception:
+            self.optimizer.load_state_dict(saved[0])
+            self.model.params.data[:] = saved[1]
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(saved[2])
+            if self.plateau is not None:
+                self.plateau.load_state_dict(saved[3])
+            raise
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]

@@ -240,3 +240,19 @@ def test_train_command_refuses_fractional_labels(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--data", str(tmp_path / "d.npz"), "--no-progress"])
     assert "whole numbers" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_a_bad_part_changes_nothing(tmp_path):
+    x, y = _problem()
+    trainer = _trainer(folder=tmp_path)
+    trainer.fit(x, y, epochs=2)
+    arrays, meta = load_checkpoint(tmp_path / "checkpoint.npz")
+    meta["scheduler"]["lr"]["T_max"] = 0  # the optimizer part is fine, the scheduler's is not
+    save_checkpoint(tmp_path / "bad.npz", arrays, {k: v for k, v in meta.items() if k != "format"})
+    fresh = _trainer()
+    before = (fresh.model.params.data.copy(), fresh.optimizer.state_dict(), fresh.scheduler.state_dict())
+    with pytest.raises(ValueError, match="T_max=0"):
+        fresh.load(tmp_path / "bad.npz")
+    assert np.array_equal(fresh.model.params.data, before[0])
+    assert fresh.optimizer.state_dict()["step"] == before[1]["step"] == 0
+    assert fresh.scheduler.state_dict() == before[2] and fresh.epoch == 0
