@@ -1,0 +1,58 @@
+"""Every CUDA twin compiled to PTX for sm_80 and sm_90 and assembled by ptxas, without a GPU.
+
+Needs numba-cuda with its NVVM (the ``cuda-check`` extra) and ``ptxas`` from a CUDA toolkit
+on the PATH; skipped otherwise. Fails on a float64 instruction in a float32 kernel, on a
+multiply-add left to NVVM's contraction (every one must be an explicit fma, as on the CPU),
+on a division or square root that is not correctly rounded, and on any register spill.
+"""
+
+import importlib
+import re
+import shutil
+import subprocess
+
+import numba
+import numpy as np
+import pytest
+
+from kernel_cases import KERNELS, make_case
+
+cuda = pytest.importorskip("numba.cuda")
+
+
+def _ptx(name, cc):
+    module = KERNELS[name][0].__name__.rsplit(".", 1)[1]
+    twin = getattr(importlib.import_module(f"fastopt.kernels.{module}_cuda"), name)
+    _, _, mutated, args = make_case(name, 64, np.float32, np.random.default_rng(0), 2)
+    signature = tuple(numba.typeof(a) for a in (*mutated, *args))
+    try:
+        ptx, _ = cuda.compile_ptx(twin.py_func, signature, cc=cc)
+    except Exception as error:  # no NVVM here: numba's CUDA target without the toolkit wheels
+        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
+    return ptx
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    ptx = _ptx(name, cc)
+    instructions = [line.split("//")[0] for line in ptx.splitlines()]
+    body = "\n".join(instructions)
+    assert not re.search(r"\.f64\b", body), "float64 arithmetic in a float32 kernel"
+    assert not re.search(r"\bmad\.\w*f32|\bfma\.rn\.ftz", body)
+    assert not re.search(r"\bdiv\.(approx|full)\.f32|\bsqrt\.approx\.f32|\brsqrt", body), \
+        "a division or square root that is not correctly rounded"
+    assert re.search(r"\bfma\.rn\.f32", body)
+    path = tmp_path / f"{name}.ptx"
+    path.write_text(ptx)
+    arch = f"sm_{cc[0]}{cc[1]}"
+    result = subprocess.run([ptxas, "-v", f"-arch={arch}", str(path), "-o", str(tmp_path / "out.cubin")],
+                            capture_output=True, text=True)
+    if result.returncode != 0 and "Unsupported .version" in result.stderr:
+        pytest.skip(f"this ptxas is older than the NVVM that wrote the PTX: {result.stderr.strip()[:160]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
+    assert spills and all(stores == "0" and loads == "0" for stores, loads in spills), result.stderr
