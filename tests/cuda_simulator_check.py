@@ -30,23 +30,28 @@ def correctly_rounded_fma(self, a, b, c):
     return kind(float(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))))
 
 
-kernelapi.FakeCUDAModule.fma = correctly_rounded_fma
-_cuda.sqrt = np.sqrt
+def main():
+    kernelapi.FakeCUDAModule.fma = correctly_rounded_fma
+    _cuda.sqrt = np.sqrt
 
-failures = []
-for name in sorted(KERNELS):
-    module = KERNELS[name][0].__name__.rsplit(".", 1)[1]
-    twin = getattr(importlib.import_module(f"fastopt.kernels.{module}_cuda"), name)
-    for dtype in (np.float32, np.float64):
-        for size, seed in ((0, 0), (1, 1), (7, 2), (133, 3)):
-            kernel, _, cpu, args = make_case(name, size, dtype, np.random.default_rng(seed), 3 if size > 2 else 1)
-            cut = size // 3
-            args[1], args[2] = chunk_table([(0, cut, 0), (cut, size, 1 if size > 2 else 0)], chunk_size=16)
-            gpu = [buffer.copy() for buffer in cpu]
-            kernel(*cpu, *args)
-            twin[3, 8](*gpu, *args)
-            for k, (a, b) in enumerate(zip(cpu, gpu)):
-                if not np.array_equal(a, b, equal_nan=True):
-                    failures.append(f"{name} {dtype.__name__} size {size} buffer {k}: "
-                                    f"{np.flatnonzero(a != b)[:5]}")
-print("\n".join(failures) if failures else "all equal")
+    failures = []
+    for name in sorted(KERNELS):
+        module = KERNELS[name][0].__name__.rsplit(".", 1)[1]
+        twin = getattr(importlib.import_module(f"fastopt.kernels.{module}_cuda"), name)
+        for dtype in (np.float32, np.float64):
+            for size, seed in ((0, 0), (1, 1), (7, 2), (133, 3)):
+                kernel, _, cpu, args = make_case(name, size, dtype, np.random.default_rng(seed), 3 if size > 2 else 1)
+                cut = size // 3
+                args[1], args[2] = chunk_table([(0, cut, 0), (cut, size, 1 if size > 2 else 0)], chunk_size=16)
+                gpu = [buffer.copy() for buffer in cpu]
+                kernel(*cpu, *args)
+                twin[3, 8](*gpu, *args)
+                for k, (a, b) in enumerate(zip(cpu, gpu)):
+                    if not np.array_equal(a, b, equal_nan=True):
+                        failures.append(f"{name} {dtype.__name__} size {size} buffer {k}: "
+                                        f"{np.flatnonzero(a != b)[:5]}")
+    print("\n".join(failures) if failures else "all equal")
+
+
+if __name__ == "__main__":  # not on import (pytest --doctest-modules imports every module)
+    main()
