@@ -56,3 +56,33 @@ def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
     assert spills and all(stores == "0" and loads == "0" for stores, loads in spills), result.stderr
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", ["dropout_step", "dropout_mask"])
+def test_dropout_ptx_is_float32_and_spill_free(name, cc, tmp_path):
+    from fastopt.kernels import dropout_cuda
+
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    u = np.uint64
+    buffer = np.zeros(8, np.float32 if name == "dropout_step" else np.uint8)
+    args = [buffer, u(0), u(1), u(2), u(3), u(4), u(5)] + ([np.float32(1.25)] if name == "dropout_step" else [])
+    signature = tuple(numba.typeof(a) for a in args)
+    try:
+        ptx, _ = cuda.compile_ptx(getattr(dropout_cuda, name).py_func, signature, cc=cc)
+    except Exception as error:
+        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
+    body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
+    assert not re.search(r"\.f64\b", body)
+    assert re.search(r"\bmul\.hi\.u32|\bmul\.wide\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", body)
+    path = tmp_path / f"{name}.ptx"
+    path.write_text(ptx)
+    result = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o", str(tmp_path / "o.cubin")],
+                            capture_output=True, text=True)
+    if result.returncode != 0 and "Unsupported .version" in result.stderr:
+        pytest.skip(f"this ptxas is older than the NVVM that wrote the PTX: {result.stderr.strip()[:160]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
+    assert spills and all(s == "0" and l == "0" for s, l in spills), result.stderr
