@@ -32,6 +32,19 @@ def _ptx(name, cc):
     return ptx
 
 
+def assert_assembles_without_spills(ptxas, ptx, cc, tmp_path):
+    """``ptxas -v`` for ``cc`` accepts the PTX and reports no spill stores or loads."""
+    path = tmp_path / "kernel.ptx"
+    path.write_text(ptx)
+    result = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o", str(tmp_path / "out.cubin")],
+                            capture_output=True, text=True)
+    if result.returncode != 0 and "Unsupported .version" in result.stderr:
+        pytest.skip(f"this ptxas is older than the NVVM that wrote the PTX: {result.stderr.strip()[:160]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
+    assert spills and all(stores == "0" and loads == "0" for stores, loads in spills), result.stderr
+
+
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
@@ -46,16 +59,7 @@ def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
     assert not re.search(r"\bdiv\.(approx|full)\.f32|\bsqrt\.approx\.f32|\brsqrt", body), \
         "a division or square root that is not correctly rounded"
     assert re.search(r"\bfma\.rn\.f32", body)
-    path = tmp_path / f"{name}.ptx"
-    path.write_text(ptx)
-    arch = f"sm_{cc[0]}{cc[1]}"
-    result = subprocess.run([ptxas, "-v", f"-arch={arch}", str(path), "-o", str(tmp_path / "out.cubin")],
-                            capture_output=True, text=True)
-    if result.returncode != 0 and "Unsupported .version" in result.stderr:
-        pytest.skip(f"this ptxas is older than the NVVM that wrote the PTX: {result.stderr.strip()[:160]}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
-    assert spills and all(stores == "0" and loads == "0" for stores, loads in spills), result.stderr
+    assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)
 
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
@@ -77,12 +81,4 @@ def test_dropout_ptx_is_float32_and_spill_free(name, cc, tmp_path):
     body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
     assert not re.search(r"\.f64\b", body)
     assert re.search(r"\bmul\.hi\.u32|\bmul\.wide\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", body)
-    path = tmp_path / f"{name}.ptx"
-    path.write_text(ptx)
-    result = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o", str(tmp_path / "o.cubin")],
-                            capture_output=True, text=True)
-    if result.returncode != 0 and "Unsupported .version" in result.stderr:
-        pytest.skip(f"this ptxas is older than the NVVM that wrote the PTX: {result.stderr.strip()[:160]}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
-    assert spills and all(s == "0" and l == "0" for s, l in spills), result.stderr
+    assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)
