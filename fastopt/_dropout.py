@@ -144,21 +144,24 @@ class Dropout:
     def eval(self):
         return self.train(False)
 
-    def forward(self, x, step):
-        """Drop elements of ``x`` in place (training mode) and return it."""
+    def forward(self, x, step, offset=0):
+        """Drop elements of ``x`` in place (training mode) and return it; ``offset`` places
+        ``x`` in a larger buffer (see :func:`dropout`)."""
         if not self.training:
             _buffer("x", x)
             return x
-        return dropout(x, self.p, seed=self.seed, stream=self.stream, step=step)
+        return dropout(x, self.p, seed=self.seed, stream=self.stream, step=step, offset=offset)
 
     __call__ = forward
 
-    def backward(self, grad, step):
-        """Apply the forward pass's mask of ``step`` to ``grad`` in place and return it."""
+    def backward(self, grad, step, offset=0):
+        """Apply the forward pass's mask of ``step`` (and ``offset``) to ``grad`` in place and
+        return it."""
         if not self.training:
             _buffer("grad", grad)
             return grad
-        return dropout_backward(grad, self.p, seed=self.seed, stream=self.stream, step=step)
+        return dropout_backward(grad, self.p, seed=self.seed, stream=self.stream, step=step,
+                                offset=offset)
 
     def __repr__(self):
         return f"Dropout(p={self.p}, seed={self.seed}, stream={self.stream}, training={self.training})"

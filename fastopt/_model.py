@@ -101,8 +101,13 @@ class MLP:
     def _layers(self):
         return [(self.params[f"layer{k}.weight"], self.params[f"layer{k}.bias"]) for k in range(len(self.sizes) - 1)]
 
-    def forward(self, x, *, training=False, step=0):
-        """The output (logits for classification) of a batch ``x`` of shape ``(n, sizes[0])``."""
+    def forward(self, x, *, training=False, step=0, row_offset=0):
+        """The output (logits for classification) of a batch ``x`` of shape ``(n, sizes[0])``.
+
+        ``row_offset`` says where ``x`` starts within the whole batch when a data-parallel rank
+        handles a slice of it: the dropout masks are then those of the same rows of the whole
+        batch, so N ranks drop exactly what one process would.
+        """
         x = np.asarray(x, dtype=self.params.dtype)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"x must have shape (n, {self.sizes[0]}), got {x.shape}")
@@ -118,9 +123,9 @@ class MLP:
                 break
             a = self._function(z)
             if training and self.dropout_p > 0:
-                a = self._dropouts[k].forward(np.ascontiguousarray(a), step)
+                a = self._dropouts[k].forward(np.ascontiguousarray(a), step, row_offset * a.shape[1])
             cache.append((z, a))
-        self._cache = (cache, training, step)
+        self._cache = (cache, training, step, row_offset)
         return a
 
     def backward(self, grad_output):
@@ -128,7 +133,7 @@ class MLP:
         ``params.grad`` and returns d cost / d input."""
         if self._cache is None:
             raise RuntimeError("backward needs a forward pass first")
-        cache, training, step = self._cache
+        cache, training, step, row_offset = self._cache
         layers = self._layers()
         delta = np.asarray(grad_output, dtype=self.params.dtype)
         for k in range(len(layers) - 1, -1, -1):
@@ -140,7 +145,8 @@ class MLP:
             if k > 0:
                 z, a = cache[k]
                 if training and self.dropout_p > 0:
-                    delta = self._dropouts[k - 1].backward(np.ascontiguousarray(delta), step)
+                    delta = self._dropouts[k - 1].backward(np.ascontiguousarray(delta), step,
+                                                           row_offset * delta.shape[1])
                     a = self._function(z)  # the derivative needs the activation before dropout
                 delta *= self._derivative(z, a)
         return delta

@@ -71,6 +71,23 @@ def config_from_dict(config_type, data):
     return config_type(**values)
 
 
+def check_groups(params, groups):
+    """``groups`` as a tuple, checked: ParamGroups naming parameters of ``params``, each once."""
+    if isinstance(groups, ParamGroup) or not isinstance(groups, Sequence):
+        raise TypeError(f"groups must be a sequence of ParamGroup, got {groups!r}")
+    seen = {}
+    for index, group in enumerate(groups):
+        if not isinstance(group, ParamGroup):
+            raise TypeError(f"groups[{index}] must be a ParamGroup, got {group!r}")
+        for name in group.params:
+            if name not in params:
+                raise ValueError(f"groups[{index}] names {name!r}, which is not a parameter")
+            if name in seen:
+                raise ValueError(f"parameter {name!r} is in groups[{seen[name]}] and groups[{index}]")
+            seen[name] = index
+    return tuple(groups)
+
+
 class Optimizer:
     """Base class: validates once, picks one kernel, and calls it once per :meth:`step`.
 
@@ -151,19 +168,7 @@ class Optimizer:
         return dict(self._state)
 
     def _check_groups(self, groups):
-        if isinstance(groups, ParamGroup) or not isinstance(groups, Sequence):
-            raise TypeError(f"groups must be a sequence of ParamGroup, got {groups!r}")
-        seen = {}
-        for index, group in enumerate(groups):
-            if not isinstance(group, ParamGroup):
-                raise TypeError(f"groups[{index}] must be a ParamGroup, got {group!r}")
-            for name in group.params:
-                if name not in self._params:
-                    raise ValueError(f"groups[{index}] names {name!r}, which is not a parameter")
-                if name in seen:
-                    raise ValueError(f"parameter {name!r} is in groups[{seen[name]}] and groups[{index}]")
-                seen[name] = index
-        return tuple(groups)
+        return check_groups(self._params, groups)
 
     def _set_groups(self, groups):
         # Group 0 holds every parameter no ParamGroup names; group k + 1 is groups[k].
@@ -233,13 +238,9 @@ class Optimizer:
             "state": {name: buffer.copy() for name, buffer in self._state.items()},
         }
 
-    def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict` output: config, groups, step count and state.
-
-        The state dict must come from the same optimizer class, parameter layout and dtype;
-        its config replaces this optimizer's, as in PyTorch. Everything is checked before
-        anything changes.
-        """
+    def _checked_state(self, state_dict, params):
+        """Check a :meth:`state_dict` against ``params`` (its layout and dtype) and this optimizer's
+        class; return ``(config, kernel, state_names, groups, step, buffers)``."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         missing = {"format", "optimizer", "config", "groups", "step", "layout", "dtype", "state"} - set(state_dict)
@@ -251,15 +252,15 @@ class Optimizer:
             raise ValueError(
                 f"state_dict is from a {state_dict['optimizer']!r} optimizer, not {type(self).__name__!r}"
             )
-        layout = [[name, list(shape)] for name, shape in self._params.layout]
+        layout = [[name, list(shape)] for name, shape in params.layout]
         saved_layout = [[name, list(shape)] for name, shape in state_dict["layout"]]
         if saved_layout != layout:
             raise ValueError("state_dict is for a different parameter layout (names or shapes differ)")
-        if state_dict["dtype"] != str(self._params.dtype):
-            raise ValueError(f"state_dict is for dtype {state_dict['dtype']}, these params are {self._params.dtype}")
+        if state_dict["dtype"] != str(params.dtype):
+            raise ValueError(f"state_dict is for dtype {state_dict['dtype']}, these params are {params.dtype}")
         config = config_from_dict(self.config_type, state_dict["config"])
         kernel, state_names = self._select(config)
-        groups = self._check_groups([ParamGroup(**group) for group in state_dict["groups"]])
+        groups = check_groups(params, [ParamGroup(**group) for group in state_dict["groups"]])
         step = state_dict["step"]
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"state_dict step must be an int >= 0, got {step!r}")
@@ -268,13 +269,23 @@ class Optimizer:
             raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(state_names)}")
         for name in state_names:
             buffer = buffers[name]
-            if (not isinstance(buffer, np.ndarray) or buffer.dtype != self._params.dtype
-                    or buffer.shape != (self._params.size,)):
+            if (not isinstance(buffer, np.ndarray) or buffer.dtype != params.dtype
+                    or buffer.shape != (params.size,)):
                 raise ValueError(
-                    f"state_dict state {name!r} must be a {self._params.dtype} array of shape "
-                    f"({self._params.size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
+                    f"state_dict state {name!r} must be a {params.dtype} array of shape "
+                    f"({params.size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
                     f"{getattr(buffer, 'shape', '')}"
                 )
+        return config, kernel, state_names, groups, int(step), buffers
+
+    def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict` output: config, groups, step count and state.
+
+        The state dict must come from the same optimizer class, parameter layout and dtype;
+        its config replaces this optimizer's, as in PyTorch. Everything is checked before
+        anything changes.
+        """
+        config, kernel, state_names, groups, step, buffers = self._checked_state(state_dict, self._params)
         # Like PyTorch, the saved config wins, even where it needs other state buffers (a
         # momentum buffer, AMSGrad's maximum) than this optimizer was built with.
         self._state = {name: self._state[name] if name in self._state

@@ -10,7 +10,9 @@ SCHEDULER_FORMAT = 1
 
 
 def _check_optimizer(optimizer):
-    if not isinstance(optimizer, Optimizer):
+    from .distributed import DistributedOptimizer
+
+    if not isinstance(optimizer, (Optimizer, DistributedOptimizer)):
         raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")
     return optimizer
 

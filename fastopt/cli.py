@@ -16,6 +16,7 @@ parameter group without weight decay, and every step is one kernel call. It prin
 """
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -155,8 +156,22 @@ def train(args, out=None):
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     cls, extra = OPTIMIZERS[args.optimizer]
     biases = [name for name in model.params if name.endswith(".bias")]
-    optimizer = cls(model.params, lr=lr, weight_decay=args.l2, groups=[ParamGroup(biases, weight_decay=0.0)],
-                    **extra(args))
+    options = dict(lr=lr, weight_decay=args.l2, groups=[ParamGroup(biases, weight_decay=0.0)], **extra(args))
+    parallel = args.parallel
+    if parallel == "auto":
+        from .distributed import launched_under_mpi
+
+        parallel = "zero" if launched_under_mpi() else "none"
+    if parallel == "none":
+        optimizer, ranks = cls(model.params, **options), ""
+    else:
+        from . import distributed
+
+        wrapper = distributed.ShardedOptimizer if parallel == "zero" else distributed.AllReduceOptimizer
+        optimizer = wrapper(model.params, cls, **options)
+        ranks = f", data-parallel ({parallel}) over {optimizer.size} ranks"
+        if optimizer.rank != 0:
+            out = io.StringIO()  # rank 0 alone prints and writes outputs
     steps_per_epoch = -(-int(round(len(x_train) * (1 - args.validation_fraction))) // args.batch_size)
     plateau = ReduceLROnPlateau(optimizer, factor=0.5, patience=3) if args.schedule == "plateau" else None
     schedule, per_batch = _train_schedule(args.schedule, lr, args.epochs, steps_per_epoch)
@@ -173,12 +188,12 @@ def train(args, out=None):
         print(f"resumed from {path} at epoch {trainer.epoch}", file=out)
     print(f"fastopt train: {source}, {len(x_train)} training / {len(x_test)} test samples, "
           f"MLP {model.sizes}, {args.optimizer} lr={lr}, schedule {args.schedule}, l2={args.l2}, "
-          f"dropout={args.dropout}", file=out)
+          f"dropout={args.dropout}{ranks}", file=out)
     start = time.perf_counter()
     trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                 validation_split=args.validation_fraction)
     seconds = time.perf_counter() - start
-    if args.plot and trainer.history:
+    if args.plot and trainer.history and trainer.rank == 0:
         from ._plot import plot_history
 
         plot_history(trainer.history, args.plot)
@@ -251,6 +266,10 @@ def main(argv=None):
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--parallel", choices=["auto", "zero", "allreduce", "none"], default="auto",
+                     help="data parallelism over MPI ranks (run under mpiexec -n N): optimizer state "
+                          "sharded (zero), or replicated with an all-reduce; auto: zero when "
+                          "started by mpiexec with several ranks, else none")
     fit.add_argument("--test-fraction", type=_nonnegative_float, default=0.2)
     fit.add_argument("--validation-fraction", type=_nonnegative_float, default=0.1)
     fit.add_argument("--checkpoint", help="folder for checkpoint.npz, written every epoch")
