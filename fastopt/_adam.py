@@ -91,10 +91,14 @@ class Adam(Optimizer):
             return amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         return plain, ("exp_avg", "exp_avg_sq")
 
+    #: The kernels take each group's learning rate in float64 and divide it by the bias
+    #: correction themselves, so that a step passes only scalars.
+    _group_scale_dtype = np.float64
+
     def _refresh(self):
         t = self._dtype
         beta1, beta2 = self._config.betas
-        self._lr_per_group = self._group_lr()
+        self._group_scale[:] = self._group_lr()
         self._group_decay[:] = self._decay_per_group()
         self._constant_scalars = (self._grad_sign(), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
                                   t(self._config.eps))
@@ -104,8 +108,8 @@ class Adam(Optimizer):
 
     def _prepare(self, step):
         beta1, beta2 = self._config.betas
-        np.divide(self._lr_per_group, 1.0 - beta1**step, out=self._group_scale, casting="same_kind")
-        return (*self._constant_scalars, self._dtype(math.sqrt(1.0 - beta2**step)))
+        return (*self._constant_scalars, np.float64(1.0 - beta1**step),
+                self._dtype(math.sqrt(1.0 - beta2**step)))
 
 
 class AdamW(Adam):

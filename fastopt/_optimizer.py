@@ -97,6 +97,8 @@ class Optimizer:
     """
 
     config_type: ClassVar[type]
+    #: dtype of the per-group scale array the kernel takes; None: the parameters' dtype.
+    _group_scale_dtype: ClassVar[type | None] = None
 
     def __init__(self, params, config, groups=()):
         if not isinstance(params, FlatParams):
@@ -177,7 +179,7 @@ class Optimizer:
         segments = [(*self._params.segment(name), index.get(name, 0)) for name in self._params]
         self._chunk_bounds, self._chunk_group = chunk_table(segments)
         n_groups = len(groups) + 1
-        self._group_scale = np.empty(n_groups, self._params.dtype)
+        self._group_scale = np.empty(n_groups, self._group_scale_dtype or self._params.dtype)
         self._group_decay = np.empty(n_groups, self._params.dtype)
         self._kernel_buffers = (
             self._params.data, *self._state.values(), self._params.grad,

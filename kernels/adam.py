@@ -4,10 +4,10 @@ All four kernels share one argument order, and each reference takes exactly the 
 its kernel::
 
     mutated buffers:  param, exp_avg, exp_avg_sq[, max_exp_avg_sq]
-    read-only:        grad, chunk_bounds, chunk_group, group_step_size, group_weight_decay
+    read-only:        grad, chunk_bounds, chunk_group, group_lr, group_weight_decay
                       (adamw: group_decay)
     scalars:          grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps,
-                      bias_correction2_sqrt
+                      bias_correction1, bias_correction2_sqrt
 
 The per-element rule is PyTorch's (``torch.optim.Adam``/``AdamW``, ``foreach=False``):
 
@@ -22,10 +22,13 @@ The per-element rule is PyTorch's (``torch.optim.Adam``/``AdamW``, ``foreach=Fal
         \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
 
 ``chunk_bounds`` (uint64, ``n_chunks + 1``) and ``chunk_group`` (int64, ``n_chunks``) are the
-chunk table of :mod:`fastopt.kernels.chunks`. ``group_step_size`` holds :math:`\gamma/(1-\beta_1^t)` per group and
-``bias_correction2_sqrt`` :math:`\sqrt{1-\beta_2^t}`, both derived on the host in float64 from
-the step count and rounded once to the buffer's dtype. The two multiply-adds of the moments
-and the final update are single-rounding FMAs.
+chunk table of :mod:`fastopt.kernels.chunks`. ``group_lr`` (float64, whatever the buffer's
+dtype) holds each group's :math:`\gamma` and ``bias_correction1`` (a float64 scalar)
+:math:`1-\beta_1^t`; each chunk divides the two in float64 and rounds the step size
+:math:`\gamma/(1-\beta_1^t)` once to the buffer's dtype, so that a step passes only scalars
+(the CUDA twins need no copy to the device per step). ``bias_correction2_sqrt`` is
+:math:`\sqrt{1-\beta_2^t}`, derived on the host in float64 and rounded once. The two multiply-adds of the moments and the final update are
+single-rounding FMAs.
 """
 
 import math
@@ -55,13 +58,19 @@ def _update(p, m, v, step_size, bias_correction2_sqrt, eps):
     return fma(-step_size, m / (math.sqrt(v) / bias_correction2_sqrt + eps), p)
 
 
+@inline_helper
+def _step_size(param, lr, bias_correction1):
+    # In float64, rounded once to the buffer's dtype: the host's lr / (1 - beta1**t) exactly.
+    return param.dtype.type(lr / bias_correction1)
+
+
 @parallel_kernel
 def adam_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
-              group_step_size, group_weight_decay, grad_sign, one_minus_beta1, beta2,
-              one_minus_beta2, eps, bias_correction2_sqrt):
+              group_lr, group_weight_decay, grad_sign, one_minus_beta1, beta2,
+              one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     """One Adam step (L2 term coupled into the gradient), in place."""
     for c in prange(chunk_group.size):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = _step_size(param, group_lr[chunk_group[c]], bias_correction1)
         weight_decay = group_weight_decay[chunk_group[c]]
         for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
             p = param[i]
@@ -74,11 +83,12 @@ def adam_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
 
 @parallel_kernel
 def adam_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds,
-                      chunk_group, group_step_size, group_weight_decay, grad_sign,
-                      one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2_sqrt):
+                      chunk_group, group_lr, group_weight_decay, grad_sign,
+                      one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1,
+                      bias_correction2_sqrt):
     """One Adam step with AMSGrad's running maximum of the second moment, in place."""
     for c in prange(chunk_group.size):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = _step_size(param, group_lr[chunk_group[c]], bias_correction1)
         weight_decay = group_weight_decay[chunk_group[c]]
         for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
             p = param[i]
@@ -93,11 +103,11 @@ def adam_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bo
 
 @parallel_kernel
 def adamw_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
-               group_step_size, group_decay, grad_sign, one_minus_beta1, beta2,
-               one_minus_beta2, eps, bias_correction2_sqrt):
+               group_lr, group_decay, grad_sign, one_minus_beta1, beta2,
+               one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     """One AdamW step (decoupled decay: ``group_decay`` is 1 - lr * weight_decay), in place."""
     for c in prange(chunk_group.size):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = _step_size(param, group_lr[chunk_group[c]], bias_correction1)
         decay = group_decay[chunk_group[c]]
         for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
             p = param[i] * decay
@@ -110,11 +120,11 @@ def adamw_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
 
 @parallel_kernel
 def adamw_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds,
-                       chunk_group, group_step_size, group_decay, grad_sign, one_minus_beta1,
-                       beta2, one_minus_beta2, eps, bias_correction2_sqrt):
+                       chunk_group, group_lr, group_decay, grad_sign, one_minus_beta1,
+                       beta2, one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     """One AdamW step with AMSGrad, in place."""
     for c in prange(chunk_group.size):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = _step_size(param, group_lr[chunk_group[c]], bias_correction1)
         decay = group_decay[chunk_group[c]]
         for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
             p = param[i] * decay
@@ -132,10 +142,11 @@ def adamw_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_b
 
 
 def _reference(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds, chunk_group,
-               group_step_size, group_weight_decay, group_decay, grad_sign, one_minus_beta1,
-               beta2, one_minus_beta2, eps, bias_correction2_sqrt):
+               group_lr, group_weight_decay, group_decay, grad_sign, one_minus_beta1,
+               beta2, one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     p, m, v, g = as_float64(param, exp_avg, exp_avg_sq, grad)
-    step_size = expand(group_step_size, chunk_bounds, chunk_group)
+    rounded = (np.asarray(group_lr, np.float64) / float(bias_correction1)).astype(param.dtype)
+    step_size = expand(rounded, chunk_bounds, chunk_group)
     if group_decay is not None:
         p = p * expand(group_decay, chunk_bounds, chunk_group)
     g = float(grad_sign) * g
@@ -154,29 +165,29 @@ def _reference(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds, c
 
 
 def adam_step_reference(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
-                        group_step_size, group_weight_decay, *scalars):
+                        group_lr, group_weight_decay, *scalars):
     """float64 reference of :func:`adam_step`."""
     _reference(param, exp_avg, exp_avg_sq, None, grad, chunk_bounds, chunk_group,
-               group_step_size, group_weight_decay, None, *scalars)
+               group_lr, group_weight_decay, None, *scalars)
 
 
 def adam_amsgrad_step_reference(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds,
-                                chunk_group, group_step_size, group_weight_decay, *scalars):
+                                chunk_group, group_lr, group_weight_decay, *scalars):
     """float64 reference of :func:`adam_amsgrad_step`."""
     _reference(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds, chunk_group,
-               group_step_size, group_weight_decay, None, *scalars)
+               group_lr, group_weight_decay, None, *scalars)
 
 
 def adamw_step_reference(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
-                         group_step_size, group_decay, *scalars):
+                         group_lr, group_decay, *scalars):
     """float64 reference of :func:`adamw_step`."""
     _reference(param, exp_avg, exp_avg_sq, None, grad, chunk_bounds, chunk_group,
-               group_step_size, None, group_decay, *scalars)
+               group_lr, None, group_decay, *scalars)
 
 
 def adamw_amsgrad_step_reference(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad,
-                                 chunk_bounds, chunk_group, group_step_size, group_decay,
+                                 chunk_bounds, chunk_group, group_lr, group_decay,
                                  *scalars):
     """float64 reference of :func:`adamw_amsgrad_step`."""
     _reference(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds, chunk_group,
-               group_step_size, None, group_decay, *scalars)
+               group_lr, None, group_decay, *scalars)

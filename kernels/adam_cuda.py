@@ -20,10 +20,10 @@ def _running_max(current, candidate):
 
 @cuda.jit
 def adam_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
-              group_step_size, group_weight_decay, grad_sign, one_minus_beta1, beta2,
-              one_minus_beta2, eps, bias_correction2_sqrt):
+              group_lr, group_weight_decay, grad_sign, one_minus_beta1, beta2,
+              one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     for c in range(cuda.blockIdx.x, chunk_group.size, cuda.gridDim.x):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = param.dtype.type(group_lr[chunk_group[c]] / bias_correction1)
         weight_decay = group_weight_decay[chunk_group[c]]
         for i in range(chunk_bounds[c] + uint64(cuda.threadIdx.x), chunk_bounds[c + 1], uint64(cuda.blockDim.x)):
             p = param[i]
@@ -37,10 +37,11 @@ def adam_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
 
 @cuda.jit
 def adam_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds,
-                      chunk_group, group_step_size, group_weight_decay, grad_sign,
-                      one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2_sqrt):
+                      chunk_group, group_lr, group_weight_decay, grad_sign,
+                      one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1,
+                      bias_correction2_sqrt):
     for c in range(cuda.blockIdx.x, chunk_group.size, cuda.gridDim.x):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = param.dtype.type(group_lr[chunk_group[c]] / bias_correction1)
         weight_decay = group_weight_decay[chunk_group[c]]
         for i in range(chunk_bounds[c] + uint64(cuda.threadIdx.x), chunk_bounds[c + 1], uint64(cuda.blockDim.x)):
             p = param[i]
@@ -56,10 +57,10 @@ def adam_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bo
 
 @cuda.jit
 def adamw_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
-               group_step_size, group_decay, grad_sign, one_minus_beta1, beta2,
-               one_minus_beta2, eps, bias_correction2_sqrt):
+               group_lr, group_decay, grad_sign, one_minus_beta1, beta2,
+               one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     for c in range(cuda.blockIdx.x, chunk_group.size, cuda.gridDim.x):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = param.dtype.type(group_lr[chunk_group[c]] / bias_correction1)
         decay = group_decay[chunk_group[c]]
         for i in range(chunk_bounds[c] + uint64(cuda.threadIdx.x), chunk_bounds[c + 1], uint64(cuda.blockDim.x)):
             p = param[i] * decay
@@ -73,10 +74,10 @@ def adamw_step(param, exp_avg, exp_avg_sq, grad, chunk_bounds, chunk_group,
 
 @cuda.jit
 def adamw_amsgrad_step(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, chunk_bounds,
-                       chunk_group, group_step_size, group_decay, grad_sign, one_minus_beta1,
-                       beta2, one_minus_beta2, eps, bias_correction2_sqrt):
+                       chunk_group, group_lr, group_decay, grad_sign, one_minus_beta1,
+                       beta2, one_minus_beta2, eps, bias_correction1, bias_correction2_sqrt):
     for c in range(cuda.blockIdx.x, chunk_group.size, cuda.gridDim.x):
-        step_size = group_step_size[chunk_group[c]]
+        step_size = param.dtype.type(group_lr[chunk_group[c]] / bias_correction1)
         decay = group_decay[chunk_group[c]]
         for i in range(chunk_bounds[c] + uint64(cuda.threadIdx.x), chunk_bounds[c + 1], uint64(cuda.blockDim.x)):
             p = param[i] * decay

@@ -12,7 +12,7 @@ DTYPES = [np.float32, np.float64]
 
 
 def _sign(rng):
-    return rng.choice([1.0, -1.0])
+    return float(rng.choice([1.0, -1.0]))
 
 
 def _sgd_momentum(rng):
@@ -21,13 +21,14 @@ def _sgd_momentum(rng):
 
 def _adam(rng):
     beta2 = rng.choice([0.0, rng.uniform(0, 1), 0.999])
-    return [_sign(rng), rng.uniform(0.01, 1), beta2, 1 - beta2, 10 ** rng.uniform(-12, -2),
-            rng.uniform(0.01, 1)]
+    # bias_correction1 stays float64 whatever the buffers' dtype (the kernel divides in float64).
+    return [_sign(rng), rng.uniform(0.01, 1), float(beta2), float(1 - beta2), 10 ** rng.uniform(-12, -2),
+            np.float64(rng.uniform(0.05, 1)), rng.uniform(0.01, 1)]
 
 
 def _rmsprop(rng, centered=False):
     # alpha = 0 makes the centered variance g**2 - g**2: zero, all rounding (tested apart).
-    alpha = rng.choice([rng.uniform(0.01, 1), 0.99, 1.0] + ([] if centered else [0.0]))
+    alpha = float(rng.choice([rng.uniform(0.01, 1), 0.99, 1.0] + ([] if centered else [0.0])))
     return [_sign(rng), alpha, 1 - alpha, 10 ** rng.uniform(-12, -2)]
 
 
@@ -102,6 +103,9 @@ def make_case(name, size, dtype, rng, n_groups=1):
     bounds, chunk_group = chunk_table(segments)
     group_a, group_b = groups(rng, n_groups)
     mutated = [np.ascontiguousarray(b, dtype=dtype) for b in [param, *state]]
-    args = [grad.astype(dtype), bounds, chunk_group, group_a.astype(dtype), group_b.astype(dtype),
-            *[dtype(s) for s in scalars(rng)]]
+    # Adam's per-group learning rates are float64 (see fastopt.kernels.adam); np.float64
+    # scalars stay float64 (the others are Python floats, cast to the dtype).
+    group_a = group_a.astype(np.float64 if module is adam else dtype)
+    args = [grad.astype(dtype), bounds, chunk_group, group_a, group_b.astype(dtype),
+            *[s if isinstance(s, np.float64) else dtype(s) for s in scalars(rng)]]
     return getattr(module, name), getattr(module, name + "_reference"), mutated, args

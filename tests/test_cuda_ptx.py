@@ -54,7 +54,15 @@ def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
     ptx = _ptx(name, cc)
     instructions = [line.split("//")[0] for line in ptx.splitlines()]
     body = "\n".join(instructions)
-    assert not re.search(r"\.f64\b", body), "float64 arithmetic in a float32 kernel"
+    float64 = [line.split()[0] for line in instructions if re.search(r"\.f64\b", line)]
+    if name.startswith("adam"):
+        # Once per chunk, outside the element loop: lr / (1 - beta1**t) divided in float64,
+        # as the host would, and rounded once to float32. Nothing else in float64.
+        arithmetic = [op for op in float64 if op not in (".param", ".reg", "ld.param.f64", "ld.global.f64",
+                                                         "ld.global.nc.f64")]
+        assert arithmetic == ["div.rn.f64", "cvt.rn.f32.f64"], arithmetic
+    else:
+        assert not float64, "float64 arithmetic in a float32 kernel"
     assert not re.search(r"\bmad\.\w*f32|\bfma\.rn\.ftz", body)
     assert not re.search(r"\bdiv\.(approx|full)\.f32|\bsqrt\.approx\.f32|\brsqrt", body), \
         "a division or square root that is not correctly rounded"

@@ -148,7 +148,12 @@ def float32_assembly(name, rng):
 def test_float32_kernels_do_no_float64_arithmetic(name, rng):
     asm = float32_assembly(name, rng)
     double_ops = re.findall(r"\bv?(?:add|sub|mul|div|sqrt|fmadd\w*|cvtss2)(?:sd|pd)\b", asm)
-    assert double_ops == []
+    if name.startswith("adam"):
+        # Once per chunk, outside the element loop: the step size lr / (1 - beta1**t), divided
+        # in float64 as the host would and rounded once to float32.
+        assert set(double_ops) <= {"vdivsd"} and len(double_ops) <= 2, double_ops
+    else:
+        assert double_ops == []
     assert re.search(r"\bvfmadd\w*ps\b|\bvfmadd\w*ss\b", asm), "expected single-precision FMAs"
 
 
