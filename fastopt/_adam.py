@@ -62,6 +62,9 @@ class Adam(Optimizer):
     weight_decay : float >= 0
     amsgrad, maximize : bool, keyword-only
     groups : sequence of ParamGroup, keyword-only
+    device : "cpu", "cuda" or None, keyword-only
+        Checked against ``params.device`` (None: follow it). On "cuda" each step is one
+        launch of the CUDA twin of the kernel, with parameters, gradients and state on the GPU.
 
     Examples
     --------
@@ -78,10 +81,10 @@ class Adam(Optimizer):
     _kernel_names = ("adam_step", "adam_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 amsgrad=False, maximize=False, groups=()):
+                 amsgrad=False, maximize=False, groups=(), device=None):
         config = AdamConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                             amsgrad=amsgrad, maximize=maximize)
-        super().__init__(params, config, groups)
+        super().__init__(params, config, groups, device)
 
     def _select(self, config):
         from .kernels import adam as kernels
@@ -130,9 +133,9 @@ class AdamW(Adam):
     _kernel_names = ("adamw_step", "adamw_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
-                 amsgrad=False, maximize=False, groups=()):
+                 amsgrad=False, maximize=False, groups=(), device=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, groups=groups)
+                         maximize=maximize, groups=groups, device=device)
 
     def _decay_per_group(self):
         return 1.0 - self._group_lr() * self._group_weight_decay()

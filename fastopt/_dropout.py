@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _device
 
 _U32 = 2**32
 
@@ -54,6 +54,8 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
     Parameters
     ----------
     x : ndarray, float32 or float64, C-contiguous, writeable (any shape)
+        or a CUDA array (numba, CuPy, PyTorch: ``__cuda_array_interface__``), updated on the
+        GPU by the CUDA twin, with the same mask bit for bit.
     p : float in [0, 1]
         ``p = 0`` leaves ``x`` unchanged and ``p = 1`` zeroes it, both exactly.
     seed : int in [0, 2**64)
@@ -68,18 +70,49 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
     >>> dropout(x, 0.5, seed=7, step=1)
     array([0., 2., 2., 2., 0., 0., 2., 0.], dtype=float32)
     """
-    flat = _buffer("x", x)
+    on_gpu = _device.is_cuda_array(x)
+    flat = _device_buffer("x", x) if on_gpu else _buffer("x", x)
     p = _probability(p)
     arguments = _mask_arguments(p, seed, stream, step, offset)
     if p == 0.0:
         return x
     if p == 1.0:
-        flat.fill(0)
+        if on_gpu:
+            _device.fill(flat, 0)
+        else:
+            flat.fill(0)
+        return x
+    scale = flat.dtype.type(1.0 / (1.0 - p))
+    if on_gpu:
+        from .kernels import _cuda, dropout_cuda
+
+        _cuda.elementwise(dropout_cuda.dropout_step, _counters(arguments[0], flat.size))(flat, *arguments, scale)
         return x
     from .kernels.dropout import dropout_step
 
-    dropout_step(flat, *arguments, flat.dtype.type(1.0 / (1.0 - p)))
+    dropout_step(flat, *arguments, scale)
     return x
+
+
+def _any_buffer(name, x):
+    if _device.is_cuda_array(x):
+        return _device_buffer(name, x)
+    return _buffer(name, x)
+
+
+def _device_buffer(name, x):
+    """A CUDA array (numba, CuPy, PyTorch) as a flat numba view of the same memory."""
+    view = _device.as_numba(x)
+    _checks.float_dtype(f"{name}.dtype", view.dtype)
+    if not view.is_c_contiguous():
+        raise ValueError(f"{name} must be C-contiguous, got strides {view.strides}")
+    return view.reshape(view.size)
+
+
+def _counters(offset, size):
+    """How many Philox counters (four elements each) cover ``size`` elements from ``offset``."""
+    offset = int(offset)
+    return 0 if size == 0 else (offset + size - 1) // 4 - offset // 4 + 1
 
 
 def dropout_backward(grad, p, *, seed, stream=0, step=0, offset=0):
@@ -88,13 +121,26 @@ def dropout_backward(grad, p, *, seed, stream=0, step=0, offset=0):
     return dropout(grad, p, seed=seed, stream=stream, step=step, offset=offset)
 
 
-def dropout_mask(size, p, *, seed, stream=0, step=0, offset=0, packed=False):
+def dropout_mask(size, p, *, seed, stream=0, step=0, offset=0, packed=False, device="cpu"):
     """The keep mask :func:`dropout` uses for ``size`` elements: a uint8 array of 1 (kept) and
     0 (dropped), or with ``packed=True`` the same bits packed eight to a byte, little-endian
-    (``np.unpackbits(m, count=size, bitorder="little")`` unpacks it)."""
+    (``np.unpackbits(m, count=size, bitorder="little")`` unpacks it). With ``device="cuda"``
+    the (unpacked) mask is made on the GPU and returned as a numba device array."""
     size = int(_uint("size", size, 2**62))
     p = _probability(p)
     arguments = _mask_arguments(p, seed, stream, step, offset)
+    _device.check_device("device", device)
+    if device == "cuda":
+        if packed:
+            raise ValueError("packed=True is not available with device='cuda' yet; unpacked masks are")
+        mask = _device.cuda().device_array(size, np.uint8)
+        if p == 0.0 or p == 1.0:
+            _device.fill(mask, 1 if p == 0.0 else 0)
+        elif size:
+            from .kernels import _cuda, dropout_cuda
+
+            _cuda.elementwise(dropout_cuda.dropout_mask, _counters(arguments[0], size))(mask, *arguments)
+        return mask
     mask = np.empty(size, np.uint8)
     if p == 0.0 or p == 1.0:
         mask.fill(1 if p == 0.0 else 0)
@@ -148,7 +194,7 @@ class Dropout:
         """Drop elements of ``x`` in place (training mode) and return it; ``offset`` places
         ``x`` in a larger buffer (see :func:`dropout`)."""
         if not self.training:
-            _buffer("x", x)
+            _any_buffer("x", x)
             return x
         return dropout(x, self.p, seed=self.seed, stream=self.stream, step=step, offset=offset)
 
@@ -158,7 +204,7 @@ class Dropout:
         """Apply the forward pass's mask of ``step`` (and ``offset``) to ``grad`` in place and
         return it."""
         if not self.training:
-            _buffer("grad", grad)
+            _any_buffer("grad", grad)
             return grad
         return dropout_backward(grad, self.p, seed=self.seed, stream=self.stream, step=step,
                                 offset=offset)

@@ -6,7 +6,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import _checks
+import importlib
+
+from . import _checks, _device
 from ._params import FlatParams
 from .kernels.chunks import chunk_table
 
@@ -71,6 +73,15 @@ def config_from_dict(config_type, data):
     return config_type(**values)
 
 
+def _cuda_launch(kernel, chunk_group):
+    """The CUDA twin of a CPU kernel (same name, in the sibling ``*_cuda`` module), configured
+    once for the chunk table."""
+    from .kernels import _cuda
+
+    module = importlib.import_module(kernel.py_func.__module__ + "_cuda")
+    return _cuda.launch(getattr(module, kernel.py_func.__name__), chunk_group)
+
+
 def check_groups(params, groups):
     """``groups`` as a tuple, checked: ParamGroups naming parameters of ``params``, each once."""
     if isinstance(groups, ParamGroup) or not isinstance(groups, Sequence):
@@ -100,20 +111,29 @@ class Optimizer:
     #: dtype of the per-group scale array the kernel takes; None: the parameters' dtype.
     _group_scale_dtype: ClassVar[type | None] = None
 
-    def __init__(self, params, config, groups=()):
+    def __init__(self, params, config, groups=(), device=None):
         if not isinstance(params, FlatParams):
             raise TypeError(f"params must be a FlatParams, got {type(params).__name__}")
-        _checks.flat_buffer("params.data", params.data)
-        _checks.flat_buffer("params.grad", params.grad)
+        if device is not None:
+            _device.check_device("device", device)
+            if device == "cuda":
+                _device.cuda()  # says what is missing when there is no usable GPU
+            if device != params.device:
+                raise ValueError(f"device={device!r}, but params live on {params.device!r}: move them "
+                                 f"first (params = params.to({device!r})) and build the optimizer over those")
+        if params.device == "cpu":
+            _checks.flat_buffer("params.data", params.data)
+            _checks.flat_buffer("params.grad", params.grad)
         if params.grad.dtype != params.data.dtype or params.grad.size != params.data.size:
             raise ValueError(
                 f"params.grad ({params.grad.dtype}, {params.grad.size}) must match the layout of "
                 f"params.data ({params.data.dtype}, {params.data.size})"
             )
         self._params = params
+        self._device = params.device
         self._dtype = params.dtype.type
         self._kernel, state_names = self._select(config)
-        self._state = {name: np.zeros_like(params.data) for name in state_names}
+        self._state = {name: self._zeros() for name in state_names}
         self._step_count = 0
         self._config = config
         self._set_groups(self._check_groups(groups))
@@ -123,6 +143,16 @@ class Optimizer:
     @property
     def params(self):
         return self._params
+
+    @property
+    def device(self):
+        """``"cpu"`` or ``"cuda"``: where the parameters, gradients and state live."""
+        return self._device
+
+    def _zeros(self):
+        if self._device == "cuda":
+            return _device.zeros(self._params.size, self._params.dtype)
+        return np.zeros_like(self._params.data)
 
     @property
     def config(self):
@@ -140,7 +170,7 @@ class Optimizer:
                 f"optimizer was built with ({', '.join(self._state) or 'none'}); build a new one"
             )
         self._config = config
-        self._refresh()
+        self._refreshed()
 
     def set_hyperparameters(self, **changes):
         """Change some hyperparameters, validated, e.g. ``opt.set_hyperparameters(momentum=0.85)``."""
@@ -181,11 +211,22 @@ class Optimizer:
         n_groups = len(groups) + 1
         self._group_scale = np.empty(n_groups, self._group_scale_dtype or self._params.dtype)
         self._group_decay = np.empty(n_groups, self._params.dtype)
-        self._kernel_buffers = (
-            self._params.data, *self._state.values(), self._params.grad,
-            self._chunk_bounds, self._chunk_group, self._group_scale, self._group_decay,
-        )
+        tables = (self._chunk_bounds, self._chunk_group, self._group_scale, self._group_decay)
+        if self._device == "cuda":
+            # Copied once here; the group arrays again only when the config changes (a new lr).
+            tables = tuple(_device.to_device(table) for table in tables)
+            self._launch = _cuda_launch(self._kernel, self._chunk_group)
+        else:
+            self._launch = self._kernel
+        self._device_tables = tables
+        self._kernel_buffers = (self._params.data, *self._state.values(), self._params.grad, *tables)
+        self._refreshed()
+
+    def _refreshed(self):
         self._refresh()
+        if self._device == "cuda":
+            self._device_tables[2].copy_to_device(self._group_scale)
+            self._device_tables[3].copy_to_device(self._group_decay)
 
     def _group_lr(self):
         """float64 learning rate of each group."""
@@ -203,9 +244,10 @@ class Optimizer:
     # -- the step ------------------------------------------------------------------------------
 
     def step(self):
-        """Update every parameter from :attr:`FlatParams.grad`: one kernel call."""
+        """Update every parameter from :attr:`FlatParams.grad`: one kernel call (on CUDA
+        buffers one asynchronous launch, with scalar arguments only)."""
         self._step_count += 1
-        self._kernel(*self._kernel_buffers, *self._prepare(self._step_count))
+        self._launch(*self._kernel_buffers, *self._prepare(self._step_count))
 
     def zero_grad(self):
         """Set every gradient to zero."""
@@ -217,6 +259,11 @@ class Optimizer:
         :math:`\lambda_k` is each group's weight decay, so for SGD, Adam and RMSProp this is
         the penalty whose gradient the step adds. Add it to the mean loss for the batch cost.
         """
+        if self._device == "cuda":
+            from .kernels import penalty_cuda
+
+            return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2],
+                                           self._group_weight_decay())
         from .kernels import penalty
 
         return penalty.l2_penalty(self._params.data, self._chunk_bounds, self._chunk_group,
@@ -237,7 +284,8 @@ class Optimizer:
             "step": self._step_count,
             "layout": [[name, list(shape)] for name, shape in self._params.layout],
             "dtype": str(self._params.dtype),
-            "state": {name: buffer.copy() for name, buffer in self._state.items()},
+            "state": {name: buffer.copy() if self._device == "cpu" else buffer.copy_to_host()
+                      for name, buffer in self._state.items()},
         }
 
     def _checked_state(self, state_dict, params):
@@ -290,10 +338,13 @@ class Optimizer:
         config, kernel, state_names, groups, step, buffers = self._checked_state(state_dict, self._params)
         # Like PyTorch, the saved config wins, even where it needs other state buffers (a
         # momentum buffer, AMSGrad's maximum) than this optimizer was built with.
-        self._state = {name: self._state[name] if name in self._state
-                       else np.empty_like(self._params.data) for name in state_names}
+        self._state = {name: self._state[name] if name in self._state else self._zeros()
+                       for name in state_names}
         for name in state_names:
-            np.copyto(self._state[name], buffers[name])
+            if self._device == "cuda":
+                self._state[name].copy_to_device(np.ascontiguousarray(buffers[name]))
+            else:
+                np.copyto(self._state[name], buffers[name])
         self._kernel = kernel
         self._config = config
         self._step_count = int(step)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _device
 
 
 def _shape(name, shape):
@@ -35,6 +35,9 @@ class FlatParams:
         Parameter names and shapes, laid out in this order. Values start at zero.
     dtype : float32 or float64
         The dtype of both buffers.
+    device : "cpu" or "cuda"
+        Where the buffers live: numpy arrays, or numba.cuda device arrays on the current GPU
+        (an optimizer over them then runs its CUDA kernel). :meth:`to` moves them.
 
     Examples
     --------
@@ -48,19 +51,22 @@ class FlatParams:
     array([0., 0., 0., 0., 0., 0., 1., 1.], dtype=float32)
     """
 
-    def __init__(self, shapes, *, dtype=np.float32):
+    def __init__(self, shapes, *, dtype=np.float32, device="cpu"):
         layout = self._layout(shapes)
         dtype = _checks.float_dtype("dtype", dtype)
+        _device.check_device("device", device)
         size = sum(math.prod(shape) for _, shape in layout)
-        self._adopt(layout, np.zeros(size, dtype), np.zeros(size, dtype))
+        zeros = np.zeros if device == "cpu" else _device.zeros
+        self._adopt(layout, zeros(size, dtype), zeros(size, dtype), device)
 
     @classmethod
-    def from_arrays(cls, arrays, *, dtype=np.float32):
-        """Copy the values of existing arrays into a new flat buffer.
+    def from_arrays(cls, arrays, *, dtype=np.float32, device="cpu"):
+        """Copy the values of existing host arrays into a new flat buffer (on ``device``).
 
         ``arrays`` maps names to array-likes; each keeps its shape. The originals are left
         alone: use the returned object's views (``params[name]``) from now on.
         """
+        _device.check_device("device", device)
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays must be a mapping of names to arrays, got {type(arrays).__name__}")
         values = {}
@@ -72,18 +78,29 @@ class FlatParams:
         params = cls({name: array.shape for name, array in values.items()}, dtype=dtype)
         for name, array in values.items():
             params[name] = array
-        return params
+        return params.to(device)
 
     @classmethod
     def wrap(cls, data, grad, shapes):
         """Adopt existing flat buffers without copying.
 
         ``data`` and ``grad`` must be 1-D, C-contiguous, writeable arrays of one float dtype
-        and of the size that ``shapes`` lays out.
+        and of the size that ``shapes`` lays out: both numpy arrays, or both CUDA arrays (numba
+        device arrays, CuPy arrays, PyTorch CUDA tensors: anything with
+        ``__cuda_array_interface__``), which are used in place, so that an optimizer updates
+        the user's own GPU memory.
         """
         layout = cls._layout(shapes)
-        _checks.flat_buffer("data", data)
-        _checks.flat_buffer("grad", grad)
+        device = _device.device_of("data", data)
+        if _device.device_of("grad", grad) != device:
+            raise TypeError(f"data and grad must live on the same device: data is a {device} array, "
+                            f"grad a {_device.device_of('grad', grad)} array")
+        if device == "cpu":
+            _checks.flat_buffer("data", data)
+            _checks.flat_buffer("grad", grad)
+        else:
+            data = _device.flat_device_buffer("data", data)
+            grad = _device.flat_device_buffer("grad", grad)
         if grad.dtype != data.dtype:
             raise TypeError(f"grad must have the dtype of data ({data.dtype}), got {grad.dtype}")
         size = sum(math.prod(shape) for _, shape in layout)
@@ -91,7 +108,7 @@ class FlatParams:
             if buffer.size != size:
                 raise ValueError(f"{name} must hold {size} elements for these shapes, got {buffer.size}")
         params = cls.__new__(cls)
-        params._adopt(layout, data, grad)
+        params._adopt(layout, data, grad, device)
         return params
 
     @staticmethod
@@ -105,7 +122,8 @@ class FlatParams:
             layout.append((name, _shape(name, shape)))
         return tuple(layout)
 
-    def _adopt(self, layout, data, grad):
+    def _adopt(self, layout, data, grad, device="cpu"):
+        self._device = device
         self._data = data
         self._grad = grad
         self._layout_spec = layout
@@ -130,7 +148,26 @@ class FlatParams:
 
     @property
     def dtype(self):
-        return self._data.dtype
+        return np.dtype(self._data.dtype)
+
+    @property
+    def device(self):
+        """``"cpu"`` or ``"cuda"``."""
+        return self._device
+
+    def to(self, device):
+        """These parameters and gradients on ``device``: ``self`` if they are there already,
+        else a copy (as ``torch.Tensor.to``). Build optimizers over the result."""
+        _device.check_device("device", device)
+        if device == self._device:
+            return self
+        if device == "cuda":
+            data, grad = _device.to_device(self._data), _device.to_device(self._grad)
+        else:
+            data, grad = self._data.copy_to_host(), self._grad.copy_to_host()
+        params = type(self).__new__(type(self))
+        params._adopt(self._layout_spec, data, grad, device)
+        return params
 
     @property
     def size(self):
@@ -165,10 +202,19 @@ class FlatParams:
 
     def __setitem__(self, name, value):
         start, stop, shape = self._slice(name)
+        if self._device == "cuda" and _device.is_cuda_array(value):
+            source = _device.as_numba(value)
+            if tuple(source.shape) != shape:
+                raise ValueError(f"value for {name!r} must have shape {shape}, got {tuple(source.shape)}")
+            self._data[start:stop].copy_to_device(source.reshape(stop - start))
+            return
         value = np.asarray(value)
         if value.shape != shape:
             raise ValueError(f"value for {name!r} must have shape {shape}, got {value.shape}")
-        self._data[start:stop] = value.reshape(-1)
+        if self._device == "cuda":
+            self._data[start:stop].copy_to_device(np.ascontiguousarray(value.reshape(-1), dtype=self.dtype))
+        else:
+            self._data[start:stop] = value.reshape(-1)
 
     def grad_of(self, name):
         """The gradient view of a parameter, with its shape."""
@@ -193,8 +239,12 @@ class FlatParams:
         return len(self._layout_spec)
 
     def zero_grad(self):
-        """Set every gradient to zero."""
-        self._grad.fill(0)
+        """Set every gradient to zero (on the device, for CUDA buffers)."""
+        if self._device == "cuda":
+            _device.fill(self._grad, 0)
+        else:
+            self._grad.fill(0)
 
     def __repr__(self):
-        return f"FlatParams({len(self)} parameters, {self.size} elements, {self.dtype})"
+        where = ", cuda" if self._device == "cuda" else ""
+        return f"FlatParams({len(self)} parameters, {self.size} elements, {self.dtype}{where})"

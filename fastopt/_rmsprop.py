@@ -44,6 +44,8 @@ class RMSProp(Optimizer):
     .. warning:: :math:`\epsilon` is added outside the square root, as in PyTorch; Keras and
        TensorFlow put it inside. ``eps`` must be > 0 here (PyTorch allows 0).
 
+    ``device="cuda"`` (or parameters on the GPU) runs the CUDA twin, as for the other optimizers.
+
     Examples
     --------
     >>> from fastopt import FlatParams, RMSProp
@@ -56,10 +58,10 @@ class RMSProp(Optimizer):
     config_type = RMSPropConfig
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, *,
-                 centered=False, maximize=False, groups=()):
+                 centered=False, maximize=False, groups=(), device=None):
         config = RMSPropConfig(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                momentum=momentum, centered=centered, maximize=maximize)
-        super().__init__(params, config, groups)
+        super().__init__(params, config, groups, device)
 
     def _select(self, config):
         from .kernels import rmsprop as kernels

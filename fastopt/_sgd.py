@@ -51,6 +51,9 @@ class SGD(Optimizer):
     lr, momentum, dampening, weight_decay : float
     nesterov, maximize : bool, keyword-only
     groups : sequence of ParamGroup, keyword-only
+    device : "cpu", "cuda" or None, keyword-only
+        Checked against ``params.device`` (None: follow it). On "cuda" each step is one
+        launch of the CUDA twin of the kernel, with parameters, gradients and state on the GPU.
 
     Examples
     --------
@@ -67,10 +70,10 @@ class SGD(Optimizer):
     config_type = SGDConfig
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, *,
-                 nesterov=False, maximize=False, groups=()):
+                 nesterov=False, maximize=False, groups=(), device=None):
         config = SGDConfig(lr=lr, momentum=momentum, dampening=dampening,
                            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
-        super().__init__(params, config, groups)
+        super().__init__(params, config, groups, device)
 
     def _select(self, config):
         from .kernels import sgd as kernels

@@ -23,10 +23,19 @@ MAX_BLOCKS = 65535
 sqrt = math.sqrt
 
 
-def launch(kernel, chunk_group, threads=THREADS_PER_BLOCK):
-    """``kernel`` configured for the chunk table: one block per chunk, up to MAX_BLOCKS."""
+def launch(kernel, chunk_group):
+    """``kernel`` configured for the chunk table: one block per chunk, up to MAX_BLOCKS.
+
+    The launch shape is read when this is called (the simulator tests make it small).
+    """
     blocks = max(1, min(int(chunk_group.size), MAX_BLOCKS))
-    return kernel[blocks, threads]
+    return kernel[blocks, THREADS_PER_BLOCK]
 
 
-__all__ = ["MAX_BLOCKS", "THREADS_PER_BLOCK", "launch", "sqrt", "uint64"]
+def elementwise(kernel, size):
+    """``kernel`` configured for a grid-stride loop over ``size`` items."""
+    blocks = max(1, min(-(-int(size) // THREADS_PER_BLOCK), MAX_BLOCKS))
+    return kernel[blocks, THREADS_PER_BLOCK]
+
+
+__all__ = ["MAX_BLOCKS", "THREADS_PER_BLOCK", "elementwise", "launch", "sqrt", "uint64"]

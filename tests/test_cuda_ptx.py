@@ -90,3 +90,30 @@ def test_dropout_ptx_is_float32_and_spill_free(name, cc, tmp_path):
     assert not re.search(r"\.f64\b", body)
     assert re.search(r"\bmul\.hi\.u32|\bmul\.wide\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", body)
     assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", ["chunk_penalties", "fill"])
+def test_buffer_kernels_compile_and_assemble_without_spills(name, cc, tmp_path):
+    """The L2 penalty twin (float64 accumulation of float32 squares, by design) and fill."""
+    from fastopt.kernels import buffers_cuda, penalty_cuda
+
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    param = np.zeros(8, np.float32)
+    if name == "fill":
+        kernel, args = buffers_cuda.fill, [param, np.float32(0)]
+    else:
+        kernel = penalty_cuda.chunk_penalties
+        args = [param, np.zeros(2, np.uint64), np.zeros(1, np.int64), np.zeros(1), np.zeros(1)]
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(a) for a in args), cc=cc)
+    except Exception as error:
+        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
+    body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
+    if name == "chunk_penalties":
+        assert re.search(r"\bcvt\.f64\.f32", body) and re.search(r"\bbar\.sync", body)
+    else:
+        assert not re.search(r"\.f64\b", body)
+    assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)

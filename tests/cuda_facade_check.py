@@ -1,0 +1,159 @@
+"""The CUDA façade against the CPU: optimizers on GPU-resident FlatParams, dropout on device
+arrays, state dicts across devices, zero-copy wrapping, and the errors.
+
+``python cuda_facade_check.py --simulator`` runs under NUMBA_ENABLE_CUDASIM=1 (as
+tests/test_cuda_simulator.py does), with the simulator given a correctly rounded fma, a
+dtype-preserving square root and small launches; without ``--simulator`` it runs on a real GPU
+(bench/gpu_check.sh does), where the same comparisons must hold bit for bit. It prints one JSON
+object: failures (empty when all is well) and what was checked.
+"""
+
+import json
+import sys
+from fractions import Fraction
+
+import numpy as np
+
+OPTIMIZERS = {
+    "sgd": ("SGD", dict(lr=0.05, weight_decay=1e-3)),
+    "sgd_momentum": ("SGD", dict(lr=0.02, momentum=0.8, dampening=0.3)),
+    "sgd_nesterov": ("SGD", dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-3, maximize=True)),
+    "adam": ("Adam", dict(lr=1e-2, weight_decay=1e-3)),
+    "adam_amsgrad": ("Adam", dict(lr=1e-2, amsgrad=True)),
+    "adamw": ("AdamW", dict(lr=1e-2, weight_decay=1e-2)),
+    "adamw_amsgrad": ("AdamW", dict(lr=1e-2, weight_decay=1e-2, amsgrad=True)),
+    "rmsprop": ("RMSProp", dict(lr=1e-3, weight_decay=1e-3)),
+    "rmsprop_centered_momentum": ("RMSProp", dict(lr=1e-3, centered=True, momentum=0.9)),
+}
+
+
+def patch_simulator():
+    from numba.cuda.simulator import kernelapi
+
+    from fastopt.kernels import _cuda
+
+    def correctly_rounded_fma(self, a, b, c):
+        kind = type(a)
+        if kind is np.float32:  # the float64 product of two float32 is exact
+            return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+        return kind(float(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))))
+
+    kernelapi.FakeCUDAModule.fma = correctly_rounded_fma
+    _cuda.sqrt = np.sqrt
+    _cuda.THREADS_PER_BLOCK, _cuda.MAX_BLOCKS = 8, 3
+
+
+def host(array):
+    return array if isinstance(array, np.ndarray) else array.copy_to_host()
+
+
+def check(simulator):
+    import fastopt
+    from numba import cuda
+
+    failures, checked = [], []
+
+    def expect(condition, what):
+        checked.append(what)
+        if not condition:
+            failures.append(what)
+
+    def same(a, b):
+        return np.array_equal(host(a), host(b), equal_nan=True)
+
+    # Sizes: 16,411 elements span two chunks of the chunk table; the groups cut inside them.
+    shapes = {"w": (121, 131), "b": 131, "scale": (11, 9)} if not simulator else {"w": (7, 9), "b": 9, "s": 5}
+    last = list(shapes)[-1]
+    groups = [fastopt.ParamGroup(["b"], lr_factor=0.5, weight_decay=0.0), fastopt.ParamGroup([last], lr_factor=2.0)]
+    steps = 3 if simulator else 20
+    for dtype in (np.float32, np.float64):
+        for name, (cls_name, options) in OPTIMIZERS.items():
+            cls = getattr(fastopt, cls_name)
+            rng = np.random.default_rng(1)
+            cpu = fastopt.FlatParams(shapes, dtype=dtype)
+            cpu.data[:] = rng.standard_normal(cpu.size)
+            gpu = cpu.to("cuda")
+            cpu_opt, gpu_opt = cls(cpu, groups=groups, **options), cls(gpu, groups=groups, device="cuda", **options)
+            for step in range(steps):
+                g = (rng.standard_normal(cpu.size) * 10 ** rng.uniform(-3, 1, cpu.size)).astype(dtype)
+                cpu.grad[:] = g
+                gpu.grad.copy_to_device(g)
+                cpu_opt.step()
+                gpu_opt.step()
+                if step == 1:  # a new learning rate goes to the device's group arrays
+                    cpu_opt.lr = gpu_opt.lr = options["lr"] * 0.3
+            label = f"{name} {dtype.__name__}"
+            expect(same(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
+            cpu_state, gpu_state = cpu_opt.state_dict(), gpu_opt.state_dict()
+            expect(all(same(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
+                   f"{label}: state bitwise equal")
+            expect(all(isinstance(v, np.ndarray) for v in gpu_state["state"].values()),
+                   f"{label}: the CUDA state dict holds host arrays")
+            penalty_cpu, penalty_gpu = cpu_opt.l2_penalty(), gpu_opt.l2_penalty()
+            expect(abs(penalty_gpu - penalty_cpu) <= 1e-12 * abs(penalty_cpu),
+                   f"{label}: L2 penalty within 1e-12 ({penalty_gpu!r} vs {penalty_cpu!r})")
+            # A state dict moves across devices: CPU state into a CUDA optimizer and back.
+            moved = cls(cpu.to("cuda"), groups=groups, **options)
+            moved.load_state_dict(cpu_state)
+            back = cls(fastopt.FlatParams(shapes, dtype=dtype), groups=groups, **options)
+            back.params.data[:] = cpu.data
+            back.load_state_dict(gpu_state)
+            g = rng.standard_normal(cpu.size).astype(dtype)
+            for optimizer in (cpu_opt, moved, back):
+                if optimizer.device == "cuda":
+                    optimizer.params.grad.copy_to_device(g)
+                else:
+                    optimizer.params.grad[:] = g
+                optimizer.step()
+            expect(same(moved.params.data, cpu.data) and same(back.params.data, cpu.data),
+                   f"{label}: state dicts continue across devices bitwise")
+
+    # Zero-copy: the optimizer updates the user's own device arrays.
+    data, grad = cuda.to_device(np.ones(10, np.float32)), cuda.to_device(np.full(10, 0.5, np.float32))
+    params = fastopt.FlatParams.wrap(data, grad, {"w": (2, 5)})
+    fastopt.SGD(params, lr=0.1).step()
+    expect(np.allclose(data.copy_to_host(), 0.95), "wrap: the user's device array is updated in place")
+    params["w"] = np.full((2, 5), 3.0)
+    params.zero_grad()
+    expect(np.all(data.copy_to_host() == 3.0) and np.all(grad.copy_to_host() == 0.0),
+           "views and zero_grad work on the device")
+    expect(params["w"].shape == (2, 5) and params.to("cpu").device == "cpu", "views keep their shapes; to('cpu')")
+
+    # Errors, before anything changes.
+    def raises(kind, text, action):
+        try:
+            action()
+        except kind as error:
+            return text in str(error)
+        return False
+
+    expect(raises(TypeError, "same device", lambda: fastopt.FlatParams.wrap(data, np.zeros(10, np.float32), {"w": 10})),
+           "host grad with device data is refused")
+    expect(raises(ValueError, "params.to('cuda')", lambda: fastopt.Adam(fastopt.FlatParams({"w": 3}), device="cuda")),
+           "a CUDA optimizer over host params is refused, saying how to move them")
+    expect(raises(ValueError, "params live on 'cuda'", lambda: fastopt.Adam(params, device="cpu")),
+           "a CPU optimizer over device params is refused")
+
+    # Dropout on device arrays: the CPU's mask, bit for bit.
+    for size, offset, p in ((1, 0, 0.5), (37, 3, 0.1), (1000, 5, 0.9)):
+        for dtype in (np.float32, np.float64):
+            x = np.random.default_rng(size).standard_normal(size).astype(dtype)
+            on_gpu = cuda.to_device(x)
+            fastopt.dropout(x, p, seed=99, stream=2, step=7, offset=offset)
+            fastopt.dropout(on_gpu, p, seed=99, stream=2, step=7, offset=offset)
+            expect(same(x, on_gpu), f"dropout size {size} offset {offset} p {p} {dtype.__name__}: bitwise equal")
+        mask = fastopt.dropout_mask(size, p, seed=99, stream=2, step=7, offset=offset)
+        expect(same(mask, fastopt.dropout_mask(size, p, seed=99, stream=2, step=7, offset=offset, device="cuda")),
+               f"dropout_mask size {size}: bitwise equal")
+    return {"failures": failures, "checked": len(checked)}
+
+
+def main(argv):
+    simulator = "--simulator" in argv
+    if simulator:
+        patch_simulator()
+    print(json.dumps(check(simulator)))
+
+
+if __name__ == "__main__":  # not on import (pytest --doctest-modules imports every module)
+    main(sys.argv[1:])
