@@ -44,6 +44,42 @@ def test_step(benchmark, rule, size, implementation, roofline_gbps):
     record(benchmark, cases.BYTES_PER_ELEMENT[rule] * size, roofline_gbps(size))
 
 
+def _gpu():
+    from fastopt import _gpu_bench
+
+    import numba
+
+    available, why = _gpu_bench.gpu_available()
+    if not available or numba.config.ENABLE_CUDASIM:
+        pytest.skip(f"no GPU: {why}")
+    return _gpu_bench
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "torch"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+@pytest.mark.parametrize("rule", list(cases.BYTES_PER_ELEMENT))
+def test_step_cuda(benchmark, rule, size, implementation):
+    """The same steps on the GPU (skipped without one); the timed call synchronises, and the
+    roofline is a device-to-device copy of the same size."""
+    gpu = _gpu()
+    if implementation == "torch" and not gpu._torch_cuda():
+        pytest.skip("torch without CUDA")
+    from numba import cuda
+
+    copy = gpu.CudaCopyStep(size)
+    roofline = 8 * size / (gpu.event_ms(copy, 20) / 1e3) / 1e9
+    del copy
+    step = (gpu.CudaTorchStep if implementation == "torch" else gpu.CudaFastoptStep)(rule, size).step
+
+    def synchronised():
+        step()
+        cuda.synchronize()
+
+    benchmark.group = f"{rule} {size:.0e} cuda"
+    benchmark.pedantic(synchronised, rounds=rounds(size) * 3, warmup_rounds=3)
+    record(benchmark, cases.BYTES_PER_ELEMENT[rule] * size, roofline)
+
+
 @pytest.mark.parametrize("implementation", ["fastopt", "torch"])
 def test_adam_many_tensors(benchmark, implementation, roofline_gbps):
     """2,000 tensors of 5,000: one flat buffer against torch's fused loop over the tensors."""

@@ -253,7 +253,7 @@ def report(sizes, kernels=None, rounds=3):
     The implementations of one kernel and size take turns ``rounds`` times (noise falls on
     all alike); each row has the median time, GB/s, the percentage of the in-place roofline
     (``x *= s`` over the same size, measured in this run) and, for fastopt, the speed-up
-    against each peer. GPU rows will join when the CUDA backend lands.
+    against each peer. GPU rows come from :func:`fastopt._gpu_bench.gpu_report`.
     """
     kernels = list(REPORT_KERNELS) if kernels is None else list(kernels)
     implementations = ["fastopt", "numpy"] + (["torch"] if _torch_available() else [])
@@ -289,7 +289,8 @@ def format_table(rows):
               f"{'GB/s':>7} {'% roof':>7} " + " ".join(f"{'vs ' + p:>9}" for p in peers))
     lines = [header, "-" * len(header)]
     for row in rows:
-        speedups = " ".join(f"{'x%.2f' % row['speedup'][p]:>9}" if "speedup" in row else f"{'':>9}" for p in peers)
+        speedups = " ".join(f"{'x%.2f' % row['speedup'][p]:>9}" if p in row.get("speedup", {}) else f"{'':>9}"
+                            for p in peers)
         lines.append(f"{row['kernel']:<13} {row['size']:>8.0e} {row['device']:<6} {row['implementation']:<14} "
                      f"{row['ms']:>10.3f} {row['gbps']:>7.1f} {row['pct_roofline']:>7.1f} {speedups}")
     return "\n".join(lines)

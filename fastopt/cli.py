@@ -135,7 +135,8 @@ def train(args, out=None):
 
     out = out or sys.stdout
     if args.device == "cuda":
-        raise ValueError("--device cuda is not available yet: fastopt's CUDA backend has not landed; use --device cpu")
+        raise ValueError("--device cuda is not available yet: the trainer's GPU path (a CuPy model) has not "
+                         "landed, though the optimizers and dropout run on the GPU (device='cuda'); use --device cpu")
     if args.data is None:
         x, y = data.load_digits()
         source = "digits (scikit-learn, bundled)"
@@ -225,9 +226,15 @@ def bench(args, out=None):
         raise ValueError(f"--kernels: unknown {sorted(unknown)}; choose from {sorted(_bench.REPORT_KERNELS)}")
     import numba
 
+    from . import _gpu_bench
+
+    gpu, gpu_name = _gpu_bench.gpu_available()
+    gpu = gpu and not numba.config.ENABLE_CUDASIM
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {numba.get_num_threads()} numba threads; "
-          f"no GPU rows: the CUDA backend has not landed", file=out)
+          + (f"GPU: {gpu_name}" if gpu else f"no GPU rows ({gpu_name})"), file=out)
     rows = _bench.report(sizes, kernels)
+    if gpu:
+        rows += _gpu_bench.gpu_report(sizes, kernels)
     print(_bench.format_table(rows), file=out)
     if args.json:
         with open(args.json, "w") as stream:

@@ -27,3 +27,28 @@ def test_cuda_facade_matches_the_cpu_bitwise():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failures"] == [], report["failures"]
     assert report["checked"] >= 100
+
+
+def test_gpu_benchmark_script_runs_end_to_end():
+    """bench/gpu_vs_cpu.py, ready for a GPU, runs through under the simulator at tiny sizes
+    (its timings mean nothing there; its parity check must find no difference)."""
+    root = Path(__file__).parent.parent
+    code = (
+        "import runpy, sys; sys.path.insert(0, 'tests'); import cuda_facade_check; "
+        "cuda_facade_check.patch_simulator(); "
+        "sys.argv = ['gpu_vs_cpu.py', '--sizes', '300', '--cpu-sizes', '1000', '--adam-size', '200', "
+        "'--parity-size', '301', '--repeats', '3', '--host-size', '50', '--host-steps', '3', "
+        "'--json', sys.argv[1]]; runpy.run_path('bench/gpu_vs_cpu.py', run_name='__main__')"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "gpu.json"
+        result = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(out)], capture_output=True,
+                                text=True, timeout=600, cwd=root, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        report = json.loads(out.read_text())
+    assert report["gpu"] == "the CUDA simulator"
+    assert all(v["differing"] == 0 for v in report["parity"].values()), report["parity"]
+    assert {row["device"] for row in report["rows"]} == {"cuda", "cpu"}
+    assert {"fastopt_ms", "copy_gbps", "pct_copy", "host_us_per_step"} <= set(report["bars"])
