@@ -271,14 +271,22 @@ def report(sizes, kernels=None, rounds=3):
                     times[name].append(median_seconds(step, max(1, _repeats(n) // rounds), warmup=1))
             del steps
             medians = {name: float(np.median(t)) for name, t in times.items()}
-            for name, seconds in medians.items():
-                gbps = bytes_per_element * n / seconds / 1e9
-                row = {"kernel": kernel, "size": n, "device": "cpu", "implementation": name,
-                       "ms": seconds * 1e3, "gbps": gbps, "roofline_gbps": roofline,
-                       "pct_roofline": 100 * gbps / roofline}
-                if name == "fastopt":
-                    row["speedup"] = {peer: medians[peer] / seconds for peer in medians if peer != name}
-                rows.append(row)
+            rows += report_rows(kernel, n, "cpu", bytes_per_element, medians, roofline)
+    return rows
+
+
+def report_rows(kernel, n, device, bytes_per_element, medians, roofline):
+    """One report row per implementation from ``{implementation: median seconds}``; fastopt's
+    row carries its speed-up against each peer."""
+    rows = []
+    for name, seconds in medians.items():
+        gbps = bytes_per_element * n / seconds / 1e9
+        row = {"kernel": kernel, "size": n, "device": device, "implementation": name,
+               "ms": seconds * 1e3, "gbps": gbps, "roofline_gbps": roofline,
+               "pct_roofline": 100 * gbps / roofline}
+        if name == "fastopt":
+            row["speedup"] = {peer: medians[peer] / seconds for peer in medians if peer != name}
+        rows.append(row)
     return rows
 
 

@@ -166,14 +166,7 @@ def gpu_report(sizes, kernels=None, repeats=50):
         roofline = 8 * n / (copy_ms / 1e3) / 1e9
         for kernel in kernels:
             medians = {name: event_ms(_case(kernel, name, n), repeats) / 1e3 for name in implementations}
-            for name, seconds in medians.items():
-                gbps = GPU_KERNELS[kernel] * n / seconds / 1e9
-                row = {"kernel": kernel, "size": n, "device": "cuda", "implementation": name,
-                       "ms": seconds * 1e3, "gbps": gbps, "roofline_gbps": roofline,
-                       "pct_roofline": 100 * gbps / roofline}
-                if name == "fastopt":
-                    row["speedup"] = {peer: medians[peer] / seconds for peer in medians if peer != name}
-                rows.append(row)
+            rows += _bench.report_rows(kernel, n, "cuda", GPU_KERNELS[kernel], medians, roofline)
     return rows
 
 
