@@ -23,8 +23,11 @@ weight decay.
 State dicts have the layout of a single process's (:meth:`state_dict` gathers the shards), so a
 checkpoint written with 4 ranks loads into 2 ranks, or into a plain optimizer, and back.
 
-GPU device buffers are not passed to MPI yet: the distributed optimizers work on host
-(numpy) buffers only.
+Parameters on the GPU (``FlatParams(..., device="cuda")``) work too: the optimizer steps on the
+device, and the collectives are staged through host memory (the gradient to the host, the
+reduced shard back, this rank's updated shard to the host and the gathered parameters back).
+Device buffers are not handed to MPI directly, even where the MPI build is CUDA-aware; MPICH's
+and Open MPI's PyPI wheels are not.
 
 mpi4py and an MPI library are an optional extra: ``pip install "fastopt[mpi]"`` brings mpi4py
 and MPICH's wheel; run with ``mpiexec -n 4 python train.py``. Open MPI's wheel works too (its
@@ -37,6 +40,7 @@ import os
 import numpy as np
 
 from ._optimizer import Optimizer, ParamGroup, check_groups
+from . import _device
 from ._params import FlatParams
 
 #: Shard boundaries fall on multiples of this many elements (64 bytes of float32).
@@ -111,9 +115,6 @@ class DistributedOptimizer:
                             "builds the optimizer of this rank's part")
         if not (isinstance(optimizer, type) and issubclass(optimizer, Optimizer)):
             raise TypeError(f"optimizer must be a fastopt optimizer class such as fastopt.AdamW, got {optimizer!r}")
-        if not isinstance(params.data, np.ndarray):
-            raise TypeError("distributed optimizers work on host (numpy) buffers; "
-                            f"params.data is a {type(params.data).__name__}")
         self._comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(self._comm, MPI.Comm):
             raise TypeError(f"comm must be an mpi4py communicator, got comm={comm!r}")
@@ -128,6 +129,9 @@ class DistributedOptimizer:
             raise ValueError(f"params differ between ranks (layout or dtype): ranks {differing} "
                              "differ from rank 0")
         self._params = params
+        self._on_gpu = params.device == "cuda"
+        if self._on_gpu:  # staged through host memory: one host copy of the gradient buffer
+            self._grad_host = np.empty(params.size, params.dtype)
         self._groups = check_groups(params, groups)
         self._local = self._build_local(optimizer, hyperparameters)
 
@@ -237,8 +241,11 @@ class AllReduceOptimizer(DistributedOptimizer):
     def step(self):
         """All-reduce the gradients, then one kernel call over the whole buffer (collective)."""
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, self._params.grad, op=self._MPI.SUM)
-            self._reduce_scale(self._params.grad)
+            grad = self._params.grad.copy_to_host(self._grad_host) if self._on_gpu else self._params.grad
+            self._comm.Allreduce(self._MPI.IN_PLACE, grad, op=self._MPI.SUM)
+            self._reduce_scale(grad)
+            if self._on_gpu:
+                self._params.grad.copy_to_device(grad)
         self._local.step()
 
     def l2_penalty(self):
@@ -281,8 +288,14 @@ class ShardedOptimizer(DistributedOptimizer):
         # Alone, the shard is the whole buffer and the gradient needs no reducing.
         self._shard_grad = (self._params.grad if self.size == 1
                             else np.zeros(self._stop - self._start, self._params.dtype))
+        if self._on_gpu:
+            self._shard_host = self._shard_grad
+            self._data_host = np.empty(self._params.size, self._params.dtype)
+            self._shard_grad = (self._params.grad if self.size == 1
+                                else _device.to_device(self._shard_host))
         shard = FlatParams.wrap(self._params.data[self._start:self._stop], self._shard_grad, pieces)
-        self._gather_spec = [self._params.data, (self._counts, self._displacements)]
+        gathered = self._data_host if self._on_gpu else self._params.data
+        self._gather_spec = [gathered, (self._counts, self._displacements)]
         return optimizer(shard, groups=_shard_groups(self._groups, pieces), **hyperparameters)
 
     @property
@@ -294,11 +307,21 @@ class ShardedOptimizer(DistributedOptimizer):
         """Reduce-scatter the gradients, step this rank's shard, all-gather the parameters
         (collective)."""
         MPI = self._MPI
-        if self.size > 1:
+        if self.size > 1 and self._on_gpu:
+            self._params.grad.copy_to_host(self._grad_host)
+            self._comm.Reduce_scatter(self._grad_host, self._shard_host, self._counts, op=MPI.SUM)
+            self._reduce_scale(self._shard_host)
+            self._shard_grad.copy_to_device(self._shard_host)
+        elif self.size > 1:
             self._comm.Reduce_scatter(self._params.grad, self._shard_grad, self._counts, op=MPI.SUM)
             self._reduce_scale(self._shard_grad)
         self._local.step()
-        if self.size > 1:
+        if self.size > 1 and self._on_gpu:
+            start, stop = self._start, self._stop
+            self._params.data[start:stop].copy_to_host(self._data_host[start:stop])
+            self._comm.Allgatherv(MPI.IN_PLACE, self._gather_spec)
+            self._params.data.copy_to_device(self._data_host)
+        elif self.size > 1:
             self._comm.Allgatherv(MPI.IN_PLACE, self._gather_spec)
 
     def l2_penalty(self):

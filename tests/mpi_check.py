@@ -191,8 +191,46 @@ def checkpoint(action, path, out):
                        "state_bytes": optimizer.state_nbytes()}, stream)
 
 
+def gpu(out):
+    """Under the CUDA simulator: the same data-parallel run with parameters on the "GPU"
+    (collectives staged through host memory) and on the CPU: the same bits."""
+    import cuda_facade_check
+
+    cuda_facade_check.patch_simulator()
+    comm = world()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    results = []
+    for name in ("adamw_amsgrad", "sgd_nesterov"):
+        cls, options = CASES[name]
+        for mode, wrapper in (("zero", ShardedOptimizer), ("allreduce", AllReduceOptimizer)):
+            cpu = make_params(np.float32)
+            device = make_params(np.float32).to("cuda")
+            cpu_opt = wrapper(cpu, cls, groups=GROUPS, **options)
+            gpu_opt = wrapper(device, cls, groups=GROUPS, **options)
+            for step in range(10):
+                x, y = batch(step)
+                g = gradient(cpu, x, y, local_rows(step, rank, size), size / BATCH).astype(np.float32)
+                cpu.grad[:] = g
+                device.grad.copy_to_device(g)
+                cpu_opt.step()
+                gpu_opt.step()
+            cpu_state, gpu_state = cpu_opt.state_dict(), gpu_opt.state_dict()
+            results.append({
+                "optimizer": name, "mode": mode,
+                "params_equal": bool(np.array_equal(cpu.data, device.data.copy_to_host())),
+                "state_equal": all(np.array_equal(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
+                "penalty": [cpu_opt.l2_penalty(), gpu_opt.l2_penalty()],
+            })
+    gathered = comm.gather(results, root=0)
+    if rank == 0:
+        with open(out, "w") as stream:
+            json.dump({"ranks": size, "results": gathered}, stream)
+
+
 def main(argv):
-    if argv[0] == "equivalence":
+    if argv[0] == "gpu":
+        gpu(argv[1])
+    elif argv[0] == "equivalence":
         equivalence(argv[1])
     elif argv[0] == "checkpoint":
         checkpoint(argv[1], argv[2], argv[3])

@@ -49,9 +49,9 @@ def _environment():
     return env
 
 
-def mpirun(ranks, *command, cwd=None):
+def mpirun(ranks, *command, cwd=None, env=None):
     result = subprocess.run([*_mpiexec(), "-n", str(ranks), *command], capture_output=True, text=True,
-                            env=_environment(), cwd=cwd, timeout=600)
+                            env={**_environment(), **(env or {})}, cwd=cwd, timeout=600)
     assert result.returncode == 0, f"mpiexec -n {ranks} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -227,3 +227,17 @@ def test_fastopt_train_under_mpiexec(tmp_path):
     for mine, theirs in zip(ranks_meta["history"], alone_meta["history"]):
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
         assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-9)
+
+
+def test_gpu_params_are_staged_through_the_host_with_the_same_bits(tmp_path):
+    """Parameters on the (simulated) GPU, collectives staged through host memory: the same
+    parameters and state as the same run on the CPU, bit for bit, both modes."""
+    out = tmp_path / "gpu.json"
+    mpirun(2, sys.executable, "-W", "ignore", CHECK, "gpu", str(out), env={"NUMBA_ENABLE_CUDASIM": "1"})
+    report = json.loads(out.read_text())
+    assert report["ranks"] == 2
+    for rank_results in report["results"]:
+        assert len(rank_results) == 4
+        for result in rank_results:
+            assert result["params_equal"] and result["state_equal"], result
+            assert result["penalty"][1] == pytest.approx(result["penalty"][0], rel=1e-12)
