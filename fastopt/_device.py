@@ -61,15 +61,17 @@ def as_numba(array):
     return cuda().as_cuda_array(array)
 
 
-def flat_device_buffer(name, array):
-    """A zero-copy numba view of a CUDA array, checked as the kernels need it: 1-D,
-    C-contiguous, float32 or float64."""
+def flat_device_buffer(name, array, *, any_shape=False):
+    """A zero-copy numba view of a CUDA array, checked as the kernels need it: C-contiguous,
+    float32 or float64, and 1-D (or, with ``any_shape``, any shape, returned flattened)."""
     view = as_numba(array)
     _checks.float_dtype(f"{name}.dtype", view.dtype)
-    if view.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {view.shape}")
     if not view.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous, got strides {view.strides}")
+    if any_shape:
+        return view.reshape(view.size)
+    if view.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {view.shape}")
     return view
 
 

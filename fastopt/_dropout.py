@@ -71,7 +71,7 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
     array([0., 2., 2., 2., 0., 0., 2., 0.], dtype=float32)
     """
     on_gpu = _device.is_cuda_array(x)
-    flat = _device_buffer("x", x) if on_gpu else _buffer("x", x)
+    flat = _any_buffer("x", x)
     p = _probability(p)
     arguments = _mask_arguments(p, seed, stream, step, offset)
     if p == 0.0:
@@ -96,17 +96,8 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
 
 def _any_buffer(name, x):
     if _device.is_cuda_array(x):
-        return _device_buffer(name, x)
+        return _device.flat_device_buffer(name, x, any_shape=True)
     return _buffer(name, x)
-
-
-def _device_buffer(name, x):
-    """A CUDA array (numba, CuPy, PyTorch) as a flat numba view of the same memory."""
-    view = _device.as_numba(x)
-    _checks.float_dtype(f"{name}.dtype", view.dtype)
-    if not view.is_c_contiguous():
-        raise ValueError(f"{name} must be C-contiguous, got strides {view.strides}")
-    return view.reshape(view.size)
 
 
 def _counters(offset, size):

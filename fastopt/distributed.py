@@ -284,7 +284,7 @@ class ShardedOptimizer(DistributedOptimizer):
         self._start, self._stop = bounds[self.rank]
         self._counts = np.array([hi - lo for lo, hi in bounds], dtype=np.int64)
         self._displacements = np.array([lo for lo, _ in bounds], dtype=np.int64)
-        pieces = _pieces(self._params, self._start, self._stop)
+        self._pieces = pieces = _pieces(self._params, self._start, self._stop)
         # Alone, the shard is the whole buffer and the gradient needs no reducing.
         self._shard_grad = (self._params.grad if self.size == 1
                             else np.zeros(self._stop - self._start, self._params.dtype))
@@ -354,7 +354,7 @@ class ShardedOptimizer(DistributedOptimizer):
         """Restore a whole state dict (from :meth:`state_dict`, any number of ranks, or a plain
         optimizer): each rank takes its shard. Checked in full before anything changes."""
         _, _, _, groups, _, buffers = self._local._checked_state(state_dict, self._params)
-        pieces = _pieces(self._params, self._start, self._stop)
+        pieces = self._pieces
         shard = {**state_dict,
                  "layout": [[name, [length]] for name, length in pieces.items()],
                  "groups": [group.to_dict() for group in _shard_groups(groups, pieces)],

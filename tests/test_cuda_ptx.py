@@ -20,16 +20,28 @@ from kernel_cases import KERNELS, make_case
 cuda = pytest.importorskip("numba.cuda")
 
 
+def _ptxas():
+    """The path of ``ptxas``, or skip."""
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    return ptxas
+
+
+def _compile(kernel, args, cc):
+    """The PTX of a ``numba.cuda`` kernel for the types of ``args``, or skip."""
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(a) for a in args), cc=cc)
+    except Exception as error:  # no NVVM here: numba's CUDA target without the toolkit wheels
+        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
+    return ptx
+
+
 def _ptx(name, cc):
     module = KERNELS[name][0].__name__.rsplit(".", 1)[1]
     twin = getattr(importlib.import_module(f"fastopt.kernels.{module}_cuda"), name)
     _, _, mutated, args = make_case(name, 64, np.float32, np.random.default_rng(0), 2)
-    signature = tuple(numba.typeof(a) for a in (*mutated, *args))
-    try:
-        ptx, _ = cuda.compile_ptx(twin.py_func, signature, cc=cc)
-    except Exception as error:  # no NVVM here: numba's CUDA target without the toolkit wheels
-        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
-    return ptx
+    return _compile(twin, (*mutated, *args), cc)
 
 
 def assert_assembles_without_spills(ptxas, ptx, cc, tmp_path):
@@ -48,9 +60,7 @@ def assert_assembles_without_spills(ptxas, ptx, cc, tmp_path):
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    ptxas = _ptxas()
     ptx = _ptx(name, cc)
     instructions = [line.split("//")[0] for line in ptx.splitlines()]
     body = "\n".join(instructions)
@@ -75,17 +85,11 @@ def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
 def test_dropout_ptx_is_float32_and_spill_free(name, cc, tmp_path):
     from fastopt.kernels import dropout_cuda
 
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    ptxas = _ptxas()
     u = np.uint64
     buffer = np.zeros(8, np.float32 if name == "dropout_step" else np.uint8)
     args = [buffer, u(0), u(1), u(2), u(3), u(4), u(5)] + ([np.float32(1.25)] if name == "dropout_step" else [])
-    signature = tuple(numba.typeof(a) for a in args)
-    try:
-        ptx, _ = cuda.compile_ptx(getattr(dropout_cuda, name).py_func, signature, cc=cc)
-    except Exception as error:
-        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
+    ptx = _compile(getattr(dropout_cuda, name), args, cc)
     body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
     assert not re.search(r"\.f64\b", body)
     assert re.search(r"\bmul\.hi\.u32|\bmul\.wide\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", body)
@@ -98,19 +102,14 @@ def test_buffer_kernels_compile_and_assemble_without_spills(name, cc, tmp_path):
     """The L2 penalty twin (float64 accumulation of float32 squares, by design) and fill."""
     from fastopt.kernels import buffers_cuda, penalty_cuda
 
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
+    ptxas = _ptxas()
     param = np.zeros(8, np.float32)
     if name == "fill":
         kernel, args = buffers_cuda.fill, [param, np.float32(0)]
     else:
         kernel = penalty_cuda.chunk_penalties
         args = [param, np.zeros(2, np.uint64), np.zeros(1, np.int64), np.zeros(1), np.zeros(1)]
-    try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(a) for a in args), cc=cc)
-    except Exception as error:
-        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
+    ptx = _compile(kernel, args, cc)
     body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
     if name == "chunk_penalties":
         assert re.search(r"\bcvt\.f64\.f32", body) and re.search(r"\bbar\.sync", body)
