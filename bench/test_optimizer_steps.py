@@ -125,3 +125,22 @@ def test_trainer_step(benchmark, implementation):
     step = cases.TrainerStep(implementation)
     benchmark.group = "trainer step 256-512-512-10, batch 256"
     benchmark.pedantic(step.step, rounds=30, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "torch"])
+def test_trainer_step_cuda(benchmark, implementation):
+    """The same training step on the GPU (skipped without one): fastopt's CuPy model with its
+    CUDA kernels against torch; the timed call synchronises."""
+    gpu = _gpu()
+    if implementation == "torch" and not gpu._torch_cuda():
+        pytest.skip("torch without CUDA")
+    from numba import cuda
+
+    step = cases.TrainerStep(implementation, device="cuda").step
+
+    def synchronised():
+        step()
+        cuda.synchronize()
+
+    benchmark.group = "trainer step 256-512-512-10, batch 256, cuda"
+    benchmark.pedantic(synchronised, rounds=100, warmup_rounds=5)

@@ -334,12 +334,13 @@ def plot_report(rows, path):
 class TrainerStep:
     """One training step (forward, backward, AdamW) of a 256-512-512-10 MLP on a batch of 256,
     dropout 0.1: ``"fastopt"`` (MLP + AdamW, kernels on one thread as in the Trainer) or
-    ``"torch"`` (the same network, fused AdamW)."""
+    ``"torch"`` (the same network, fused AdamW), on ``device`` ("cuda": the batch is on the GPU
+    already; the caller synchronises)."""
 
     SIZES = (256, 512, 512, 10)
     BATCH = 256
 
-    def __init__(self, implementation):
+    def __init__(self, implementation, device="cpu"):
         rng = np.random.default_rng(0)
         self.x = rng.standard_normal((self.BATCH, self.SIZES[0]), dtype=np.float32)
         self.y = rng.integers(0, self.SIZES[-1], self.BATCH)
@@ -352,9 +353,10 @@ class TrainerStep:
                 layers.append(torch.nn.Linear(a, b))
                 if k < len(self.SIZES) - 2:
                     layers += [torch.nn.ReLU(), torch.nn.Dropout(0.1)]
-            model = torch.nn.Sequential(*layers)
+            model = torch.nn.Sequential(*layers).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-            loss, xt, yt = torch.nn.CrossEntropyLoss(), torch.from_numpy(self.x), torch.from_numpy(self.y)
+            loss = torch.nn.CrossEntropyLoss()
+            xt, yt = torch.from_numpy(self.x).to(device), torch.from_numpy(self.y).to(device)
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
@@ -365,7 +367,8 @@ class TrainerStep:
         else:
             from .losses import cost_gradient, softmax_cross_entropy
 
-            self.model = fastopt.MLP(self.SIZES, dropout=0.1, seed=0)
+            self.model = fastopt.MLP(self.SIZES, dropout=0.1, seed=0, device=device)
+            self.x, self.y = self.model.backend.asarray(self.x), self.model.backend.asarray(self.y)
             self.optimizer = fastopt.AdamW(self.model.params, lr=1e-3)
             self._loss, self._gradient = softmax_cross_entropy, cost_gradient
             self.step = self._fastopt

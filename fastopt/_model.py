@@ -4,50 +4,53 @@ import math
 
 import numpy as np
 
-from . import _checks
+from . import _backend, _checks, _device
 from ._dropout import Dropout
+from .losses import _sigmoid as stable_sigmoid
 from ._params import FlatParams
 
 
-def _relu(z):
-    return np.maximum(z, 0)
+# Each activation takes the backend (NumPy or CuPy, see fastopt._backend) and the
+# pre-activation z; each derivative takes the backend, z and the activation a.
+
+def _relu(b, z):
+    return b.xp.maximum(z, 0)
 
 
-def _relu_grad(z, a):
+def _relu_grad(b, z, a):
     return (z > 0).astype(z.dtype)
 
 
-def _tanh_grad(z, a):
+def _tanh(b, z):
+    return b.xp.tanh(z)
+
+
+def _tanh_grad(b, z, a):
     return 1 - a * a
 
 
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+def _sigmoid(b, z):
+    return stable_sigmoid(z)
 
 
-def _sigmoid_grad(z, a):
+def _sigmoid_grad(b, z, a):
     return a * (1 - a)
 
 
-def _gelu(z):
-    from scipy.special import erf
-
-    return (0.5 * z * (1 + erf(z / math.sqrt(2)))).astype(z.dtype)
+def _gelu(b, z):
+    return (0.5 * z * (1 + b.erf(z / math.sqrt(2)))).astype(z.dtype)
 
 
-def _gelu_grad(z, a):
-    from scipy.special import erf
-
-    cdf = 0.5 * (1 + erf(z / math.sqrt(2)))
-    pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+def _gelu_grad(b, z, a):
+    cdf = 0.5 * (1 + b.erf(z / math.sqrt(2)))
+    pdf = b.xp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
     return (cdf + z * pdf).astype(z.dtype)
 
 
 #: name: (function, derivative from (pre-activation, activation), gain for initialisation)
 ACTIVATIONS = {
     "relu": (_relu, _relu_grad, "he"),
-    "tanh": (np.tanh, _tanh_grad, "glorot"),
+    "tanh": (_tanh, _tanh_grad, "glorot"),
     "sigmoid": (_sigmoid, _sigmoid_grad, "glorot"),
     "gelu": (_gelu, _gelu_grad, "he"),
 }
@@ -67,63 +70,88 @@ class MLP:
         Seeds the initialisation (He for relu/gelu, Glorot for tanh/sigmoid, uniform) and the
         dropout masks.
     dtype : float32 or float64
+    device : "cpu" or "cuda"
+        ``"cuda"`` keeps the parameters on the GPU and computes with CuPy (an optional
+        dependency; ``fastopt[cuda13]`` brings it): the matrix products and activations are
+        CuPy's, the optimizer step and dropout fastopt's CUDA kernels, with the CPU's masks.
+        The initial weights are the CPU's, copied.
 
     The parameters are ``layer{k}.weight`` (in, out) and ``layer{k}.bias`` in :attr:`params`.
     ``forward`` keeps what ``backward`` needs; ``backward`` writes :attr:`params.grad`.
     """
 
-    def __init__(self, sizes, *, activation="relu", dropout=0.0, seed=0, dtype=np.float32):
+    def __init__(self, sizes, *, activation="relu", dropout=0.0, seed=0, dtype=np.float32, device="cpu"):
         sizes = tuple(sizes)
         if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
             raise ValueError(f"sizes must be two or more ints >= 1, got sizes={sizes!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got activation={activation!r}")
         self.dropout_p = _checks.in_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        _device.check_device("device", device)
         self.sizes, self.activation, self.seed = tuple(int(s) for s in sizes), activation, int(seed)
         shapes = {}
         for k, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
             shapes[f"layer{k}.weight"] = (fan_in, fan_out)
             shapes[f"layer{k}.bias"] = (fan_out,)
-        self.params = FlatParams(shapes, dtype=dtype)
+        params = FlatParams(shapes, dtype=dtype)
         self._function, self._derivative, scheme = ACTIVATIONS[activation]
         rng = np.random.default_rng(seed)
         for k, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
             bound = math.sqrt(6.0 / fan_in) if scheme == "he" else math.sqrt(6.0 / (fan_in + fan_out))
-            self.params[f"layer{k}.weight"] = rng.uniform(-bound, bound, (fan_in, fan_out))
+            params[f"layer{k}.weight"] = rng.uniform(-bound, bound, (fan_in, fan_out))
+        self.backend = _backend.for_device(device)
+        self.params = params.to(device)
+        # The backend's views of the weights and their gradients, made once: the optimizer
+        # updates the same memory in place.
+        view = self.backend.from_params
+        self._layers = [(view(self.params[f"layer{k}.weight"]), view(self.params[f"layer{k}.bias"]))
+                        for k in range(len(sizes) - 1)]
+        self._grads = [(view(self.params.grad_of(f"layer{k}.weight")), view(self.params.grad_of(f"layer{k}.bias")))
+                       for k in range(len(sizes) - 1)]
         self._dropouts = [Dropout(self.dropout_p, seed=self.seed, stream=k) for k in range(len(sizes) - 2)]
         self._cache = None
 
     @property
+    def device(self):
+        return self.params.device
+
+    @property
     def config(self):
+        """What a checkpoint must match to be loaded into this model (the device is free:
+        a checkpoint written on the GPU resumes on the CPU and the reverse)."""
         return {"sizes": list(self.sizes), "activation": self.activation, "dropout": self.dropout_p,
                 "seed": self.seed, "dtype": str(self.params.dtype)}
 
-    def _layers(self):
-        return [(self.params[f"layer{k}.weight"], self.params[f"layer{k}.bias"]) for k in range(len(self.sizes) - 1)]
+    def _dropout(self, k, array, step, offset, backward=False):
+        xp = self.backend.xp
+        array = xp.ascontiguousarray(array)
+        layer = self._dropouts[k]
+        (layer.backward if backward else layer.forward)(self.backend.kernel_view(array), step, offset)
+        return array  # changed in place
 
     def forward(self, x, *, training=False, step=0, row_offset=0):
-        """The output (logits for classification) of a batch ``x`` of shape ``(n, sizes[0])``.
+        """The output (logits for classification) of a batch ``x`` of shape ``(n, sizes[0])``:
+        a NumPy array, or a CuPy array on the GPU (where ``x`` may be either).
 
         ``row_offset`` says where ``x`` starts within the whole batch when a data-parallel rank
         handles a slice of it: the dropout masks are then those of the same rows of the whole
         batch, so N ranks drop exactly what one process would.
         """
-        x = np.asarray(x, dtype=self.params.dtype)
+        x = self.backend.asarray(x, dtype=self.params.dtype)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"x must have shape (n, {self.sizes[0]}), got {x.shape}")
         cache = [x]
         a = x
-        layers = self._layers()
-        for k, (weight, bias) in enumerate(layers):
+        for k, (weight, bias) in enumerate(self._layers):
             z = a @ weight
             z += bias
-            if k == len(layers) - 1:
+            if k == len(self._layers) - 1:
                 cache.append((z, None))
                 a = z
                 break
-            a = self._function(z)
+            a = self._function(self.backend, z)
             if training and self.dropout_p > 0:
-                a = self._dropouts[k].forward(np.ascontiguousarray(a), step, row_offset * a.shape[1])
+                a = self._dropout(k, a, step, row_offset * a.shape[1])
             cache.append((z, a))
         self._cache = (cache, training, step, row_offset)
         return a
@@ -134,25 +162,24 @@ class MLP:
         if self._cache is None:
             raise RuntimeError("backward needs a forward pass first")
         cache, training, step, row_offset = self._cache
-        layers = self._layers()
-        delta = np.asarray(grad_output, dtype=self.params.dtype)
-        for k in range(len(layers) - 1, -1, -1):
-            weight, _ = layers[k]
+        xp = self.backend.xp
+        delta = self.backend.asarray(grad_output, dtype=self.params.dtype)
+        for k in range(len(self._layers) - 1, -1, -1):
+            weight, _ = self._layers[k]
+            grad_weight, grad_bias = self._grads[k]
             a_in = cache[k] if k == 0 else cache[k][1]
-            np.matmul(a_in.T, delta, out=self.params.grad_of(f"layer{k}.weight"))
-            delta.sum(axis=0, out=self.params.grad_of(f"layer{k}.bias"))
+            xp.matmul(a_in.T, delta, out=grad_weight)
+            delta.sum(axis=0, out=grad_bias)
             delta = delta @ weight.T
             if k > 0:
                 z, a = cache[k]
                 if training and self.dropout_p > 0:
-                    delta = self._dropouts[k - 1].backward(np.ascontiguousarray(delta), step,
-                                                           row_offset * delta.shape[1])
-                    a = self._function(z)  # the derivative needs the activation before dropout
-                delta *= self._derivative(z, a)
+                    delta = self._dropout(k - 1, delta, step, row_offset * delta.shape[1], backward=True)
+                    a = self._function(self.backend, z)  # the derivative needs the activation before dropout
+                delta *= self._derivative(self.backend, z, a)
         return delta
 
     def predict(self, x, batch_size=1024):
-        """Outputs for ``x`` in evaluation mode, in batches."""
-        x = np.asarray(x)
-        return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
-            if len(x) else np.empty((0, self.sizes[-1]), self.params.dtype)
+        """Outputs for ``x`` in evaluation mode, in batches, as a NumPy array (on either device)."""
+        outputs = [self.backend.to_host(self.forward(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outputs) if outputs else np.empty((0, self.sizes[-1]), self.params.dtype)

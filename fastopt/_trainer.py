@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from . import _backend
 from ._checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistributedOptimizer
 from .losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
@@ -55,13 +56,11 @@ def is_classification(loss):
     return isinstance(loss, (SoftmaxCrossEntropy, BinaryCrossEntropyWithLogits))
 
 
-def accuracy(outputs, targets, loss):
-    """Fraction of correct predictions for a classification loss, else None."""
+def correct_count(outputs, targets, loss):
+    """How many predictions are right, for a classification loss (NumPy or CuPy arrays)."""
     if isinstance(loss, SoftmaxCrossEntropy):
-        return float(np.mean(outputs.argmax(axis=1) == targets))
-    if isinstance(loss, BinaryCrossEntropyWithLogits):
-        return float(np.mean((outputs > 0) == (targets > 0.5)))
-    return None
+        return int((outputs.argmax(axis=1) == targets).sum())
+    return int(((outputs > 0) == (targets > 0.5)).sum())
 
 
 class Trainer:
@@ -85,6 +84,11 @@ class Trainer:
         over 256 x 512 took 5.6 ms right after a matmul and 0.17 ms alone, and an epoch of a
         256-512-512-10 MLP took 3.6 s with 2 kernel threads and 0.66 s with 1.
 
+    A model on the GPU (``MLP(..., device="cuda")``) trains there: the data are copied to the
+    GPU once per :meth:`fit`, each batch is gathered there, and only the batch's loss and
+    number of correct predictions come back to the host (the shuffling is the CPU's, so both
+    devices see the same batches).
+
     With a :mod:`fastopt.distributed` optimizer the trainer runs data-parallel: call the same
     code on every rank (``mpiexec -n N``) with the same data and seed. Each rank takes its
     slice of every batch (the dropout masks of those rows are the whole batch's), the optimizer
@@ -99,6 +103,7 @@ class Trainer:
         if optimizer.params is not model.params:
             raise ValueError("optimizer must be built over model.params")
         self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.backend = getattr(model, "backend", None) or _backend.for_device(model.params.device)
         self.scheduler, self.per_batch = scheduler, per_batch
         self.plateau, self.plateau_metric = plateau, plateau_metric
         self.callbacks = list(callbacks)
@@ -156,7 +161,8 @@ class Trainer:
             validation_data = (x[order[cut:]], y[order[cut:]])
             x, y = x[order[:cut]], y[order[:cut]]
         if validation_data is not None:
-            validation_data = self._check_data(*validation_data, "validation")
+            validation_data = tuple(map(self.backend.asarray, self._check_data(*validation_data, "validation")))
+        x, y = self.backend.asarray(x), self.backend.asarray(y)
         self.stop_reason = None
         import numba
 
@@ -175,7 +181,7 @@ class Trainer:
             if record is None:
                 break
             if validation_data is not None:
-                record.update({f"val_{k}": v for k, v in self.evaluate(*validation_data).items()})
+                record.update({f"val_{k}": v for k, v in self._evaluate(*validation_data).items()})
             self.epoch += 1
             if self.scheduler is not None and not self.per_batch:
                 self.scheduler.step()
@@ -193,7 +199,7 @@ class Trainer:
                 break
 
     def _epoch(self, x, y, batch_size, epochs):
-        order = self.rng.permutation(len(x))
+        order = self.backend.asarray(self.rng.permutation(len(x)))
         total, seen, correct = 0.0, 0, 0
         classify = is_classification(self.loss)
         bar = self._bar(len(order), epochs)
@@ -207,7 +213,7 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore"):
                 outputs = self.model.forward(xb, training=True, step=self.step, row_offset=first)
                 batch_loss = float(self.loss(outputs, yb).sum())
-            batch_correct = accuracy(outputs, yb, self.loss) * len(yb) if classify and len(yb) else 0.0
+            batch_correct = correct_count(outputs, yb, self.loss) if classify else 0
             if self.comm is not None:
                 # One small all-reduce per batch: every rank sees the same loss, so all stop together.
                 totals = np.array([batch_loss, batch_correct])
@@ -252,12 +258,17 @@ class Trainer:
         Data-parallel, each rank evaluates its slice of the rows and the sums are combined.
         """
         x, y = self._check_data(x, y, "evaluation")
+        return self._evaluate(self.backend.asarray(x), self.backend.asarray(y), batch_size)
+
+    def _evaluate(self, x, y, batch_size=1024):
         first, last = len(y) * self.rank // self.size, len(y) * (self.rank + 1) // self.size
-        outputs = self.model.predict(x[first:last], batch_size)
         classify = is_classification(self.loss)
-        totals = np.array([float(self.loss(outputs, y[first:last]).sum(dtype=np.float64)),
-                           accuracy(outputs, y[first:last], self.loss) * (last - first)
-                           if classify and last > first else 0.0])
+        totals = np.zeros(2)
+        for start in range(first, last, batch_size):
+            stop = min(start + batch_size, last)
+            outputs = self.model.forward(x[start:stop])
+            totals[0] += float(self.loss(outputs, y[start:stop]).sum(dtype=np.float64))
+            totals[1] += correct_count(outputs, y[start:stop], self.loss) if classify else 0
         if self.comm is not None:
             self.optimizer.sum_over_ranks(totals)
         result = {"loss": totals[0] / len(y) if len(y) else float("nan")}
@@ -267,6 +278,7 @@ class Trainer:
         return result
 
     def predict(self, x, batch_size=1024):
+        """The model's outputs for ``x`` in evaluation mode, as a NumPy array."""
         return self.model.predict(x, batch_size)
 
     # -- output --------------------------------------------------------------------------------
@@ -299,7 +311,7 @@ class Trainer:
                 return
         else:
             optimizer_state = self.optimizer.state_dict()
-        arrays = {"params": self.model.params.data}
+        arrays = {"params": self._host_params()}
         arrays.update({f"optimizer.{k}": v for k, v in optimizer_state.pop("state").items()})
         meta = {
             "model": self.model.config, "optimizer": optimizer_state,
@@ -309,6 +321,17 @@ class Trainer:
             "history": self.history,
         }
         save_checkpoint(path, arrays, meta)
+
+    def _host_params(self):
+        data = self.model.params.data
+        return data if isinstance(data, np.ndarray) else data.copy_to_host()
+
+    def _set_params(self, values):
+        data = self.model.params.data
+        if isinstance(data, np.ndarray):
+            data[:] = values
+        else:
+            data.copy_to_device(values)
 
     def load(self, path):
         """Restore the state :meth:`save` wrote; the model must have the same configuration."""
@@ -328,12 +351,12 @@ class Trainer:
         snapshot = self.optimizer.local_state_dict if self.comm is not None else self.optimizer.state_dict
         restore = (self.optimizer.load_local_state_dict if self.comm is not None
                    else self.optimizer.load_state_dict)
-        saved = (snapshot(), self.model.params.data.copy(),
+        saved = (snapshot(), np.array(self._host_params()),
                  None if self.scheduler is None else self.scheduler.state_dict(),
                  None if self.plateau is None else self.plateau.state_dict())
         try:
             self.optimizer.load_state_dict(optimizer_state)
-            self.model.params.data[:] = params
+            self._set_params(params)
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(meta["scheduler"])
             if self.plateau is not None:
@@ -341,7 +364,7 @@ class Trainer:
             self.rng.bit_generator.state = meta["rng"]
         except Exception:
             restore(saved[0])
-            self.model.params.data[:] = saved[1]
+            self._set_params(saved[1])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(saved[2])
             if self.plateau is not None:

@@ -135,8 +135,12 @@ def train(args, out=None):
 
     out = out or sys.stdout
     if args.device == "cuda":
-        raise ValueError("--device cuda is not available yet: the trainer's GPU path (a CuPy model) has not "
-                         "landed, though the optimizers and dropout run on the GPU (device='cuda'); use --device cpu")
+        from ._backend import for_device
+
+        try:
+            for_device("cuda")
+        except RuntimeError as error:  # no GPU, numba-cuda or CuPy: say which, as a usage error
+            raise ValueError(f"--device cuda: {error}") from None
     if args.data is None:
         x, y = data.load_digits()
         source = "digits (scikit-learn, bundled)"
@@ -153,7 +157,8 @@ def train(args, out=None):
         raise ValueError(f"training needs at least 2 classes in the labels, got {classes}")
     x_train, y_train, x_test, y_test = data.split(x.astype(np.float32), y, args.test_fraction, args.seed)
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
-    model = MLP((x.shape[1], *hidden, classes), activation=args.activation, dropout=args.dropout, seed=args.seed)
+    model = MLP((x.shape[1], *hidden, classes), activation=args.activation, dropout=args.dropout, seed=args.seed,
+                device=args.device)
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     cls, extra = OPTIMIZERS[args.optimizer]
     biases = [name for name in model.params if name.endswith(".bias")]
@@ -189,7 +194,7 @@ def train(args, out=None):
         print(f"resumed from {path} at epoch {trainer.epoch}", file=out)
     print(f"fastopt train: {source}, {len(x_train)} training / {len(x_test)} test samples, "
           f"MLP {model.sizes}, {args.optimizer} lr={lr}, schedule {args.schedule}, l2={args.l2}, "
-          f"dropout={args.dropout}{ranks}", file=out)
+          f"dropout={args.dropout}{ranks}" + (", on the GPU" if args.device == "cuda" else ""), file=out)
     start = time.perf_counter()
     trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                 validation_split=args.validation_fraction)

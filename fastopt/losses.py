@@ -15,11 +15,13 @@ do over all elements), so ``mean_squared_error(p, t).mean()`` equals ``((p - t)*
 import numpy as np
 
 from . import _checks
+from ._backend import namespace
 
 
 def _pair(prediction, target):
-    prediction = np.asarray(prediction)
-    target = np.asarray(target, dtype=prediction.dtype)
+    xp = namespace(prediction)
+    prediction = xp.asarray(prediction)
+    target = xp.asarray(target, dtype=prediction.dtype)
     if prediction.shape != target.shape:
         raise ValueError(f"prediction and target must have one shape, got {prediction.shape} and {target.shape}")
     return prediction, target
@@ -69,11 +71,11 @@ class MeanAbsoluteError(Loss):
 
     def __call__(self, prediction, target):
         prediction, target = _pair(prediction, target)
-        return _per_sample(np.abs(prediction - target))
+        return _per_sample(abs(prediction - target))
 
     def gradient(self, prediction, target):
         prediction, target = _pair(prediction, target)
-        return np.sign(prediction - target) * prediction.dtype.type(1.0 / _outputs(prediction))
+        return namespace(prediction).sign(prediction - target) * prediction.dtype.type(1.0 / _outputs(prediction))
 
 
 class Huber(Loss):
@@ -86,14 +88,14 @@ class Huber(Loss):
 
     def __call__(self, prediction, target):
         prediction, target = _pair(prediction, target)
-        error = np.abs(prediction - target)
-        quadratic = np.minimum(error, self.delta)
+        error = abs(prediction - target)
+        quadratic = namespace(error).minimum(error, self.delta)
         return _per_sample(0.5 * quadratic**2 + self.delta * (error - quadratic))
 
     def gradient(self, prediction, target):
         prediction, target = _pair(prediction, target)
         scale = prediction.dtype.type(1.0 / _outputs(prediction))
-        return np.clip(prediction - target, -self.delta, self.delta).astype(prediction.dtype) * scale
+        return (prediction - target).clip(-self.delta, self.delta).astype(prediction.dtype) * scale
 
     def __repr__(self):
         return f"Huber(delta={self.delta})"
@@ -107,7 +109,8 @@ class BinaryCrossEntropyWithLogits(Loss):
 
     def __call__(self, logits, target):
         logits, target = _pair(logits, target)
-        return _per_sample(np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits))))
+        xp = namespace(logits)
+        return _per_sample(xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-abs(logits))))
 
     def gradient(self, logits, target):
         logits, target = _pair(logits, target)
@@ -121,8 +124,9 @@ class SoftmaxCrossEntropy(Loss):
     name = "cross_entropy"
 
     def _checked(self, logits, labels):
-        logits = np.asarray(logits)
-        labels = np.asarray(labels)
+        xp = namespace(logits)
+        logits = xp.asarray(logits)
+        labels = xp.asarray(labels)
         if logits.ndim != 2 or labels.shape != (logits.shape[0],):
             raise ValueError(f"logits must be (n, C) and labels (n,), got {logits.shape} and {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -133,40 +137,42 @@ class SoftmaxCrossEntropy(Loss):
 
     def __call__(self, logits, labels):
         logits, labels = self._checked(logits, labels)
+        xp = namespace(logits)
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1))
-        return log_norm - shifted[np.arange(labels.size), labels]
+        log_norm = xp.log(xp.exp(shifted).sum(axis=1))
+        return log_norm - shifted[xp.arange(labels.size), labels]
 
     def gradient(self, logits, labels):
         logits, labels = self._checked(logits, labels)
         probabilities = softmax(logits)
-        probabilities[np.arange(labels.size), labels] -= 1
+        probabilities[namespace(logits).arange(labels.size), labels] -= 1
         return probabilities
 
 
 def softmax(logits):
     """Row-wise softmax, with the maximum subtracted."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    shifted = namespace(logits).exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _sigmoid(z):
     # exp of a non-positive number only: no overflow for any z
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+    xp = namespace(z)
+    e = xp.exp(-abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
 
 
 def cost(loss, prediction, target, penalty=0.0):
     """The batch cost: the mean of ``loss`` over the batch, plus an L2 ``penalty`` (e.g.
     ``optimizer.l2_penalty()``)."""
-    return float(np.mean(loss(prediction, target))) + float(penalty)
+    return float(loss(prediction, target).mean()) + float(penalty)
 
 
 def cost_gradient(loss, prediction, target):
     """The gradient of the mean loss with respect to the prediction (the L2 term is fused into
     the optimizer step, not here)."""
-    n = np.asarray(prediction).shape[0]
-    return loss.gradient(prediction, target) / max(n, 1)
+    gradient = loss.gradient(prediction, target)
+    return gradient / max(gradient.shape[0], 1)
 
 
 LOSSES = {cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError, Huber,

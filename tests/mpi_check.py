@@ -221,10 +221,35 @@ def gpu(out):
                 "state_equal": all(np.array_equal(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
                 "penalty": [cpu_opt.l2_penalty(), gpu_opt.l2_penalty()],
             })
+    results.append(trainer_on_the_gpu(comm))
     gathered = comm.gather(results, root=0)
     if rank == 0:
         with open(out, "w") as stream:
             json.dump({"ranks": size, "results": gathered}, stream)
+
+
+def trainer_on_the_gpu(comm):
+    """A data-parallel Trainer (ZeRO-1) over an MLP on the "GPU" and the same over one on the
+    CPU: the same parameters and history (the cost to 1e-12: the penalty's CUDA reduction)."""
+    import cuda_trainer_check
+
+    cuda_trainer_check.use_numpy_as_cupy()
+    x, y = cuda_trainer_check.data(45, 6, 3)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = fastopt.MLP((6, 8, 3), dropout=0.3, seed=2, device=device)
+        optimizer = ShardedOptimizer(model.params, fastopt.AdamW, lr=1e-2, weight_decay=1e-2)
+        trainer = fastopt.Trainer(model, optimizer, fastopt.losses.softmax_cross_entropy, seed=4, progress=False)
+        trainer.fit(x, y, epochs=2, batch_size=10, validation_split=0.2)
+        data = model.params.data
+        runs[device] = (data if isinstance(data, np.ndarray) else data.copy_to_host(), trainer.history)
+    (cpu, cpu_history), (gpu, gpu_history) = runs["cpu"], runs["cuda"]
+    costs_close = all(np.isclose(a[k], b[k], rtol=1e-12, atol=0) for a, b in zip(cpu_history, gpu_history)
+                      for k in a if k.endswith("cost"))
+    others_equal = [{k: v for k, v in r.items() if not k.endswith("cost")} for r in cpu_history] == \
+        [{k: v for k, v in r.items() if not k.endswith("cost")} for r in gpu_history]
+    return {"optimizer": "trainer", "mode": "zero", "params_equal": bool(np.array_equal(cpu, gpu)),
+            "history_equal": bool(costs_close and others_equal and len(cpu_history) == 2)}
 
 
 def main(argv):

@@ -52,3 +52,17 @@ def test_gpu_benchmark_script_runs_end_to_end():
     assert all(v["differing"] == 0 for v in report["parity"].values()), report["parity"]
     assert {row["device"] for row in report["rows"]} == {"cuda", "cpu"}
     assert {"fastopt_ms", "copy_gbps", "pct_copy", "host_us_per_step"} <= set(report["bars"])
+
+
+def test_trainer_on_the_gpu_matches_the_cpu_bitwise():
+    """An MLP on device="cuda" trained by the Trainer (four activations, float32 and float64,
+    three losses, dropout, AdamW with a bias group and a per-batch schedule, a validation
+    split), GPU checkpoints resumed on either device, and fastopt train --device cuda:
+    tests/cuda_trainer_check.py under the simulator, with NumPy standing in for CuPy."""
+    script = Path(__file__).parent / "cuda_trainer_check.py"
+    result = subprocess.run([sys.executable, str(script), "--simulator"], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["failures"] == [], report["failures"]
+    assert report["checked"] >= 55

@@ -56,3 +56,25 @@ def test_a_cpu_optimizer_says_where_the_params_are():
 def test_wrap_refuses_what_is_not_an_array():
     with pytest.raises(TypeError, match=r"data must be a numpy array or a CUDA array"):
         fastopt.FlatParams.wrap([1.0, 2.0], np.zeros(2, np.float32), {"w": 2})
+
+
+@no_gpu
+def test_a_cuda_model_without_a_gpu_says_so():
+    with pytest.raises(RuntimeError, match=r"numba-cuda|NVIDIA GPU"):
+        fastopt.MLP((4, 3, 2), device="cuda")
+    with pytest.raises(ValueError, match=r"device must be 'cpu' or 'cuda', got device='gpu'"):
+        fastopt.MLP((4, 3, 2), device="gpu")
+
+
+def test_a_cuda_model_without_cupy_names_it(monkeypatch):
+    """With a GPU but no CuPy, the model says to install it (the GPU is faked here)."""
+    import sys
+
+    from fastopt import _backend
+
+    monkeypatch.setattr(_device, "cuda", lambda: object())
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    monkeypatch.delitem(_backend._BACKENDS, "cuda", raising=False)
+    with pytest.raises(RuntimeError, match=r"computes with CuPy, which is not installed: pip install 'fastopt\[cuda13\]'"):
+        fastopt.MLP((4, 3, 2), device="cuda")
+    assert "cuda" not in _backend._BACKENDS

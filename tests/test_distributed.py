@@ -231,13 +231,17 @@ def test_fastopt_train_under_mpiexec(tmp_path):
 
 def test_gpu_params_are_staged_through_the_host_with_the_same_bits(tmp_path):
     """Parameters on the (simulated) GPU, collectives staged through host memory: the same
-    parameters and state as the same run on the CPU, bit for bit, both modes."""
+    parameters and state as the same run on the CPU, bit for bit, both modes; and a
+    data-parallel Trainer over an MLP on the GPU (NumPy standing in for CuPy) ends where the
+    same run on the CPU does."""
     out = tmp_path / "gpu.json"
     mpirun(2, sys.executable, "-W", "ignore", CHECK, "gpu", str(out), env={"NUMBA_ENABLE_CUDASIM": "1"})
     report = json.loads(out.read_text())
     assert report["ranks"] == 2
     for rank_results in report["results"]:
-        assert len(rank_results) == 4
-        for result in rank_results:
+        *optimizers, trainer = rank_results
+        assert len(optimizers) == 4 and trainer["optimizer"] == "trainer"
+        assert trainer["params_equal"] and trainer["history_equal"], trainer
+        for result in optimizers:
             assert result["params_equal"] and result["state_equal"], result
             assert result["penalty"][1] == pytest.approx(result["penalty"][0], rel=1e-12)

@@ -223,7 +223,7 @@ def test_train_command_reaches_97_percent_on_digits(capsys):
     (lambda p: _csv(p, bad_cell="abc"), [], "row 5, column 'f1': 'abc' is not a number"),
     (lambda p: _csv(p, bad_cell="nan"), [], "NaN or inf"),
     (lambda p: _csv(p), ["--batch-size", "0"], "--batch-size must be >= 1"),
-    (lambda p: _csv(p), ["--device", "cuda"], "trainer's GPU path"),
+    (lambda p: _csv(p), ["--device", "cuda"], "--device cuda: device='cuda' needs"),
     (lambda p: _csv(p), ["--resume"], "--resume needs --checkpoint"),
     (lambda p: p, [], "does not exist"),
 ])
