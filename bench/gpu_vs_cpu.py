@@ -54,7 +54,10 @@ def main(argv=None):
           + (f"; torch fused {bars['torch_fused_ms']:.3f} ms, torch / fastopt {bars['torch_over_fastopt']:.3f}"
              if "torch_fused_ms" in bars else ""))
     print(f"host time per step, {float(args.host_size):.0e} parameters: {bars['host_us_per_step']:.1f} us (bar 30 us)"
-          + (f"; torch fused {bars['torch_host_us_per_step']:.1f} us" if "torch_host_us_per_step" in bars else ""))
+          + (f"; torch fused {bars['torch_host_us_per_step']:.1f} us" if "torch_host_us_per_step" in bars else "")
+          + f" (fastopt's preparation {bars['host_us_breakdown']['prepare']:.1f} us, numba-cuda's launch "
+          f"{bars['host_us_breakdown']['launch']:.1f} us specialised, "
+          f"{bars['host_us_breakdown']['launch_generic']:.1f} us through the generic dispatcher)")
     if args.json:
         with open(args.json, "w") as stream:
             json.dump({"gpu": device, "parity": parity, "rows": rows, "bars": bars}, stream, indent=2)

@@ -119,16 +119,40 @@ def event_ms(case, repeats, warmup=5):
 
 def host_us_per_step(case, steps=2000):
     """Host time per ``step()`` in µs: calls enqueued back to back, no synchronisation inside."""
+    return _host_us(case.step, steps)
+
+
+def _host_us(action, steps):
     cuda = _device.cuda()
     for _ in range(min(10, steps)):
-        case.step()
+        action()
     cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        case.step()
+        action()
     elapsed = time.perf_counter() - start
     cuda.synchronize()
     return elapsed / steps * 1e6
+
+
+def host_breakdown_us(case, steps=2000):
+    """Where a step's host time goes, in µs per call: fastopt's own preparation of the scalar
+    arguments; numba-cuda's launch of the kernel specialised for the argument types, as a step
+    does it (argument marshalling and the driver call); and, for comparison, the launch through
+    numba's generic dispatcher, which resolves the types on every call."""
+    import importlib
+
+    from .kernels import _cuda
+
+    optimizer = case.optimizer
+    arguments = (*optimizer._kernel_buffers, *optimizer._prepare(optimizer._step_count + 1))
+    kernel = optimizer._kernel
+    twin = getattr(importlib.import_module(kernel.py_func.__module__ + "_cuda"), kernel.py_func.__name__)
+    launches = {"launch": optimizer._launch, "launch_generic": _cuda.launch(twin, optimizer._chunk_group)}
+
+    result = {"prepare": _host_us(lambda: optimizer._prepare(optimizer._step_count + 1), steps)}
+    result.update({name: _host_us(lambda: launch(*arguments), steps) for name, launch in launches.items()})
+    return result
 
 
 def _torch_cuda():
@@ -223,6 +247,7 @@ def bars(n_adam=10**9, n_host=10**5, repeats=20, host_steps=2000):
         torch.cuda.empty_cache()
         result["torch_over_fastopt"] = result["torch_fused_ms"] / result["fastopt_ms"]
     result["host_us_per_step"] = host_us_per_step(CudaFastoptStep("adam", n_host), host_steps)
+    result["host_us_breakdown"] = host_breakdown_us(CudaFastoptStep("adam", n_host), host_steps)
     if _torch_cuda():
         result["torch_host_us_per_step"] = host_us_per_step(CudaTorchStep("adam", n_host), host_steps)
     return result

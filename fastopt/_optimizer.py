@@ -73,13 +73,14 @@ def config_from_dict(config_type, data):
     return config_type(**values)
 
 
-def _cuda_launch(kernel, chunk_group):
-    """The CUDA twin of a CPU kernel (same name, in the sibling ``*_cuda`` module), configured
-    once for the chunk table."""
+def _cuda_launch(kernel, chunk_group, arguments):
+    """The CUDA twin of a CPU kernel (same name, in the sibling ``*_cuda`` module), specialised
+    for the types of ``arguments`` and configured for the chunk table, once: a step then
+    launches it without numba resolving the argument types again."""
     from .kernels import _cuda
 
     module = importlib.import_module(kernel.py_func.__module__ + "_cuda")
-    return _cuda.launch(getattr(module, kernel.py_func.__name__), chunk_group)
+    return _cuda.launch(getattr(module, kernel.py_func.__name__).specialize(*arguments), chunk_group)
 
 
 def check_groups(params, groups):
@@ -215,12 +216,15 @@ class Optimizer:
         if self._device == "cuda":
             # Copied once here; the group arrays again only when the config changes (a new lr).
             tables = tuple(_device.to_device(table) for table in tables)
-            self._launch = _cuda_launch(self._kernel, self._chunk_group)
-        else:
-            self._launch = self._kernel
         self._device_tables = tables
         self._kernel_buffers = (self._params.data, *self._state.values(), self._params.grad, *tables)
         self._refreshed()
+        if self._device == "cuda":
+            # The scalars' types do not change between steps (nor with the config), only their values.
+            arguments = (*self._kernel_buffers, *self._prepare(self._step_count + 1))
+            self._launch = _cuda_launch(self._kernel, self._chunk_group, arguments)
+        else:
+            self._launch = self._kernel
 
     def _refreshed(self):
         self._refresh()

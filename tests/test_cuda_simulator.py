@@ -51,7 +51,7 @@ def test_gpu_benchmark_script_runs_end_to_end():
     assert report["gpu"] == "the CUDA simulator"
     assert all(v["differing"] == 0 for v in report["parity"].values()), report["parity"]
     assert {row["device"] for row in report["rows"]} == {"cuda", "cpu"}
-    assert {"fastopt_ms", "copy_gbps", "pct_copy", "host_us_per_step"} <= set(report["bars"])
+    assert {"fastopt_ms", "copy_gbps", "pct_copy", "host_us_per_step", "host_us_breakdown"} <= set(report["bars"])
 
 
 def test_trainer_on_the_gpu_matches_the_cpu_bitwise():
