@@ -276,7 +276,9 @@ def main(argv=None):
     fit.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu"], default="relu")
     fit.add_argument("--epochs", type=_positive_int, default=30)
     fit.add_argument("--batch-size", type=int, default=32)
-    fit.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    fit.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="cuda: the model, optimizer state and data on the GPU (needs numba-cuda and "
+                          "CuPy: pip install 'fastopt[cuda13]' or [cuda12])")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--parallel", choices=["auto", "zero", "allreduce", "none"], default="auto",
                      help="data parallelism over MPI ranks (run under mpiexec -n N): optimizer state "
