@@ -36,8 +36,6 @@ class NumpyBackend:
     def kernel_view(array):
         return array
 
-    from_params = asarray
-
 
 class CupyBackend:
     """CuPy arrays on the current GPU."""
@@ -60,10 +58,9 @@ class CupyBackend:
         self.erf = cupyx.scipy.special.erf
 
     def asarray(self, array, dtype=None):
-        """A CuPy array of ``array`` (a host array is copied to the GPU; a device one is not)."""
+        """A CuPy array of ``array`` (a host array is copied to the GPU; a device one, such as a
+        view of a ``FlatParams`` device buffer, is not)."""
         return self.xp.asarray(array, dtype=dtype)
-
-    from_params = asarray
 
     def to_host(self, array):
         return self.xp.asnumpy(array)

@@ -89,6 +89,19 @@ def fill(buffer, value):
         buffers_cuda.launch_fill(buffer, buffer.dtype.type(value))
 
 
+def host_copy(buffer):
+    """A host (numpy) copy of a CPU or CUDA buffer."""
+    return buffer.copy() if isinstance(buffer, np.ndarray) else buffer.copy_to_host()
+
+
+def copy_into(buffer, values):
+    """Write host ``values`` into a CPU or CUDA ``buffer`` of the same size."""
+    if isinstance(buffer, np.ndarray):
+        np.copyto(buffer, values)
+    else:
+        buffer.copy_to_device(np.ascontiguousarray(values))
+
+
 def to_device(array):
     """A CUDA copy of a host array (a device array is returned as it is)."""
     if isinstance(array, np.ndarray):

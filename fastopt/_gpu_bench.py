@@ -140,15 +140,13 @@ def host_breakdown_us(case, steps=2000):
     arguments; numba-cuda's launch of the kernel specialised for the argument types, as a step
     does it (argument marshalling and the driver call); and, for comparison, the launch through
     numba's generic dispatcher, which resolves the types on every call."""
-    import importlib
-
+    from ._optimizer import cuda_twin
     from .kernels import _cuda
 
     optimizer = case.optimizer
     arguments = (*optimizer._kernel_buffers, *optimizer._prepare(optimizer._step_count + 1))
-    kernel = optimizer._kernel
-    twin = getattr(importlib.import_module(kernel.py_func.__module__ + "_cuda"), kernel.py_func.__name__)
-    launches = {"launch": optimizer._launch, "launch_generic": _cuda.launch(twin, optimizer._chunk_group)}
+    launches = {"launch": optimizer._launch,
+                "launch_generic": _cuda.launch(cuda_twin(optimizer._kernel), optimizer._chunk_group)}
 
     result = {"prepare": _host_us(lambda: optimizer._prepare(optimizer._step_count + 1), steps)}
     result.update({name: _host_us(lambda: launch(*arguments), steps) for name, launch in launches.items()})

@@ -103,7 +103,7 @@ class MLP:
         self.params = params.to(device)
         # The backend's views of the weights and their gradients, made once: the optimizer
         # updates the same memory in place.
-        view = self.backend.from_params
+        view = self.backend.asarray
         self._layers = [(view(self.params[f"layer{k}.weight"]), view(self.params[f"layer{k}.bias"]))
                         for k in range(len(sizes) - 1)]
         self._grads = [(view(self.params.grad_of(f"layer{k}.weight")), view(self.params.grad_of(f"layer{k}.bias")))

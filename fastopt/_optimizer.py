@@ -73,14 +73,19 @@ def config_from_dict(config_type, data):
     return config_type(**values)
 
 
+def cuda_twin(kernel):
+    """The CUDA twin of a CPU kernel: the same name, in the sibling ``*_cuda`` module."""
+    module = importlib.import_module(kernel.py_func.__module__ + "_cuda")
+    return getattr(module, kernel.py_func.__name__)
+
+
 def _cuda_launch(kernel, chunk_group, arguments):
-    """The CUDA twin of a CPU kernel (same name, in the sibling ``*_cuda`` module), specialised
-    for the types of ``arguments`` and configured for the chunk table, once: a step then
-    launches it without numba resolving the argument types again."""
+    """The CUDA twin of ``kernel``, specialised for the types of ``arguments`` and configured
+    for the chunk table, once: a step then launches it without numba resolving the argument
+    types again."""
     from .kernels import _cuda
 
-    module = importlib.import_module(kernel.py_func.__module__ + "_cuda")
-    return _cuda.launch(getattr(module, kernel.py_func.__name__).specialize(*arguments), chunk_group)
+    return _cuda.launch(cuda_twin(kernel).specialize(*arguments), chunk_group)
 
 
 def check_groups(params, groups):
@@ -288,8 +293,7 @@ class Optimizer:
             "step": self._step_count,
             "layout": [[name, list(shape)] for name, shape in self._params.layout],
             "dtype": str(self._params.dtype),
-            "state": {name: buffer.copy() if self._device == "cpu" else buffer.copy_to_host()
-                      for name, buffer in self._state.items()},
+            "state": {name: _device.host_copy(buffer) for name, buffer in self._state.items()},
         }
 
     def _checked_state(self, state_dict, params):
@@ -345,10 +349,7 @@ class Optimizer:
         self._state = {name: self._state[name] if name in self._state else self._zeros()
                        for name in state_names}
         for name in state_names:
-            if self._device == "cuda":
-                self._state[name].copy_to_device(np.ascontiguousarray(buffers[name]))
-            else:
-                np.copyto(self._state[name], buffers[name])
+            _device.copy_into(self._state[name], buffers[name])
         self._kernel = kernel
         self._config = config
         self._step_count = int(step)

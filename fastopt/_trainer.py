@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _device
 from ._checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistributedOptimizer
 from .losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
@@ -311,7 +311,7 @@ class Trainer:
                 return
         else:
             optimizer_state = self.optimizer.state_dict()
-        arrays = {"params": self._host_params()}
+        arrays = {"params": _device.host_copy(self.model.params.data)}
         arrays.update({f"optimizer.{k}": v for k, v in optimizer_state.pop("state").items()})
         meta = {
             "model": self.model.config, "optimizer": optimizer_state,
@@ -321,17 +321,6 @@ class Trainer:
             "history": self.history,
         }
         save_checkpoint(path, arrays, meta)
-
-    def _host_params(self):
-        data = self.model.params.data
-        return data if isinstance(data, np.ndarray) else data.copy_to_host()
-
-    def _set_params(self, values):
-        data = self.model.params.data
-        if isinstance(data, np.ndarray):
-            data[:] = values
-        else:
-            data.copy_to_device(values)
 
     def load(self, path):
         """Restore the state :meth:`save` wrote; the model must have the same configuration."""
@@ -351,12 +340,12 @@ class Trainer:
         snapshot = self.optimizer.local_state_dict if self.comm is not None else self.optimizer.state_dict
         restore = (self.optimizer.load_local_state_dict if self.comm is not None
                    else self.optimizer.load_state_dict)
-        saved = (snapshot(), np.array(self._host_params()),
+        saved = (snapshot(), _device.host_copy(self.model.params.data),
                  None if self.scheduler is None else self.scheduler.state_dict(),
                  None if self.plateau is None else self.plateau.state_dict())
         try:
             self.optimizer.load_state_dict(optimizer_state)
-            self._set_params(params)
+            _device.copy_into(self.model.params.data, params)
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(meta["scheduler"])
             if self.plateau is not None:
@@ -364,7 +353,7 @@ class Trainer:
             self.rng.bit_generator.state = meta["rng"]
         except Exception:
             restore(saved[0])
-            self._set_params(saved[1])
+            _device.copy_into(self.model.params.data, saved[1])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(saved[2])
             if self.plateau is not None:

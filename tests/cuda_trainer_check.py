@@ -38,8 +38,8 @@ def use_numpy_as_cupy():
         device = "cuda"
 
         @staticmethod
-        def from_params(view):  # a simulator device array wraps a host array: share it
-            return np.asarray(getattr(view, "_ary", view))
+        def asarray(array, dtype=None):  # a simulator device array wraps a host array: share it
+            return np.asarray(getattr(array, "_ary", array), dtype=dtype)
 
         @staticmethod
         def to_host(array):
