@@ -10,6 +10,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def real_number(name, value):
     """``value`` as a float, or TypeError if it is not a real number (bools are refused)."""
+    if type(value) is float:  # the common case, without the slower abstract-class check
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {name}={value!r}")
     return float(value)

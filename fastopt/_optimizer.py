@@ -233,6 +233,7 @@ class Optimizer:
 
     def _refreshed(self):
         self._refresh()
+        self._penalty_decay = self._group_weight_decay()  # float64, for l2_penalty
         if self._device == "cuda":
             self._device_tables[2].copy_to_device(self._group_scale)
             self._device_tables[3].copy_to_device(self._group_decay)
@@ -271,12 +272,10 @@ class Optimizer:
         if self._device == "cuda":
             from .kernels import penalty_cuda
 
-            return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2],
-                                           self._group_weight_decay())
+            return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2], self._penalty_decay)
         from .kernels import penalty
 
-        return penalty.l2_penalty(self._params.data, self._chunk_bounds, self._chunk_group,
-                                  self._group_weight_decay())
+        return penalty.l2_penalty(self._params.data, self._chunk_bounds, self._chunk_group, self._penalty_decay)
 
     # -- state dicts ---------------------------------------------------------------------------
 

@@ -11,27 +11,33 @@ may be float64 whatever the buffer's dtype (the façade passes them so: 0.1 is n
 """
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from ._config import reduction_kernel
+from ._config import JIT_OPTIONS, reduction_kernel
 from ._groups import expand
 
 
 @reduction_kernel
-def _chunk_penalties(param, chunk_bounds, chunk_group, group_weight_decay, out):
+def l2_penalty(param, chunk_bounds, chunk_group, group_weight_decay):
+    """Return the L2 penalty of ``param`` as a float (float64 accumulation)."""
+    out = np.empty(chunk_group.size, np.float64)
     for c in prange(chunk_group.size):
         total = 0.0
         for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
             x = np.float64(param[i])
             total += x * x
         out[c] = 0.5 * np.float64(group_weight_decay[chunk_group[c]]) * total
+    return _sum_in_order(out)
 
 
-def l2_penalty(param, chunk_bounds, chunk_group, group_weight_decay):
-    """Return the L2 penalty of ``param`` as a float (float64 accumulation)."""
-    out = np.empty(chunk_group.size, dtype=np.float64)
-    _chunk_penalties(param, chunk_bounds, chunk_group, group_weight_decay, out)
-    return float(out.sum())
+@njit(**JIT_OPTIONS)
+def _sum_in_order(values):
+    """``values[0] + values[1] + ...`` left to right. A function of its own, compiled without
+    the caller's ``reassoc``, so that the chunk sums are added in chunk order exactly."""
+    total = 0.0
+    for k in range(values.size):
+        total += values[k]
+    return total
 
 
 def l2_penalty_reference(param, chunk_bounds, chunk_group, group_weight_decay):

@@ -45,4 +45,7 @@ def l2_penalty(param, chunk_bounds, chunk_group, group_weight_decay):
     if chunk_group.size:
         decay = cuda.to_device(np.asarray(group_weight_decay, np.float64))
         _cuda.launch(chunk_penalties, chunk_group)(param, chunk_bounds, chunk_group, decay, out)
-    return float(out.copy_to_host().sum())
+    total = 0.0
+    for chunk_sum in out.copy_to_host().tolist():  # in chunk order, as the CPU adds them
+        total += chunk_sum
+    return total
