@@ -1,6 +1,6 @@
 """pytest-benchmark suite: one optimizer step, per rule, size and implementation.
 
-    pytest bench/ --benchmark-only                       # 1e6 and 1e7
+    pytest bench/ --benchmark-only                       # 1e3 to 1e7
     FASTOPT_BENCH_MAX_SIZE=1e8 pytest bench/ --benchmark-only
     pytest bench/ --benchmark-only --benchmark-save=baseline
     pytest bench/ --benchmark-only --benchmark-compare=0001 --benchmark-compare-fail=median:10%
@@ -25,10 +25,17 @@ def rounds(n):
     return 30 if n <= 10**6 else 10 if n <= 10**7 else 5
 
 
+def timed(benchmark, step, size, rounds_factor=1):
+    """``step`` timed at ``size``; below 1e4 elements each round runs it several times
+    (pytest-benchmark reports the time of one call)."""
+    benchmark.pedantic(step, rounds=rounds(size) * rounds_factor, warmup_rounds=2,
+                       iterations=cases.calls_per_sample(size))
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
 def test_roofline(benchmark, size, roofline_gbps):
     step = cases.RooflineStep(size)
-    benchmark.pedantic(step.step, rounds=rounds(size) * 3, warmup_rounds=2)
+    timed(benchmark, step.step, size, rounds_factor=3)
     record(benchmark, 8 * size, roofline_gbps(size))
 
 
@@ -40,7 +47,7 @@ def test_step(benchmark, rule, size, implementation, roofline_gbps):
         pytest.importorskip("torch")
     step = IMPLEMENTATIONS[implementation](rule, size)
     benchmark.group = f"{rule} {size:.0e}"
-    benchmark.pedantic(step.step, rounds=rounds(size), warmup_rounds=2)
+    timed(benchmark, step.step, size)
     record(benchmark, cases.BYTES_PER_ELEMENT[rule] * size, roofline_gbps(size))
 
 
@@ -101,7 +108,7 @@ def test_l2_penalty(benchmark, size, roofline_gbps):
     params = fastopt.FlatParams.wrap(cases.random_buffer(size, 0), np.zeros(size, np.float32), {"p": size})
     optimizer = fastopt.SGD(params, weight_decay=1e-4)
     benchmark.group = f"l2 penalty {size:.0e}"
-    benchmark.pedantic(optimizer.l2_penalty, rounds=rounds(size), warmup_rounds=2)
+    timed(benchmark, optimizer.l2_penalty, size)
     record(benchmark, 4 * size, roofline_gbps(size))
 
 
@@ -113,7 +120,7 @@ def test_dropout(benchmark, size, implementation, roofline_gbps):
         pytest.importorskip("torch")
     step = cases.DropoutStep(implementation, size)
     benchmark.group = f"dropout {size:.0e}"
-    benchmark.pedantic(step.step, rounds=rounds(size), warmup_rounds=2)
+    timed(benchmark, step.step, size)
     record(benchmark, cases.DropoutStep.BYTES_PER_ELEMENT * size, roofline_gbps(size))
 
 
