@@ -41,14 +41,16 @@ class FastoptStep:
 
 
 class RooflineStep:
-    """In-place ``x *= s`` over ``n`` float32 with every thread: the ceiling for in-place kernels."""
+    """In-place ``x *= s`` over ``n`` float32 with every thread (one below a chunk's worth,
+    as fastopt's kernels do): the ceiling for in-place kernels."""
 
     def __init__(self, n):
+        from fastopt.kernels._config import for_size
         from fastopt.kernels.roofline import scale_in_place
 
         self.x = random_buffer(n, 2)
         self.s = np.float32(1.0)  # keeps values finite over any number of steps
-        self._kernel = scale_in_place
+        self._kernel = for_size(scale_in_place, n)
 
     def step(self):
         self._kernel(self.x, self.s)

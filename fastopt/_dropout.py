@@ -102,10 +102,20 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
 
         _cuda.elementwise(dropout_cuda.dropout_step, _counters(arguments[0], flat.size))(flat, *arguments, scale)
         return x
-    from .kernels.dropout import dropout_step
-
-    dropout_step(flat, *arguments, scale)
+    kernels, for_size = _cpu_kernels()
+    for_size(kernels.dropout_step, flat.size)(flat, *arguments, scale)
     return x
+
+
+@functools.cache
+def _cpu_kernels():
+    """The CPU kernels and the chooser of their serial or parallel build, imported once on
+    first use (an import in the function body costs 2 µs a call; ``import fastopt`` does not
+    import Numba)."""
+    from .kernels import dropout
+    from .kernels._config import for_size
+
+    return dropout, for_size
 
 
 def _any_buffer(name, x):
@@ -150,9 +160,8 @@ def dropout_mask(size, p, *, seed, stream=0, step=0, offset=0, packed=False, dev
     if p == 0.0 or p == 1.0:
         mask.fill(1 if p == 0.0 else 0)
     else:
-        from .kernels.dropout import dropout_mask as kernel
-
-        kernel(mask, *arguments)
+        kernels, for_size = _cpu_kernels()
+        for_size(kernels.dropout_mask, size)(mask, *arguments)
     return np.packbits(mask, bitorder="little") if packed else mask
 
 

@@ -229,7 +229,12 @@ class Optimizer:
             arguments = (*self._kernel_buffers, *self._prepare(self._step_count + 1))
             self._launch = _cuda_launch(self._kernel, self._chunk_group, arguments)
         else:
-            self._launch = self._kernel
+            from .kernels import penalty
+            from .kernels._config import for_size
+
+            # One chunk's worth of parameters or fewer: the serial builds, same bits, no thread start.
+            self._launch = for_size(self._kernel, self._params.size)
+            self._penalty = for_size(penalty.l2_penalty, self._params.size)
 
     def _refreshed(self):
         self._refresh()
@@ -273,9 +278,7 @@ class Optimizer:
             from .kernels import penalty_cuda
 
             return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2], self._penalty_decay)
-        from .kernels import penalty
-
-        return penalty.l2_penalty(self._params.data, self._chunk_bounds, self._chunk_group, self._penalty_decay)
+        return self._penalty(self._params.data, self._chunk_bounds, self._chunk_group, self._penalty_decay)
 
     # -- state dicts ---------------------------------------------------------------------------
 

@@ -14,17 +14,25 @@ made once for the whole library:
   CUDA twin can round identically.
 """
 
+import types as python_types
+
 from llvmlite import ir
 from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
+from .chunks import CHUNK_SIZE
+
 JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath=False, nogil=True)
+
+#: Each parallel kernel's Python function and compile options, for :func:`serial_twin`.
+_SOURCES = {}
+_SERIAL_TWINS = {}
 
 
 def parallel_kernel(function):
     """Compile ``function`` as a multi-threaded CPU kernel (``prange`` loops run in parallel)."""
-    return njit(parallel=True, **JIT_OPTIONS)(function)
+    return _parallel(function, JIT_OPTIONS)
 
 
 def reduction_kernel(function):
@@ -34,7 +42,42 @@ def reduction_kernel(function):
     SIMD lanes (measured 2.1x faster at 1e8 float32 elements). It adds no ``nnan``/``ninf``:
     a NaN or inf still reaches the result. No update kernel uses this.
     """
-    return njit(parallel=True, **{**JIT_OPTIONS, "fastmath": {"reassoc"}})(function)
+    return _parallel(function, {**JIT_OPTIONS, "fastmath": {"reassoc"}})
+
+
+def _parallel(function, options):
+    kernel = njit(parallel=True, **options)(function)
+    _SOURCES[kernel] = function, options
+    return kernel
+
+
+def serial_twin(kernel):
+    """The single-threaded build of a parallel kernel: the same Python function compiled
+    without ``parallel=True`` (its ``prange`` runs as ``range``), so the same chunks get the
+    same arithmetic and the results are the same bits. Compiled on first use.
+
+    It is compiled from a copy of the function under a name of its own (``*_serial``):
+    Numba keys its on-disk cache by function, not by compile flags, so one function compiled
+    both ways would load one build's cache entry for the other.
+    """
+    twin = _SERIAL_TWINS.get(kernel)
+    if twin is None:
+        function, options = _SOURCES[kernel]
+        copy = python_types.FunctionType(function.__code__, function.__globals__,
+                                         function.__name__ + "_serial", function.__defaults__,
+                                         function.__closure__)
+        copy.__qualname__ = function.__qualname__ + "_serial"
+        copy.__module__, copy.__doc__ = function.__module__, function.__doc__
+        twin = _SERIAL_TWINS[kernel] = njit(**options)(copy)
+    return twin
+
+
+def for_size(kernel, size):
+    """The build of ``kernel`` to call over ``size`` elements: the serial twin when they fit
+    in one chunk (one unit of parallel work, so starting the thread pool is all the parallel
+    build adds: SGD over 1e3 float32 3.9 -> 1.3 µs, Adam 5.5 -> 2.7 µs, measured), else the
+    parallel kernel."""
+    return serial_twin(kernel) if size <= CHUNK_SIZE else kernel
 
 
 def inline_helper(function):
@@ -62,5 +105,6 @@ def fma(typingctx, a, b, c):
 
 
 __all__ = [
-    "JIT_OPTIONS", "fma", "inline_helper", "parallel_kernel", "reduction_kernel",
+    "JIT_OPTIONS", "fma", "for_size", "inline_helper", "parallel_kernel", "reduction_kernel",
+    "serial_twin",
 ]

@@ -7,6 +7,7 @@ from scipy import stats
 
 from fastopt import Dropout, dropout, dropout_backward, dropout_mask
 from fastopt.kernels import dropout as kernels
+from fastopt.kernels._config import serial_twin
 from fastopt.kernels.philox import philox4x32_10, philox4x32_10_reference, philox_lanes
 
 from kernel_cases import DTYPES, SIZES
@@ -65,13 +66,17 @@ def test_kernel_matches_the_numpy_reference_bitwise(size, dtype, offset, rng):
     p = 0.3
     x = rng.standard_normal(size).astype(dtype)
     expected = x.copy()
+    serial = x.copy()
     args = _arguments(p, offset=offset)
     kernels.dropout_step(x, *args, dtype(1 / (1 - p)))
     kernels.dropout_step_reference(expected, *args, dtype(1 / (1 - p)))
+    serial_twin(kernels.dropout_step)(serial, *args, dtype(1 / (1 - p)))
     assert np.array_equal(x, expected)
-    mask = np.empty(size, np.uint8)
-    kernels.dropout_mask(mask, *args)
-    np.testing.assert_array_equal(mask.astype(bool), kernels.mask_reference(size, *args))
+    assert np.array_equal(serial, expected)
+    for build in (kernels.dropout_mask, serial_twin(kernels.dropout_mask)):
+        mask = np.empty(size, np.uint8)
+        build(mask, *args)
+        np.testing.assert_array_equal(mask.astype(bool), kernels.mask_reference(size, *args))
 
 
 def test_mask_does_not_depend_on_threads_or_chunking(rng):

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastopt.kernels import penalty
+from fastopt.kernels._config import for_size, serial_twin
 from fastopt.kernels.chunks import chunk_table
 from fastopt.kernels.chunks import CHUNK_SIZE
 
@@ -106,6 +107,38 @@ def test_result_does_not_depend_on_thread_count(name, rng):
 
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
+def test_serial_twin_computes_the_same_bits(name, rng):
+    """The single-threaded build (used up to one chunk of parameters) against the parallel
+    kernel, over several chunks and two groups."""
+    kernel, _, mutated, args = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
+    serial = [b.copy() for b in mutated]
+    serial_twin(kernel)(*serial, *args)
+    kernel(*mutated, *args)
+    for a, b in zip(mutated, serial):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_the_serial_twin_serves_up_to_one_chunk():
+    kernel = KERNELS["adam_step"][0].adam_step
+    twin = serial_twin(kernel)
+    assert twin is not kernel and twin is serial_twin(kernel)
+    assert not twin.targetoptions.get("parallel") and kernel.targetoptions["parallel"]
+    assert twin.py_func.__qualname__ == "adam_step_serial"  # its own on-disk cache entries
+    assert for_size(kernel, 0) is twin and for_size(kernel, CHUNK_SIZE) is twin
+    assert for_size(kernel, CHUNK_SIZE + 1) is kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_serial_l2_penalty_computes_the_same_bits(dtype, rng):
+    size = 5 * CHUNK_SIZE + 3
+    param = (rng.standard_normal(size) * 3).astype(dtype)
+    bounds, groups = chunk_table([(0, size // 3, 0), (size // 3, size, 1)])
+    decay = np.array([0.1, 2.5])
+    assert serial_twin(penalty.l2_penalty)(param, bounds, groups, decay) == penalty.l2_penalty(
+        param, bounds, groups, decay)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
 def test_nan_and_inf_in_the_gradient_reach_the_parameters(name, rng):
     kernel, _, mutated, args = make_case(name, 64, np.float32, rng)
     args[0][3] = np.nan
@@ -132,21 +165,30 @@ needs_avx2_fma = pytest.mark.skipif(not _host_has_avx2_fma(),
                                     reason="reads x86 AVX2/FMA assembly")
 
 
-def float32_assembly(name, rng):
+_assembly = {}
+
+
+def float32_assembly(name, rng, parallel):
     """The kernel's x86 assembly for float32 buffers, compiled afresh (a kernel loaded from
-    the on-disk cache cannot be inspected)."""
-    kernel, _, mutated, args = make_case(name, 16, np.float32, rng)
-    options = {**kernel.targetoptions, "cache": False}
-    options.pop("nopython", None)
-    fresh = numba.njit(**options)(kernel.py_func)
-    fresh(*mutated, *args)
-    return fresh.inspect_asm(tuple(numba.typeof(a) for a in (*mutated, *args)))
+    the on-disk cache cannot be inspected), as the parallel kernel or its serial twin."""
+    if (name, parallel) not in _assembly:
+        kernel, _, mutated, args = make_case(name, 16, np.float32, rng)
+        options = {**kernel.targetoptions, "cache": False, "parallel": parallel}
+        options.pop("nopython", None)
+        fresh = numba.njit(**options)(kernel.py_func)
+        fresh(*mutated, *args)
+        _assembly[name, parallel] = fresh.inspect_asm(tuple(numba.typeof(a) for a in (*mutated, *args)))
+    return _assembly[name, parallel]
+
+
+both_builds = pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
 
 
 @needs_avx2_fma
+@both_builds
 @pytest.mark.parametrize("name", sorted(KERNELS))
-def test_float32_kernels_do_no_float64_arithmetic(name, rng):
-    asm = float32_assembly(name, rng)
+def test_float32_kernels_do_no_float64_arithmetic(name, parallel, rng):
+    asm = float32_assembly(name, rng, parallel)
     double_ops = re.findall(r"\bv?(?:add|sub|mul|div|sqrt|fmadd\w*|cvtss2)(?:sd|pd)\b", asm)
     if name.startswith("adam"):
         # Once per chunk, outside the element loop: the step size lr / (1 - beta1**t), divided
@@ -158,9 +200,10 @@ def test_float32_kernels_do_no_float64_arithmetic(name, rng):
 
 
 @needs_avx2_fma
+@both_builds
 @pytest.mark.parametrize("name", sorted(KERNELS))
-def test_inner_loop_is_vectorised(name, rng):
-    asm = float32_assembly(name, rng)
+def test_inner_loop_is_vectorised(name, parallel, rng):
+    asm = float32_assembly(name, rng, parallel)
     assert re.search(r"\bvfmadd\w*ps\s.*%[yz]mm", asm), "no packed FMA: the loop did not vectorise"
 
 
