@@ -317,7 +317,7 @@ def format_table(rows):
         speedups = " ".join(f"{'x%.2f' % row['speedup'][p]:>9}" if p in row.get("speedup", {}) else f"{'':>9}"
                             for p in peers)
         lines.append(f"{row['kernel']:<13} {row['size']:>8.0e} {row['device']:<6} {row['implementation']:<14} "
-                     f"{row['ms']:>10.3f} {row['gbps']:>7.1f} {row['pct_roofline']:>7.1f} {speedups}")
+                     f"{row['ms']:>10.4f} {row['gbps']:>7.1f} {row['pct_roofline']:>7.1f} {speedups}")
     return "\n".join(lines)
 
 
