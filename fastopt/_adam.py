@@ -107,7 +107,7 @@ class Adam(Optimizer):
                                   t(self._config.eps))
 
     def _decay_per_group(self):
-        return self._group_weight_decay()
+        return self._group_weight_decays
 
     def _prepare(self, step):
         beta1, beta2 = self._config.betas
@@ -138,4 +138,4 @@ class AdamW(Adam):
                          maximize=maximize, groups=groups, device=device)
 
     def _decay_per_group(self):
-        return 1.0 - self._group_lr() * self._group_weight_decay()
+        return 1.0 - self._group_lr() * self._group_weight_decays

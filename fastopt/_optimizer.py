@@ -237,8 +237,12 @@ class Optimizer:
             self._penalty = for_size(penalty.l2_penalty, self._params.size)
 
     def _refreshed(self):
+        # The float64 weight decay of each group, derived once per configuration: the
+        # subclasses' decay tables and l2_penalty read it.
+        default = self._config.weight_decay
+        self._group_weight_decays = np.array([default] + [default if g.weight_decay is None else g.weight_decay
+                                                          for g in self._groups])
         self._refresh()
-        self._penalty_decay = self._group_weight_decay()  # float64, for l2_penalty
         if self._device == "cuda":
             self._device_tables[2].copy_to_device(self._group_scale)
             self._device_tables[3].copy_to_device(self._group_decay)
@@ -246,12 +250,6 @@ class Optimizer:
     def _group_lr(self):
         """float64 learning rate of each group."""
         return self._config.lr * np.array([1.0] + [g.lr_factor for g in self._groups])
-
-    def _group_weight_decay(self):
-        """float64 weight decay of each group."""
-        default = self._config.weight_decay
-        return np.array([default] + [default if g.weight_decay is None else g.weight_decay
-                                     for g in self._groups])
 
     def _grad_sign(self):
         return self._dtype(-1.0 if self._config.maximize else 1.0)
@@ -277,8 +275,9 @@ class Optimizer:
         if self._device == "cuda":
             from .kernels import penalty_cuda
 
-            return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2], self._penalty_decay)
-        return self._penalty(self._params.data, self._chunk_bounds, self._chunk_group, self._penalty_decay)
+            return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2],
+                                           self._group_weight_decays)
+        return self._penalty(self._params.data, self._chunk_bounds, self._chunk_group, self._group_weight_decays)
 
     # -- state dicts ---------------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ class RMSProp(Optimizer):
         t = self._dtype
         config = self._config
         self._group_scale[:] = self._group_lr()
-        self._group_decay[:] = self._group_weight_decay()
+        self._group_decay[:] = self._group_weight_decays
         scalars = (self._grad_sign(), t(config.alpha), t(1.0 - config.alpha), t(config.eps))
         if config.momentum > 0:
             scalars += (t(config.momentum),)

@@ -86,7 +86,7 @@ class SGD(Optimizer):
 
     def _refresh(self):
         self._group_scale[:] = self._group_lr()
-        self._group_decay[:] = self._group_weight_decay()
+        self._group_decay[:] = self._group_weight_decays
         t = self._dtype
         sign = self._grad_sign()
         config = self._config

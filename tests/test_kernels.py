@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastopt.kernels import penalty
+from fastopt.kernels import adam, penalty
 from fastopt.kernels._config import for_size, serial_twin
 from fastopt.kernels.chunks import chunk_table
 from fastopt.kernels.chunks import CHUNK_SIZE
@@ -119,7 +119,7 @@ def test_serial_twin_computes_the_same_bits(name, rng):
 
 
 def test_the_serial_twin_serves_up_to_one_chunk():
-    kernel = KERNELS["adam_step"][0].adam_step
+    kernel = adam.adam_step
     twin = serial_twin(kernel)
     assert twin is not kernel and twin is serial_twin(kernel)
     assert not twin.targetoptions.get("parallel") and kernel.targetoptions["parallel"]
