@@ -3,8 +3,6 @@
 import dataclasses
 import math
 
-import numpy as np
-
 from . import _checks
 from ._optimizer import Optimizer
 
@@ -78,7 +76,7 @@ class Adam(Optimizer):
     """
 
     config_type = AdamConfig
-    _kernel_names = ("adam_step", "adam_amsgrad_step")
+    _rule_names = ("adam_step", "adam_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
                  amsgrad=False, maximize=False, groups=(), device=None):
@@ -86,32 +84,21 @@ class Adam(Optimizer):
                             amsgrad=amsgrad, maximize=maximize)
         super().__init__(params, config, groups, device)
 
-    def _select(self, config):
-        from .kernels import adam as kernels
+    def _rule_for(self, config):
+        from .kernels.rules import RULES
 
-        plain, amsgrad = (getattr(kernels, name) for name in self._kernel_names)
-        if config.amsgrad:
-            return amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        return plain, ("exp_avg", "exp_avg_sq")
-
-    #: The kernels take each group's learning rate in float64 and divide it by the bias
-    #: correction themselves, so that a step passes only scalars.
-    _group_scale_dtype = np.float64
+        return RULES[self._rule_names[config.amsgrad]]
 
     def _refresh(self):
         t = self._dtype
         beta1, beta2 = self._config.betas
-        self._group_scale[:] = self._group_lr()
-        self._group_decay[:] = self._decay_per_group()
         self._constant_scalars = (self._grad_sign(), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
                                   t(self._config.eps))
 
-    def _decay_per_group(self):
-        return self._group_weight_decays
-
-    def _prepare(self, step):
+    def _scalars(self, step):
+        # The bias corrections in float64; the kernel divides each group's lr by the first.
         beta1, beta2 = self._config.betas
-        return (*self._constant_scalars, np.float64(1.0 - beta1**step),
+        return (self._config.lr, 1.0 - beta1**step, *self._constant_scalars,
                 self._dtype(math.sqrt(1.0 - beta2**step)))
 
 
@@ -130,12 +117,9 @@ class AdamW(Adam):
     >>> opt.step()
     """
 
-    _kernel_names = ("adamw_step", "adamw_amsgrad_step")
+    _rule_names = ("adamw_step", "adamw_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
                  amsgrad=False, maximize=False, groups=(), device=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad,
                          maximize=maximize, groups=groups, device=device)
-
-    def _decay_per_group(self):
-        return 1.0 - self._group_lr() * self._group_weight_decays

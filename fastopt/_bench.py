@@ -45,7 +45,7 @@ class RooflineStep:
     as fastopt's kernels do): the ceiling for in-place kernels."""
 
     def __init__(self, n):
-        from fastopt.kernels._config import for_size
+        from fastopt.kernels.cpu import for_size
         from fastopt.kernels.roofline import scale_in_place
 
         self.x = random_buffer(n, 2)

@@ -3,7 +3,13 @@
 A CUDA buffer given by the user (a numba device array, a CuPy array, a PyTorch CUDA tensor:
 anything with ``__cuda_array_interface__``) is adopted as a zero-copy numba view of the same
 memory. numba-cuda is imported only when a CUDA buffer is asked for.
+
+:func:`for_device` gives the object an optimizer holds for its device (:class:`Cpu` or
+:class:`Cuda`): it allocates, cuts the buffer into the target's units of work, and builds a
+rule's step and the L2 penalty, so that the optimizer never branches on the device's name.
 """
+
+import functools
 
 import numpy as np
 
@@ -75,18 +81,18 @@ def flat_device_buffer(name, array, *, any_shape=False):
     return view
 
 
-def zeros(size, dtype):
-    """A CUDA buffer of ``size`` zeros (filled on the device, nothing copied from the host)."""
-    buffer = cuda().device_array(size, dtype)
+def zeros(shape, dtype):
+    """A CUDA buffer of ``shape`` zeros (filled on the device, nothing copied from the host)."""
+    buffer = cuda().device_array(shape, dtype)
     fill(buffer, 0)
     return buffer
 
 
 def fill(buffer, value):
-    from .kernels import buffers_cuda
+    from .kernels import cuda as kernels
 
     if buffer.size:
-        buffers_cuda.launch_fill(buffer, buffer.dtype.type(value))
+        kernels.launch_fill(buffer.reshape(buffer.size), buffer.dtype.type(value))
 
 
 def host_copy(buffer):
@@ -107,3 +113,77 @@ def to_device(array):
     if isinstance(array, np.ndarray):
         return cuda().to_device(array)
     return array
+
+
+class Cpu:
+    """Host buffers and the CPU kernels: chunks of :data:`~fastopt.kernels.chunks.CHUNK_SIZE`
+    that threads take whole; buffers of one chunk or less run a kernel's serial build (same
+    bits, no thread start)."""
+
+    name = "cpu"
+
+    @staticmethod
+    def zeros(shape, dtype):
+        return np.zeros(shape, dtype)
+
+    @staticmethod
+    def work_table(segments):
+        from .kernels.chunks import chunk_table
+
+        return chunk_table(segments)
+
+    @staticmethod
+    def resident(array):
+        return array
+
+    @staticmethod
+    def rule_step(rule, arguments):
+        from .kernels import cpu
+
+        return cpu.rule_kernel_for_size(rule, arguments[0].size)
+
+    @staticmethod
+    def penalty(param, bounds, groups, table, column):
+        from .kernels import penalty
+        from .kernels.cpu import for_size
+
+        return functools.partial(for_size(penalty.l2_penalty, param.size), param, bounds, groups, table, column)
+
+
+class Cuda:
+    """Device buffers and the CUDA kernels: tiles of :data:`~fastopt.kernels.cuda.TILE_SIZE`,
+    one block per tile at a time; the tables are copied to the device once, and a step's
+    launch is specialised and configured once."""
+
+    name = "cuda"
+
+    def __init__(self):
+        cuda()  # says what is missing when there is no usable GPU
+
+    zeros = staticmethod(zeros)
+
+    @staticmethod
+    def work_table(segments):
+        from .kernels import cuda as kernels
+
+        return tuple(to_device(table) for table in kernels.tile_table(segments))
+
+    resident = staticmethod(to_device)
+
+    @staticmethod
+    def rule_step(rule, arguments):
+        from .kernels import cuda as kernels
+
+        return kernels.rule_launch(rule, arguments)
+
+    @staticmethod
+    def penalty(param, bounds, groups, table, column):
+        from .kernels import cuda as kernels
+
+        return kernels.Penalty(param, bounds, groups, table, column)
+
+
+@functools.cache
+def for_device(device):
+    """The :class:`Cpu` or :class:`Cuda` object for ``"cpu"`` or ``"cuda"``."""
+    return Cpu() if check_device("device", device) == "cpu" else Cuda()

@@ -96,38 +96,36 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
         else:
             flat.fill(0)
         return x
-    scale = flat.dtype.type(1.0 / (1.0 - p))
-    if on_gpu:
-        from .kernels import _cuda, dropout_cuda
-
-        _cuda.elementwise(dropout_cuda.dropout_step, _counters(arguments[0], flat.size))(flat, *arguments, scale)
-        return x
-    kernels, for_size = _cpu_kernels()
-    for_size(kernels.dropout_step, flat.size)(flat, *arguments, scale)
+    _run(flat, arguments, flat.dtype.type(1.0 / (1.0 - p)), on_gpu)
     return x
 
 
-@functools.cache
-def _cpu_kernels():
-    """The CPU kernels and the chooser of their serial or parallel build, imported once on
-    first use (an import in the function body costs 2 µs a call; ``import fastopt`` does not
-    import Numba)."""
-    from .kernels import dropout
-    from .kernels._config import for_size
+def _run(flat, arguments, scale, on_gpu):
+    """The dropout kernel of ``flat``'s device over it."""
+    if on_gpu:
+        from .kernels import cuda
 
-    return dropout, for_size
+        cuda.launch_dropout(flat, *arguments, scale)
+    else:
+        kernel, for_size = _cpu_kernel()
+        for_size(kernel, flat.size)(flat, *arguments, scale)
+
+
+@functools.cache
+def _cpu_kernel():
+    """The CPU kernel and the chooser of its serial or parallel build, imported once on first
+    use (an import in the function body costs 2 µs a call; ``import fastopt`` does not import
+    Numba)."""
+    from .kernels import dropout
+    from .kernels.cpu import for_size
+
+    return dropout.dropout_step, for_size
 
 
 def _any_buffer(name, x):
     if _device.is_cuda_array(x):
         return _device.flat_device_buffer(name, x, any_shape=True)
     return _buffer(name, x)
-
-
-def _counters(offset, size):
-    """How many Philox counters (four elements each) cover ``size`` elements from ``offset``."""
-    offset = int(offset)
-    return 0 if size == 0 else (offset + size - 1) // 4 - offset // 4 + 1
 
 
 def dropout_backward(grad, p, *, seed, stream=0, step=0, offset=0):
@@ -140,28 +138,24 @@ def dropout_mask(size, p, *, seed, stream=0, step=0, offset=0, packed=False, dev
     """The keep mask :func:`dropout` uses for ``size`` elements: a uint8 array of 1 (kept) and
     0 (dropped), or with ``packed=True`` the same bits packed eight to a byte, little-endian
     (``np.unpackbits(m, count=size, bitorder="little")`` unpacks it). With ``device="cuda"``
-    the (unpacked) mask is made on the GPU and returned as a numba device array."""
+    the (unpacked) mask is made on the GPU and returned as a numba device array.
+
+    The mask is dropout itself, run over a buffer of ones with a scale of 1, so it cannot
+    differ from the mask :func:`dropout` applies."""
     size = _uint("size", size, 2**62)
     p = _probability(p)
     arguments = _mask_arguments(p, seed, stream, step, offset)
     _device.check_device("device", device)
-    if device == "cuda":
-        if packed:
-            raise ValueError("packed=True is not available with device='cuda' yet; unpacked masks are")
-        mask = _device.cuda().device_array(size, np.uint8)
-        if p == 0.0 or p == 1.0:
-            _device.fill(mask, 1 if p == 0.0 else 0)
-        elif size:
-            from .kernels import _cuda, dropout_cuda
-
-            _cuda.elementwise(dropout_cuda.dropout_mask, _counters(arguments[0], size))(mask, *arguments)
-        return mask
-    mask = np.empty(size, np.uint8)
-    if p == 0.0 or p == 1.0:
-        mask.fill(1 if p == 0.0 else 0)
+    on_gpu = device == "cuda"
+    if on_gpu and packed:
+        raise ValueError("packed=True is not available with device='cuda' yet; unpacked masks are")
+    mask = _device.cuda().device_array(size, np.uint8) if on_gpu else np.empty(size, np.uint8)
+    if on_gpu:
+        _device.fill(mask, 0 if p == 1.0 else 1)
     else:
-        kernels, for_size = _cpu_kernels()
-        for_size(kernels.dropout_mask, size)(mask, *arguments)
+        mask.fill(0 if p == 1.0 else 1)
+    if 0.0 < p < 1.0 and size:
+        _run(mask, arguments, np.uint8(1), on_gpu)
     return np.packbits(mask, bitorder="little") if packed else mask
 
 

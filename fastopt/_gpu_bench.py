@@ -140,17 +140,23 @@ def host_breakdown_us(case, steps=2000):
     arguments; numba-cuda's launch of the kernel specialised for the argument types, as a step
     does it (argument marshalling and the driver call); and, for comparison, the launch through
     numba's generic dispatcher, which resolves the types on every call."""
-    from ._optimizer import cuda_twin
-    from .kernels import _cuda
+    from .kernels import cuda
 
     optimizer = case.optimizer
-    arguments = (*optimizer._kernel_buffers, *optimizer._prepare(optimizer._step_count + 1))
-    launches = {"launch": optimizer._launch,
-                "launch_generic": _cuda.launch(cuda_twin(optimizer._kernel), optimizer._chunk_group)}
+    arguments = (*optimizer._buffers, optimizer._scalars(optimizer.step_count + 1))
+    generic = cuda.configure(cuda.rule_kernel(optimizer.rule), cuda.blocks_for(arguments[4].size))
+    launches = {"launch": optimizer._launch, "launch_generic": generic}
 
-    result = {"prepare": _host_us(lambda: optimizer._prepare(optimizer._step_count + 1), steps)}
+    result = {"prepare": _host_us(lambda: optimizer._scalars(optimizer.step_count + 1), steps)}
     result.update({name: _host_us(lambda: launch(*arguments), steps) for name, launch in launches.items()})
     return result
+
+
+def launch_shapes(sizes=(10**5, 10**6, 10**7, 10**9)):
+    """The grid a rule kernel gets on this device at each size (tiles, blocks, threads)."""
+    from .kernels import cuda
+
+    return [cuda.launch_shape(n) for n in sizes]
 
 
 def _torch_cuda():

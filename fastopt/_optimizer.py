@@ -6,11 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-import importlib
-
 from . import _checks, _device
 from ._params import FlatParams
-from .kernels.chunks import chunk_table
 
 #: Version of the :meth:`Optimizer.state_dict` format.
 STATE_FORMAT = 1
@@ -73,21 +70,6 @@ def config_from_dict(config_type, data):
     return config_type(**values)
 
 
-def cuda_twin(kernel):
-    """The CUDA twin of a CPU kernel: the same name, in the sibling ``*_cuda`` module."""
-    module = importlib.import_module(kernel.py_func.__module__ + "_cuda")
-    return getattr(module, kernel.py_func.__name__)
-
-
-def _cuda_launch(kernel, chunk_group, arguments):
-    """The CUDA twin of ``kernel``, specialised for the types of ``arguments`` and configured
-    for the chunk table, once: a step then launches it without numba resolving the argument
-    types again."""
-    from .kernels import _cuda
-
-    return _cuda.launch(cuda_twin(kernel).specialize(*arguments), chunk_group)
-
-
 def check_groups(params, groups):
     """``groups`` as a tuple, checked: ParamGroups naming parameters of ``params``, each once."""
     if isinstance(groups, ParamGroup) or not isinstance(groups, Sequence):
@@ -106,16 +88,16 @@ def check_groups(params, groups):
 
 
 class Optimizer:
-    """Base class: validates once, picks one kernel, and calls it once per :meth:`step`.
+    """Base class: validates once, picks one rule, and launches its kernel once per :meth:`step`.
 
-    A subclass declares its config dataclass and implements :meth:`_select` (the kernel and
-    the names of its state buffers, from the config), :meth:`_refresh` (per-group values and
-    scalars that change only with the config) and :meth:`_prepare` (what changes per step).
+    A subclass declares its config dataclass and implements :meth:`_rule_for` (the
+    :class:`~fastopt.kernels.rule.Rule` a config runs), :meth:`_refresh` (what changes only
+    with the config) and :meth:`_scalars` (the rule's launch scalars at a step, in the order
+    its spec gives). Everything else (state buffers, the group table, the kernel and its
+    launch on either device, state dicts) follows from the rule's spec.
     """
 
     config_type: ClassVar[type]
-    #: dtype of the per-group scale array the kernel takes; None: the parameters' dtype.
-    _group_scale_dtype: ClassVar[type | None] = None
 
     def __init__(self, params, config, groups=(), device=None):
         if not isinstance(params, FlatParams):
@@ -136,10 +118,10 @@ class Optimizer:
                 f"params.data ({params.data.dtype}, {params.data.size})"
             )
         self._params = params
-        self._device = params.device
+        self._device = _device.for_device(params.device)
         self._dtype = params.dtype.type
-        self._kernel, state_names = self._select(config)
-        self._state = {name: self._zeros() for name in state_names}
+        self._rule = self._rule_for(config)
+        self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
         self._step_count = 0
         self._config = config
         self._set_groups(self._check_groups(groups))
@@ -153,12 +135,12 @@ class Optimizer:
     @property
     def device(self):
         """``"cpu"`` or ``"cuda"``: where the parameters, gradients and state live."""
-        return self._device
+        return self._device.name
 
-    def _zeros(self):
-        if self._device == "cuda":
-            return _device.zeros(self._params.size, self._params.dtype)
-        return np.zeros_like(self._params.data)
+    @property
+    def rule(self):
+        """The :class:`~fastopt.kernels.rule.Rule` this optimizer runs (its config decides)."""
+        return self._rule
 
     @property
     def config(self):
@@ -169,11 +151,11 @@ class Optimizer:
     def config(self, config):
         if not isinstance(config, self.config_type):
             raise TypeError(f"config must be a {self.config_type.__name__}, got {type(config).__name__}")
-        kernel, state_names = self._select(config)
-        if kernel is not self._kernel:
+        rule = self._rule_for(config)
+        if rule is not self._rule:
             raise ValueError(
-                f"{config} needs different state ({', '.join(state_names) or 'none'}) than this "
-                f"optimizer was built with ({', '.join(self._state) or 'none'}); build a new one"
+                f"{config} needs different state ({', '.join(rule.state) or 'none'}) than this "
+                f"optimizer was built with ({', '.join(self._rule.state) or 'none'}); build a new one"
             )
         self._config = config
         self._refreshed()
@@ -202,8 +184,9 @@ class Optimizer:
 
     @property
     def state(self):
-        """``{name: flat buffer}`` of the optimizer state (live, not copies)."""
-        return dict(self._state)
+        """``{name: flat buffer}`` of the optimizer state (live views, not copies), in the order
+        of the rule's spec."""
+        return {name: self._state[k] for k, name in enumerate(self._rule.state)}
 
     def _check_groups(self, groups):
         return check_groups(self._params, groups)
@@ -213,43 +196,33 @@ class Optimizer:
         self._groups = groups
         index = {name: k + 1 for k, group in enumerate(groups) for name in group.params}
         segments = [(*self._params.segment(name), index.get(name, 0)) for name in self._params]
-        self._chunk_bounds, self._chunk_group = chunk_table(segments)
-        n_groups = len(groups) + 1
-        self._group_scale = np.empty(n_groups, self._group_scale_dtype or self._params.dtype)
-        self._group_decay = np.empty(n_groups, self._params.dtype)
-        tables = (self._chunk_bounds, self._chunk_group, self._group_scale, self._group_decay)
-        if self._device == "cuda":
-            # Copied once here; the group arrays again only when the config changes (a new lr).
-            tables = tuple(_device.to_device(table) for table in tables)
-        self._device_tables = tables
-        self._kernel_buffers = (self._params.data, *self._state.values(), self._params.grad, *tables)
-        self._refreshed()
-        if self._device == "cuda":
-            # The scalars' types do not change between steps (nor with the config), only their values.
-            arguments = (*self._kernel_buffers, *self._prepare(self._step_count + 1))
-            self._launch = _cuda_launch(self._kernel, self._chunk_group, arguments)
-        else:
-            from .kernels import penalty
-            from .kernels._config import for_size
+        bounds, chunk_group = self._device.work_table(segments)
+        self._host_table = self._group_table()
+        table = self._device.resident(self._host_table.copy())
+        self._buffers = (self._params.data, self._state, self._params.grad, bounds, chunk_group, table)
+        self._refresh()
+        # The scalars' types do not change between steps (nor with the config), only their values.
+        self._launch = self._device.rule_step(self._rule, (*self._buffers, self._scalars(self._step_count + 1)))
+        self._penalty = self._device.penalty(self._params.data, bounds, chunk_group, table,
+                                             self._rule.group.index("weight_decay"))
 
-            # One chunk's worth of parameters or fewer: the serial builds, same bits, no thread start.
-            self._launch = for_size(self._kernel, self._params.size)
-            self._penalty = for_size(penalty.l2_penalty, self._params.size)
+    def _group_table(self):
+        """The float64 group table of the rule: one row per group, its spec's columns."""
+        default = self._config.weight_decay
+        columns = {
+            "lr_factor": [1.0] + [g.lr_factor for g in self._groups],
+            "weight_decay": [default] + [default if g.weight_decay is None else g.weight_decay
+                                         for g in self._groups],
+        }
+        return np.array([columns[name] for name in self._rule.group], dtype=np.float64).T.copy()
 
     def _refreshed(self):
-        # The float64 weight decay of each group, derived once per configuration: the
-        # subclasses' decay tables and l2_penalty read it.
-        default = self._config.weight_decay
-        self._group_weight_decays = np.array([default] + [default if g.weight_decay is None else g.weight_decay
-                                                          for g in self._groups])
+        # The group table changes with the weight decay, not with the learning rate (a scalar).
+        table = self._group_table()
+        if not np.array_equal(table, self._host_table):
+            _device.copy_into(self._buffers[5], table)
+            self._host_table = table
         self._refresh()
-        if self._device == "cuda":
-            self._device_tables[2].copy_to_device(self._group_scale)
-            self._device_tables[3].copy_to_device(self._group_decay)
-
-    def _group_lr(self):
-        """float64 learning rate of each group."""
-        return self._config.lr * np.array([1.0] + [g.lr_factor for g in self._groups])
 
     def _grad_sign(self):
         return self._dtype(-1.0 if self._config.maximize else 1.0)
@@ -260,7 +233,7 @@ class Optimizer:
         """Update every parameter from :attr:`FlatParams.grad`: one kernel call (on CUDA
         buffers one asynchronous launch, with scalar arguments only)."""
         self._step_count += 1
-        self._launch(*self._kernel_buffers, *self._prepare(self._step_count))
+        self._launch(*self._buffers, self._scalars(self._step_count))
 
     def zero_grad(self):
         """Set every gradient to zero."""
@@ -272,12 +245,7 @@ class Optimizer:
         :math:`\lambda_k` is each group's weight decay, so for SGD, Adam and RMSProp this is
         the penalty whose gradient the step adds. Add it to the mean loss for the batch cost.
         """
-        if self._device == "cuda":
-            from .kernels import penalty_cuda
-
-            return penalty_cuda.l2_penalty(self._params.data, *self._device_tables[:2],
-                                           self._group_weight_decays)
-        return self._penalty(self._params.data, self._chunk_bounds, self._chunk_group, self._group_weight_decays)
+        return self._penalty()
 
     # -- state dicts ---------------------------------------------------------------------------
 
@@ -294,12 +262,12 @@ class Optimizer:
             "step": self._step_count,
             "layout": [[name, list(shape)] for name, shape in self._params.layout],
             "dtype": str(self._params.dtype),
-            "state": {name: _device.host_copy(buffer) for name, buffer in self._state.items()},
+            "state": {name: _device.host_copy(buffer) for name, buffer in self.state.items()},
         }
 
     def _checked_state(self, state_dict, params):
         """Check a :meth:`state_dict` against ``params`` (its layout and dtype) and this optimizer's
-        class; return ``(config, kernel, state_names, groups, step, buffers)``."""
+        class; return ``(config, rule, state_names, groups, step, buffers)``."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         missing = {"format", "optimizer", "config", "groups", "step", "layout", "dtype", "state"} - set(state_dict)
@@ -318,15 +286,15 @@ class Optimizer:
         if state_dict["dtype"] != str(params.dtype):
             raise ValueError(f"state_dict is for dtype {state_dict['dtype']}, these params are {params.dtype}")
         config = config_from_dict(self.config_type, state_dict["config"])
-        kernel, state_names = self._select(config)
+        rule = self._rule_for(config)
         groups = check_groups(params, [ParamGroup(**group) for group in state_dict["groups"]])
         step = state_dict["step"]
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"state_dict step must be an int >= 0, got {step!r}")
         buffers = state_dict["state"]
-        if set(buffers) != set(state_names):
-            raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(state_names)}")
-        for name in state_names:
+        if set(buffers) != set(rule.state):
+            raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(rule.state)}")
+        for name in rule.state:
             buffer = buffers[name]
             if (not isinstance(buffer, np.ndarray) or buffer.dtype != params.dtype
                     or buffer.shape != (params.size,)):
@@ -335,7 +303,7 @@ class Optimizer:
                     f"({params.size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
                     f"{getattr(buffer, 'shape', '')}"
                 )
-        return config, kernel, state_names, groups, int(step), buffers
+        return config, rule, rule.state, groups, int(step), buffers
 
     def load_state_dict(self, state_dict):
         """Restore :meth:`state_dict` output: config, groups, step count and state.
@@ -344,14 +312,14 @@ class Optimizer:
         its config replaces this optimizer's, as in PyTorch. Everything is checked before
         anything changes.
         """
-        config, kernel, state_names, groups, step, buffers = self._checked_state(state_dict, self._params)
+        config, rule, state_names, groups, step, buffers = self._checked_state(state_dict, self._params)
         # Like PyTorch, the saved config wins, even where it needs other state buffers (a
         # momentum buffer, AMSGrad's maximum) than this optimizer was built with.
-        self._state = {name: self._state[name] if name in self._state else self._zeros()
-                       for name in state_names}
-        for name in state_names:
-            _device.copy_into(self._state[name], buffers[name])
-        self._kernel = kernel
+        if rule.state != self._rule.state:
+            self._state = self._device.zeros((len(rule.state), self._params.size), self._params.dtype)
+        for k, name in enumerate(state_names):
+            _device.copy_into(self._state[k], buffers[name])
+        self._rule = rule
         self._config = config
         self._step_count = int(step)
         self._set_groups(groups)
@@ -361,14 +329,14 @@ class Optimizer:
 
     # -- what a subclass supplies ----------------------------------------------------------------
 
-    def _select(self, config):
-        """Return ``(kernel, state_names)`` for ``config``."""
+    def _rule_for(self, config):
+        """The :class:`~fastopt.kernels.rule.Rule` that ``config`` runs."""
         raise NotImplementedError
 
     def _refresh(self):
-        """Recompute per-group arrays and scalars after the config or the groups changed."""
+        """Recompute what the scalars need after the config changed."""
         raise NotImplementedError
 
-    def _prepare(self, step):
-        """Fill what changes per step and return the kernel's scalar arguments."""
+    def _scalars(self, step):
+        """The rule's launch scalars for step ``step``, in its spec's order."""
         raise NotImplementedError

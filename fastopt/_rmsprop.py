@@ -63,26 +63,19 @@ class RMSProp(Optimizer):
                                momentum=momentum, centered=centered, maximize=maximize)
         super().__init__(params, config, groups, device)
 
-    def _select(self, config):
-        from .kernels import rmsprop as kernels
+    def _rule_for(self, config):
+        from .kernels.rules import RULES
 
-        if config.momentum > 0 and config.centered:
-            return kernels.rmsprop_centered_momentum_step, ("square_avg", "grad_avg", "momentum_buffer")
-        if config.momentum > 0:
-            return kernels.rmsprop_momentum_step, ("square_avg", "momentum_buffer")
-        if config.centered:
-            return kernels.rmsprop_centered_step, ("square_avg", "grad_avg")
-        return kernels.rmsprop_step, ("square_avg",)
+        name = "rmsprop" + ("_centered" if config.centered else "") + ("_momentum" if config.momentum > 0 else "")
+        return RULES[name + "_step"]
 
     def _refresh(self):
         t = self._dtype
         config = self._config
-        self._group_scale[:] = self._group_lr()
-        self._group_decay[:] = self._group_weight_decays
-        scalars = (self._grad_sign(), t(config.alpha), t(1.0 - config.alpha), t(config.eps))
+        scalars = (config.lr, self._grad_sign(), t(config.alpha), t(1.0 - config.alpha), t(config.eps))
         if config.momentum > 0:
             scalars += (t(config.momentum),)
-        self._scalars = scalars
+        self._scalars_of_config = scalars
 
-    def _prepare(self, step):
-        return self._scalars
+    def _scalars(self, step):
+        return self._scalars_of_config

@@ -75,29 +75,26 @@ class SGD(Optimizer):
                            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
         super().__init__(params, config, groups, device)
 
-    def _select(self, config):
-        from .kernels import sgd as kernels
+    def _rule_for(self, config):
+        from .kernels.rules import RULES
 
         if config.momentum == 0:
-            return kernels.sgd_step, ()
-        if config.nesterov:
-            return kernels.sgd_nesterov_step, ("momentum_buffer",)
-        return kernels.sgd_momentum_step, ("momentum_buffer",)
+            return RULES["sgd_step"]
+        return RULES["sgd_nesterov_step" if config.nesterov else "sgd_momentum_step"]
 
     def _refresh(self):
-        self._group_scale[:] = self._group_lr()
-        self._group_decay[:] = self._group_weight_decays
         t = self._dtype
-        sign = self._grad_sign()
         config = self._config
+        lr, sign = config.lr, self._grad_sign()
         if config.momentum == 0:
-            self._first_scalars = self._later_scalars = (sign,)
+            self._first_scalars = self._later_scalars = (lr, sign)
             return
-        first = (sign, t(0.0), t(1.0))
-        later = (sign, t(config.momentum), t(1.0 - config.dampening))
+        # PyTorch's first buffer is the gradient itself: 0 * 0 + 1 * g.
+        first = (lr, sign, t(0.0), t(1.0))
+        later = (lr, sign, t(config.momentum), t(1.0 - config.dampening))
         if config.nesterov:
             first, later = first + (t(config.momentum),), later + (t(config.momentum),)
         self._first_scalars, self._later_scalars = first, later
 
-    def _prepare(self, step):
+    def _scalars(self, step):
         return self._first_scalars if step == 1 else self._later_scalars

@@ -10,26 +10,47 @@ device (the format promise of ``docs/design.md``):
 * a kept element is multiplied by ``scale = 1 / keep_prob`` rounded once to the buffer's
   dtype; a dropped one is set to zero.
 
+That last decision is :func:`drop`, the element function both targets compile; the words come
+from :mod:`.philox`, also one source. This module holds the CPU kernel; the CUDA kernel is
+:func:`fastopt.kernels.cuda.dropout_step`.
+
 ``offset`` is the element index of ``x[0]``: dropout over a slice with its offset gives exactly
 the corresponding part of dropout over the whole buffer (a segment of a FlatParams, or a
 batch cut in pieces). The backward pass calls the same kernel on the gradient with the same
-(seed, stream, step) and regenerates the mask instead of storing it.
+(seed, stream, step) and regenerates the mask instead of storing it. The keep mask itself is
+dropout over a uint8 buffer of ones with ``scale = 1``.
 
-Argument order: ``x`` (or ``mask``), then the uint64 scalars ``offset, key0, key1, stream,
-step, threshold``, then ``scale`` in ``x``'s dtype.
+Argument order: ``x``, then the uint64 scalars ``offset, key0, key1, stream, step,
+threshold``, then ``scale`` in ``x``'s dtype.
 """
 
 import numpy as np
 from numba import prange
 
-from ._config import inline_helper, parallel_kernel
 from .chunks import CHUNK_SIZE
+from .cpu import TARGET, inline_helper, parallel_kernel
+from .elements import element
 from .philox import MASK32, SHIFT32, philox4x32_10_reference, philox_lanes
 
 #: Counters per Philox batch: rounds run over this many counters at a time (vectorised).
 LANES = np.uint64(64)
 #: Counters per unit of parallel work (four elements each).
 CHUNK_COUNTERS = np.uint64(CHUNK_SIZE // 4)
+
+
+@element
+def drop(x, index, word, threshold, scale):
+    """Element ``index`` of ``x`` kept (times ``scale``) iff its Philox word is below
+    ``threshold``, else set to zero."""
+    # Two stores, not ``x * scale if ... else 0``: that expression unifies the float with the
+    # integer 0 as float64 (a float64 round trip per element in the PTX).
+    if word < threshold:
+        x[index] = x[index] * scale
+    else:
+        x[index] = 0
+
+
+_drop = TARGET.element(drop)
 
 
 @inline_helper
@@ -92,27 +113,7 @@ def dropout_step(x, offset, key0, key1, stream, step, threshold, scale):
             lo, hi, base = _overlap(batch, stop, offset, size)
             shift = base - offset
             for k in range(lo, hi):
-                index = shift + k
-                x[index] = x[index] * scale if words[k] < threshold else 0
-
-
-@parallel_kernel
-def dropout_mask(mask, offset, key0, key1, stream, step, threshold):
-    """Write the keep mask (1 kept, 0 dropped) of ``mask.size`` elements into a uint8 buffer."""
-    size = np.uint64(mask.size)
-    if size == 0:
-        return
-    first, count, n_chunks = _counter_range(offset, size)
-    for chunk in prange(n_chunks):
-        c0, c1, c2, c3, words = _lanes()
-        start = first + np.uint64(chunk) * CHUNK_COUNTERS
-        stop = min(start + CHUNK_COUNTERS, first + count)
-        for batch in range(start, stop, LANES):
-            _words(batch, c0, c1, c2, c3, words, stream, step, key0, key1)
-            lo, hi, base = _overlap(batch, stop, offset, size)
-            shift = base - offset
-            for k in range(lo, hi):
-                mask[shift + k] = 1 if words[k] < threshold else 0
+                _drop(x, shift + k, words[k], threshold, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,12 +122,12 @@ def dropout_mask(mask, offset, key0, key1, stream, step, threshold):
 
 def mask_reference(size, offset, key0, key1, stream, step, threshold):
     """The keep mask of ``size`` elements from ``offset`` on, as a bool array."""
-    element = np.uint64(offset) + np.arange(size, dtype=np.uint64)
-    counter = element // np.uint64(4)
+    element_index = np.uint64(offset) + np.arange(size, dtype=np.uint64)
+    counter = element_index // np.uint64(4)
     counters = np.stack([counter & MASK32, counter >> SHIFT32,
                          np.full(size, stream, np.uint64), np.full(size, step, np.uint64)], axis=-1)
     words = philox4x32_10_reference(counters, np.array([key0, key1], dtype=np.uint64))
-    word = words[np.arange(size), (element % np.uint64(4)).astype(np.intp)]
+    word = words[np.arange(size), (element_index % np.uint64(4)).astype(np.intp)]
     return word.astype(np.uint64) < np.uint64(threshold)
 
 

@@ -6,27 +6,41 @@ float32 accumulator loses digits over millions of terms) and the chunk sums are 
 order, so the value does not depend on the number of threads. Within a chunk the sum is
 vectorised (``reassoc``), so its last bits depend on the SIMD width of the machine it runs on.
 
-Argument order: ``param, chunk_bounds, chunk_group, group_weight_decay``. The weight decays
-may be float64 whatever the buffer's dtype (the façade passes them so: 0.1 is not a float32).
+The square is :func:`square`, the element function both targets compile; the CUDA reduction is
+:class:`fastopt.kernels.cuda.Penalty`, which sums per tile and adds the tile sums in a fixed
+order: the two agree to float64 rounding, not bit for bit.
+
+Argument order: ``param, bounds, groups, table, column``: the chunk table and a rule's float64
+group table, whose column ``column`` holds each group's weight decay.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, prange
 
-from ._config import JIT_OPTIONS, reduction_kernel
-from ._groups import expand
+from .rules._reference import expand
+from .cpu import JIT_OPTIONS, TARGET, reduction_kernel
+from .elements import element
+from .primitives import mul
+
+
+@element
+def square(x):
+    """``x**2`` in float64, a product of its own so that no target fuses it into the sum."""
+    return mul(float64(x), float64(x))
+
+
+_square = TARGET.element(square)
 
 
 @reduction_kernel
-def l2_penalty(param, chunk_bounds, chunk_group, group_weight_decay):
+def l2_penalty(param, bounds, groups, table, column):
     """Return the L2 penalty of ``param`` as a float (float64 accumulation)."""
-    out = np.empty(chunk_group.size, np.float64)
-    for c in prange(chunk_group.size):
+    out = np.empty(groups.size, np.float64)
+    for c in prange(groups.size):
         total = 0.0
-        for i in range(chunk_bounds[c], chunk_bounds[c + 1]):
-            x = np.float64(param[i])
-            total += x * x
-        out[c] = 0.5 * np.float64(group_weight_decay[chunk_group[c]]) * total
+        for i in range(bounds[c], bounds[c + 1]):
+            total += _square(param[i])
+        out[c] = 0.5 * table[groups[c], column] * total
     return _sum_in_order(out)
 
 
@@ -40,7 +54,7 @@ def _sum_in_order(values):
     return total
 
 
-def l2_penalty_reference(param, chunk_bounds, chunk_group, group_weight_decay):
+def l2_penalty_reference(param, bounds, groups, table, column):
     """float64 reference of :func:`l2_penalty`."""
     p = np.asarray(param, dtype=np.float64)
-    return float(0.5 * np.sum(expand(group_weight_decay, chunk_bounds, chunk_group) * p * p))
+    return float(0.5 * np.sum(expand(np.asarray(table)[:, column], bounds, groups) * p * p))

@@ -2,16 +2,18 @@
 cuRAND's Philox and Random123.
 
 Four 32-bit counter words and two 32-bit key words go in, four 32-bit words come out; the
-same inputs give the same words on every device. :func:`philox4x32_10` is the scalar form
-(written in the subset of Python that both ``numba.njit`` and ``numba.cuda.jit(device=True)``
-compile: unsigned 64-bit products, shifts, masks and xors, no arrays); :func:`philox_lanes`
+same inputs give the same words on every device. :func:`philox_source` is the scalar form,
+an element function (written in the subset of Python that both ``numba.njit`` and
+``numba.cuda.jit(device=True)`` compile: unsigned 64-bit products, shifts, masks and xors, no
+arrays), built for the CPU as :func:`philox4x32_10` and for CUDA by :mod:`.cuda`; :func:`philox_lanes`
 runs the rounds over arrays of counters, rounds outer and lanes inner, which LLVM vectorises
 (``vpmuludq``); :func:`philox4x32_10_reference` is a numpy version for the tests.
 """
 
 import numpy as np
 
-from ._config import inline_helper
+from .cpu import inline_helper
+from .elements import element
 
 MASK32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
@@ -22,7 +24,8 @@ WEYL1 = np.uint64(0xBB67AE85)  # sqrt(3) - 1
 ROUNDS = 10
 
 
-def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+@element
+def philox_source(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of one counter (uint64 values below 2**32 in and out)."""
     for _ in range(ROUNDS):
         product0 = MULTIPLIER0 * c0
@@ -34,7 +37,8 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-philox4x32_10 = inline_helper(_philox4x32_10)
+#: The scalar form built for the CPU (the CUDA target builds its own from the same source).
+philox4x32_10 = inline_helper(philox_source)
 
 
 @inline_helper

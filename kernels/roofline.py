@@ -7,7 +7,7 @@ run (a plain copy is not the right ceiling: large copies use non-temporal stores
 
 from numba import prange
 
-from ._config import parallel_kernel
+from .cpu import parallel_kernel
 
 
 @parallel_kernel

@@ -2,16 +2,13 @@
 arrays, state dicts across devices, zero-copy wrapping, and the errors.
 
 ``python cuda_facade_check.py --simulator`` runs under NUMBA_ENABLE_CUDASIM=1 (as
-tests/test_cuda_simulator.py does), with the simulator given a correctly rounded fma, a
-dtype-preserving square root and small launches; without ``--simulator`` it runs on a real GPU
+tests/test_cuda_simulator.py does), with small launches; without ``--simulator`` it runs on a real GPU
 (bench/gpu_check.sh does), where the same comparisons must hold bit for bit. It prints one JSON
 object: failures (empty when all is well) and what was checked.
 """
 
 import json
 import sys
-from fractions import Fraction
-
 import numpy as np
 
 OPTIMIZERS = {
@@ -28,19 +25,13 @@ OPTIMIZERS = {
 
 
 def patch_simulator():
-    from numba.cuda.simulator import kernelapi
+    """Small launches, so that the grid-stride loops over tiles and elements, and the blocks'
+    loops over Philox counters, all turn over at test sizes. (The simulator needs nothing else:
+    under it the CUDA target binds the plain-Python primitives of fastopt.kernels.primitives,
+    a correctly rounded fma and a dtype-preserving square root.)"""
+    from fastopt.kernels import cuda
 
-    from fastopt.kernels import _cuda
-
-    def correctly_rounded_fma(self, a, b, c):
-        kind = type(a)
-        if kind is np.float32:  # the float64 product of two float32 is exact
-            return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
-        return kind(float(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))))
-
-    kernelapi.FakeCUDAModule.fma = correctly_rounded_fma
-    _cuda.sqrt = np.sqrt
-    _cuda.THREADS_PER_BLOCK, _cuda.MAX_BLOCKS = 8, 3
+    cuda.THREADS_PER_BLOCK, cuda.MAX_BLOCKS, cuda.TILE_SIZE = 8, 3, 16
 
 
 def host(array):

@@ -1,118 +1,181 @@
-"""Every CUDA twin compiled to PTX for sm_80 and sm_90 and assembled by ptxas, without a GPU.
+"""Every CUDA kernel, float32 and float64, compiled to PTX for sm_80 and sm_90 and assembled by
+ptxas, without a GPU.
 
-Needs numba-cuda with its NVVM (the ``cuda-check`` extra) and ``ptxas`` from a CUDA toolkit
-on the PATH; skipped otherwise. Fails on a float64 instruction in a float32 kernel, on a
-multiply-add left to NVVM's contraction (every one must be an explicit fma, as on the CPU),
-on a division or square root that is not correctly rounded, and on any register spill.
+Needs numba-cuda with its NVVM (the ``cuda-check`` extra) and ``ptxas`` from a CUDA toolkit on
+the PATH. Whether they are here is decided once, before anything compiles; where they are, any
+error while compiling or assembling fails the test (CI has both, so there this file never
+skips).
+
+What it holds the kernels to:
+
+* a float32 kernel does float64 arithmetic only in a tile's prologue (each group's learning
+  rate, derived as the host would), never per element;
+* every division and square root is correctly rounded (no ``.approx``, no ``rsqrt``);
+* nothing is contracted: every fused multiply-add in the machine code is one the source wrote
+  as ``fma``. NVVM and ptxas both fuse a plain ``a * b + c`` even with ``fastmath=False``,
+  where the CPU rounds twice, so a contraction would break CPU == GPU silently. Checked twice:
+  NVVM's PTX with contraction off (``-fma=0``) is the same as its default PTX, and ptxas's
+  machine code with ``--fmad=false`` is the same as with its default ``--fmad=true``;
+* no register spills (``ptxas -v``).
 """
 
-import importlib
 import re
 import shutil
 import subprocess
+import struct
 
 import numba
 import numpy as np
 import pytest
 
-from kernel_cases import KERNELS, make_case
-
-cuda = pytest.importorskip("numba.cuda")
+from kernel_cases import make_case
 
 
-def _ptxas():
-    """The path of ``ptxas``, or skip."""
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        pytest.skip("ptxas (CUDA toolkit) is not on the PATH")
-    return ptxas
-
-
-def _compile(kernel, args, cc):
-    """The PTX of a ``numba.cuda`` kernel for the types of ``args``, or skip."""
+def _missing_tools():
+    """Why this machine cannot compile and assemble CUDA kernels, or None."""
     try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(a) for a in args), cc=cc)
-    except Exception as error:  # no NVVM here: numba's CUDA target without the toolkit wheels
-        pytest.skip(f"cannot compile PTX here ({type(error).__name__}: {str(error)[:120]})")
-    return ptx
+        from numba.cuda.cudadrv import nvvm
+    except ImportError:
+        return "numba-cuda is not installed (the cuda-check extra)"
+    if not nvvm.is_available():
+        return "numba-cuda finds no NVVM (the cuda-check extra brings nvidia-nvvm)"
+    if shutil.which("ptxas") is None:
+        return "ptxas (CUDA toolkit) is not on the PATH"
+    return None
 
 
-def _ptx(name, cc):
-    module = KERNELS[name][0].__name__.rsplit(".", 1)[1]
-    twin = getattr(importlib.import_module(f"fastopt.kernels.{module}_cuda"), name)
-    _, _, mutated, args = make_case(name, 64, np.float32, np.random.default_rng(0), 2)
-    return _compile(twin, (*mutated, *args), cc)
+MISSING = _missing_tools()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
+
+CCS = pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 
 
-def assert_assembles_without_spills(ptxas, ptx, cc, tmp_path):
-    """``ptxas -v`` for ``cc`` accepts the PTX and reports no spill stores or loads."""
-    path = tmp_path / "kernel.ptx"
-    path.write_text(ptx)
-    result = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", str(path), "-o", str(tmp_path / "out.cubin")],
+def rule_names():
+    from fastopt.kernels.rules import RULES
+
+    return sorted(RULES)
+
+
+def compile_twice(function, args, cc):
+    """``(ptx, ptx_without_contraction)``: NVVM's PTX of a kernel for the types of ``args``, as
+    numba-cuda compiles it, and the same LLVM IR compiled again with ``-fma=0``."""
+    from numba.cuda import compiler
+    from numba.cuda.cudadrv import nvrtc, nvvm
+
+    types = tuple(numba.typeof(a) for a in args)
+    library, _ = compiler._compile_pyfunc_with_fixup(function, types, device=False, abi="numba", cc=cc)
+    options = {**library._nvvm_options, "arch": nvrtc.get_arch_option(*cc), "fma": False}
+    uncontracted = nvvm.compile_ir(library.llvm_strs, **options).decode().strip("\x00").strip()
+    return library.get_asm_str(cc=cc), uncontracted
+
+
+def instructions(ptx):
+    """The PTX's instruction lines, without comments and header."""
+    lines = (line.split("//")[0].strip() for line in ptx.splitlines())
+    return [line for line in lines if line and not line.startswith((".version", ".target", ".address_size"))]
+
+
+def contraction_free(ptx):
+    """:func:`instructions` with the ``.rn`` that NVVM writes on every ``mul``/``add``/``sub``
+    under ``-fma=0`` (to keep ptxas from fusing them) taken off, so that the two compilations
+    compare equal unless the default one turned a multiply and an add into an ``fma``."""
+    return [re.sub(r"^(mul|add|sub)\.rn\.(f32|f64)", r"\1.\2", line) for line in instructions(ptx)]
+
+
+def text_sections(cubin):
+    """The machine code of an ELF cubin: ``{section name: bytes}`` of its ``.text.*`` sections
+    (the rest records, among other things, the options ptxas was given)."""
+    data = cubin.read_bytes()
+    section_headers, = struct.unpack_from("<Q", data, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, section_headers + k * entry_size) for k in range(count)]
+    names_offset = headers[names_index][4]
+
+    def name(offset):
+        start = names_offset + offset
+        return data[start:data.index(b"\0", start)].decode()
+
+    return {name(h[0]): data[h[4]:h[4] + h[5]] for h in headers if name(h[0]).startswith(".text")}
+
+
+def assemble(ptx, cc, tmp_path, *flags):
+    """``(ptxas -v stderr, .text sections)`` of the PTX for ``cc``; fails if ptxas does."""
+    source, cubin = tmp_path / "kernel.ptx", tmp_path / f"kernel{''.join(flags)}.cubin"
+    source.write_text(ptx)
+    result = subprocess.run(["ptxas", "-v", f"-arch=sm_{cc[0]}{cc[1]}", *flags, str(source), "-o", str(cubin)],
                             capture_output=True, text=True)
-    if result.returncode != 0 and "Unsupported .version" in result.stderr:
-        pytest.skip(f"this ptxas is older than the NVVM that wrote the PTX: {result.stderr.strip()[:160]}")
     assert result.returncode == 0, result.stderr[-2000:]
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
-    assert spills and all(stores == "0" and loads == "0" for stores, loads in spills), result.stderr
+    return result.stderr, text_sections(cubin)
 
 
-@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", sorted(KERNELS))
-def test_ptx_is_float32_correctly_rounded_and_spill_free(name, cc, tmp_path):
-    ptxas = _ptxas()
-    ptx = _ptx(name, cc)
-    instructions = [line.split("//")[0] for line in ptx.splitlines()]
-    body = "\n".join(instructions)
-    float64 = [line.split()[0] for line in instructions if re.search(r"\.f64\b", line)]
-    if name.startswith("adam"):
-        # Once per chunk, outside the element loop: lr / (1 - beta1**t) divided in float64,
-        # as the host would, and rounded once to float32. Nothing else in float64.
-        arithmetic = [op for op in float64 if op not in (".param", ".reg", "ld.param.f64", "ld.global.f64",
-                                                         "ld.global.nc.f64")]
-        assert arithmetic == ["div.rn.f64", "cvt.rn.f32.f64"], arithmetic
-    else:
-        assert not float64, "float64 arithmetic in a float32 kernel"
-    assert not re.search(r"\bmad\.\w*f32|\bfma\.rn\.ftz", body)
-    assert not re.search(r"\bdiv\.(approx|full)\.f32|\bsqrt\.approx\.f32|\brsqrt", body), \
-        "a division or square root that is not correctly rounded"
-    assert re.search(r"\bfma\.rn\.f32", body)
-    assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)
+def check_kernel(function, args, cc, tmp_path):
+    """Compile, assemble and hold ``function`` to the module docstring's rules; return the PTX
+    body (comments stripped) for kernel-specific checks."""
+    ptx, uncontracted = compile_twice(function, args, cc)
+    assert contraction_free(ptx) == contraction_free(uncontracted), \
+        "NVVM contracted a multiply and an add: write fma(...) or mul(...) in the source"
+    stderr, text = assemble(ptx, cc, tmp_path)
+    _, text_unfused = assemble(ptx, cc, tmp_path, "--fmad=false")
+    assert text and text == text_unfused, \
+        "ptxas fuses a multiply into an add that the CPU rounds twice: write fma(...) or mul(...)"
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", stderr)
+    assert spills and all(stores == "0" and loads == "0" for stores, loads in spills), stderr
+    body = "\n".join(instructions(ptx))
+    assert not re.search(r"\bdiv\.(approx|full)\.|\bsqrt\.approx\.|\brsqrt|\bmad\.\w*f(32|64)|\.ftz", body), \
+        "a division or square root that is not correctly rounded, or flushed subnormals"
+    return body
 
 
-@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", ["dropout_step", "dropout_mask"])
-def test_dropout_ptx_is_float32_and_spill_free(name, cc, tmp_path):
-    from fastopt.kernels import dropout_cuda
+@CCS
+@DTYPES
+@pytest.mark.parametrize("name", rule_names())
+def test_rule_kernel_rounds_as_written(name, dtype, cc, tmp_path):
+    from fastopt.kernels import cuda
 
-    ptxas = _ptxas()
+    case, _ = make_case(name, 64, dtype, np.random.default_rng(0), 2)
+    body = check_kernel(cuda.rule_kernel(case.rule).py_func, case.arguments(), cc, tmp_path)
+    width = "32" if dtype == np.float32 else "64"
+    assert re.search(rf"\bfma\.rn\.f{width}\b", body), "the rule's explicit fmas are missing"
+    if dtype == np.float32:
+        # float64 only in a tile's prologue (lr * lr_factor, Adam's step size and AdamW's
+        # decay, rounded once to float32): a handful of instructions, not a per-element pass.
+        arithmetic = [line.split()[0] for line in body.splitlines()
+                      if re.search(r"\.f64\b", line) and not line.split()[0].startswith((".", "ld.", "mov."))]
+        allowed = {"mul.f64", "mul.rn.f64", "div.rn.f64", "sub.f64", "cvt.rn.f32.f64"}
+        assert set(arithmetic) <= allowed and len(arithmetic) <= 8, arithmetic
+
+
+@CCS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8], ids=["float32", "float64", "mask"])
+def test_dropout_kernel_rounds_as_written(dtype, cc, tmp_path):
+    from fastopt.kernels import cuda
+
     u = np.uint64
-    buffer = np.zeros(8, np.float32 if name == "dropout_step" else np.uint8)
-    args = [buffer, u(0), u(1), u(2), u(3), u(4), u(5)] + ([np.float32(1.25)] if name == "dropout_step" else [])
-    ptx = _compile(getattr(dropout_cuda, name), args, cc)
-    body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
-    assert not re.search(r"\.f64\b", body)
-    assert re.search(r"\bmul\.hi\.u32|\bmul\.wide\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", body)
-    assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)
-
-
-@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", ["chunk_penalties", "fill"])
-def test_buffer_kernels_compile_and_assemble_without_spills(name, cc, tmp_path):
-    """The L2 penalty twin (float64 accumulation of float32 squares, by design) and fill."""
-    from fastopt.kernels import buffers_cuda, penalty_cuda
-
-    ptxas = _ptxas()
-    param = np.zeros(8, np.float32)
-    if name == "fill":
-        kernel, args = buffers_cuda.fill, [param, np.float32(0)]
-    else:
-        kernel = penalty_cuda.chunk_penalties
-        args = [param, np.zeros(2, np.uint64), np.zeros(1, np.int64), np.zeros(1), np.zeros(1)]
-    ptx = _compile(kernel, args, cc)
-    body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
-    if name == "chunk_penalties":
-        assert re.search(r"\bcvt\.f64\.f32", body) and re.search(r"\bbar\.sync", body)
-    else:
+    args = [np.zeros(8, dtype), u(0), u(1), u(2), u(3), u(4), u(5), dtype(1)]
+    body = check_kernel(cuda.dropout_step.py_func, args, cc, tmp_path)
+    assert re.search(r"\bmul\.(hi|wide)\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", body), "no Philox products"
+    assert re.search(r"\bbar\.sync", body) and re.search(r"\.shared\.", body), "words not staged in shared memory"
+    if dtype != np.float64:
         assert not re.search(r"\.f64\b", body)
-    assert_assembles_without_spills(ptxas, ptx, cc, tmp_path)
+
+
+@CCS
+@DTYPES
+def test_penalty_kernels_round_as_written(dtype, cc, tmp_path):
+    """The L2 penalty's tile sums (float64 accumulation of the squares, by design) and the sum
+    of the tile sums."""
+    from fastopt.kernels import cuda
+
+    table, partial = np.zeros((2, 2)), np.zeros(3)
+    tiles = [np.zeros(8, dtype), np.zeros(3, np.uint64), np.zeros(2, np.int64), table, 1, partial]
+    body = check_kernel(cuda.tile_penalties.py_func, tiles, cc, tmp_path)
+    assert re.search(r"\bmul\.rn\.f64", body) and re.search(r"\bbar\.sync", body)
+    check_kernel(cuda.sum_partials.py_func, [partial, np.zeros(1)], cc, tmp_path)
+
+
+@CCS
+def test_fill_kernel_assembles(cc, tmp_path):
+    from fastopt.kernels import cuda
+
+    check_kernel(cuda.fill.py_func, [np.zeros(8, np.float32), np.float32(0)], cc, tmp_path)

@@ -7,7 +7,7 @@ from scipy import stats
 
 from fastopt import Dropout, dropout, dropout_backward, dropout_mask
 from fastopt.kernels import dropout as kernels
-from fastopt.kernels._config import serial_twin
+from fastopt.kernels.cpu import serial_twin
 from fastopt.kernels.philox import philox4x32_10, philox4x32_10_reference, philox_lanes
 
 from kernel_cases import DTYPES, SIZES
@@ -73,9 +73,9 @@ def test_kernel_matches_the_numpy_reference_bitwise(size, dtype, offset, rng):
     serial_twin(kernels.dropout_step)(serial, *args, dtype(1 / (1 - p)))
     assert np.array_equal(x, expected)
     assert np.array_equal(serial, expected)
-    for build in (kernels.dropout_mask, serial_twin(kernels.dropout_mask)):
-        mask = np.empty(size, np.uint8)
-        build(mask, *args)
+    for build in (kernels.dropout_step, serial_twin(kernels.dropout_step)):
+        mask = np.ones(size, np.uint8)  # the mask is dropout of ones, with a scale of 1
+        build(mask, *args, np.uint8(1))
         np.testing.assert_array_equal(mask.astype(bool), kernels.mask_reference(size, *args))
 
 
@@ -219,9 +219,9 @@ def test_buffer_untouched_when_an_argument_is_bad():
 CUDA_SIMULATOR_SCRIPT = """
 import numpy as np
 from numba import cuda
-from fastopt.kernels.philox import _philox4x32_10
+from fastopt.kernels.philox import philox_source
 
-philox = cuda.jit(device=True)(_philox4x32_10)
+philox = cuda.jit(device=True)(philox_source)
 
 @cuda.jit
 def kernel(counters, key, out):

@@ -1,4 +1,4 @@
-"""Every CPU kernel against its float64 reference, on awkward sizes and random options."""
+"""Every rule's CPU kernel against its float64 reference, on awkward sizes and random options."""
 
 import re
 
@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastopt.kernels import adam, penalty
-from fastopt.kernels._config import for_size, serial_twin
-from fastopt.kernels.chunks import chunk_table
-from fastopt.kernels.chunks import CHUNK_SIZE
+from fastopt.kernels import cpu, penalty
+from fastopt.kernels.chunks import CHUNK_SIZE, chunk_table
+from fastopt.kernels.cpu import for_size, serial_twin
+from fastopt.kernels.rules import RULES
 
-from kernel_cases import DTYPES, GRADIENT_UNITS, KERNELS, SIZES, buffer_names, make_case
+from kernel_cases import DTYPES, GRADIENT_UNITS, SIZES, make_case
 
 #: Allowed error in units of the dtype's epsilon, on top of the data's own conditioning.
 ULPS = 8
@@ -23,16 +23,15 @@ SENSITIVITY_FACTOR = {np.float32: 16, np.float64: 256}
 
 
 def run_both(name, size, dtype, rng, n_groups):
-    kernel, reference, mutated, args = make_case(name, size, dtype, rng, n_groups)
-    before = [b.copy() for b in mutated]
-    expected = [b.copy() for b in mutated]
-    kernel(*mutated, *args)
-    reference(*expected, *args)
-    sensitivity = conditioning(reference, buffer_names(name), before, args, expected, dtype)
-    assert_close(mutated, expected, before, sensitivity, dtype)
+    case, _ = make_case(name, size, dtype, rng, n_groups)
+    before, expected = case.copy(), case.copy()
+    cpu.rule_kernel(case.rule)(*case.arguments())
+    case.rule.reference(*expected.arguments())
+    sensitivity = conditioning(before, expected, dtype)
+    assert_close(case.mutated(), expected.mutated(), before.mutated(), sensitivity, dtype)
 
 
-def conditioning(reference, names, before, args, expected, dtype):
+def conditioning(before, expected, dtype):
     """How far the float64 result moves under perturbations the size of one rounding.
 
     Each input in turn moves by one ulp of the sum of magnitudes of all inputs of its units at that
@@ -44,22 +43,24 @@ def conditioning(reference, names, before, args, expected, dtype):
     # A float64 reference cannot resolve a one-ulp nudge of float64 data: nudge 2**20 times
     # harder and scale the effect back down (the effects are linear at that size).
     magnify = 2.0**20 if dtype == np.float64 else 1.0
-    inputs = dict(zip(names, (b.astype(np.float64) for b in before)))
-    inputs["grad"] = args[0].astype(np.float64)
+    inputs = {name: b.astype(np.float64) for name, b in before.mutated().items()}
+    inputs["grad"] = before.grad.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         scale = {
             units: sum(np.abs(v) for k, v in inputs.items() if (k in GRADIENT_UNITS) == units)
             for units in (True, False)
         }
-    total = [np.zeros(b.size) for b in before]
+    names = list(before.mutated())
+    total = {name: np.zeros(before.param.size) for name in names}
     for moved_name in inputs:  # one input at a time: the first-order bound sums |effects|
         moved = dict(inputs)
         moved[moved_name] = inputs[moved_name] + magnify * eps * scale[moved_name in GRADIENT_UNITS]
-        state = [moved[k].copy() for k in names]
-        reference(*state, moved["grad"], *args[1:])
-        for t, s, e in zip(total, state, expected):
+        param = moved["param"].copy()
+        state = np.array([moved[k] for k in names[1:]]).reshape(before.state.shape)
+        before.rule.reference(param, state, moved["grad"], *before.arguments()[3:])
+        for k, result in zip(names, [param, *state]):
             with np.errstate(invalid="ignore"):
-                t += np.nan_to_num(np.abs(s - e)) / magnify
+                total[k] += np.nan_to_num(np.abs(result - expected.mutated()[k])) / magnify
     return total
 
 
@@ -67,65 +68,91 @@ def assert_close(actual, expected, before, sensitivity, dtype):
     """Each element within ``ULPS`` roundings of the float64 reference, plus a multiple of the
     reference's own movement under one-ulp input perturbations."""
     tol = ULPS * np.finfo(dtype).eps
-    for a, e, b, s in zip(actual, expected, before, sensitivity):
+    for name, a in actual.items():
+        e, b, s = expected[name], before[name], sensitivity[name]
         assert a.dtype == e.dtype == dtype
         e64 = e.astype(np.float64)
         bound = tol * (np.abs(b) + np.abs(e64)) + SENSITIVITY_FACTOR[dtype] * s + np.finfo(dtype).tiny
         bad = ~(np.abs(a - e64) <= bound) & ~(np.isnan(a) & np.isnan(e))
         assert not bad.any(), (
-            f"{bad.sum()} of {a.size} elements differ, first at {np.flatnonzero(bad)[:3]}: "
+            f"{name}: {bad.sum()} of {a.size} elements differ, first at {np.flatnonzero(bad)[:3]}: "
             f"{a[bad][:3]} vs {e[bad][:3]} (before {b[bad][:3]})"
         )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_kernel_matches_reference(name, size, dtype, rng):
     run_both(name, size, dtype, rng, n_groups=3 if size > 1 else 1)
 
 
-@given(name=st.sampled_from(sorted(KERNELS)), size=st.integers(0, 3 * CHUNK_SIZE + 5),
+@given(name=st.sampled_from(sorted(RULES)), size=st.integers(0, 3 * CHUNK_SIZE + 5),
        n_groups=st.integers(1, 5), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
 def test_kernel_matches_reference_over_options(name, size, n_groups, dtype, seed):
     run_both(name, size, dtype, np.random.default_rng(seed), n_groups)
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_result_does_not_depend_on_thread_count(name, rng):
-    kernel, _, mutated, args = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
-    one_thread = [b.copy() for b in mutated]
+    case, _ = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
+    one_thread = case.copy()
+    kernel = cpu.rule_kernel(case.rule)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        kernel(*one_thread, *args)
+        kernel(*one_thread.arguments())
     finally:
         numba.set_num_threads(threads)
-    kernel(*mutated, *args)
-    for a, b in zip(mutated, one_thread):
-        assert np.array_equal(a, b, equal_nan=True)
+    kernel(*case.arguments())
+    assert_same_bits(case, one_thread)
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
-def test_serial_twin_computes_the_same_bits(name, rng):
+def assert_same_bits(case, other):
+    for name, a in case.mutated().items():
+        assert np.array_equal(a, other.mutated()[name], equal_nan=True), name
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_serial_build_computes_the_same_bits(name, rng):
     """The single-threaded build (used up to one chunk of parameters) against the parallel
     kernel, over several chunks and two groups."""
-    kernel, _, mutated, args = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
-    serial = [b.copy() for b in mutated]
-    serial_twin(kernel)(*serial, *args)
-    kernel(*mutated, *args)
-    for a, b in zip(mutated, serial):
-        assert np.array_equal(a, b, equal_nan=True)
+    case, _ = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
+    serial = case.copy()
+    cpu.rule_kernel(case.rule, parallel=False)(*serial.arguments())
+    cpu.rule_kernel(case.rule)(*case.arguments())
+    assert_same_bits(case, serial)
 
 
-def test_the_serial_twin_serves_up_to_one_chunk():
-    kernel = adam.adam_step
-    twin = serial_twin(kernel)
-    assert twin is not kernel and twin is serial_twin(kernel)
-    assert not twin.targetoptions.get("parallel") and kernel.targetoptions["parallel"]
-    assert twin.py_func.__qualname__ == "adam_step_serial"  # its own on-disk cache entries
-    assert for_size(kernel, 0) is twin and for_size(kernel, CHUNK_SIZE) is twin
-    assert for_size(kernel, CHUNK_SIZE + 1) is kernel
+def test_the_serial_build_serves_up_to_one_chunk():
+    rule = RULES["adam_step"]
+    parallel, serial = cpu.rule_kernel(rule), cpu.rule_kernel(rule, parallel=False)
+    assert serial is not parallel and serial is cpu.rule_kernel(rule, parallel=False)
+    assert not serial.targetoptions.get("parallel") and parallel.targetoptions["parallel"]
+    # each build has its own on-disk cache entries, named after the rule and the sources' digest
+    assert serial.py_func.__qualname__.startswith("adam_step_serial_")
+    assert parallel.py_func.__qualname__ == f"adam_step_{cpu._source_digest()}"
+    assert cpu.rule_kernel_for_size(rule, 0) is serial and cpu.rule_kernel_for_size(rule, CHUNK_SIZE) is serial
+    assert cpu.rule_kernel_for_size(rule, CHUNK_SIZE + 1) is parallel
+    kernel = penalty.l2_penalty
+    assert for_size(kernel, CHUNK_SIZE) is serial_twin(kernel) and for_size(kernel, CHUNK_SIZE + 1) is kernel
+
+
+def test_a_changed_rule_source_gets_a_new_cache_entry(tmp_path, monkeypatch):
+    """The rule kernels' names carry a digest of every kernel source, so Numba's on-disk cache
+    (keyed by the template's file and bytecode only) cannot serve a kernel built from an
+    older rule."""
+    before = cpu._source_digest()
+    cpu._source_digest.cache_clear()
+    try:
+        original = cpu.Path.read_bytes
+        monkeypatch.setattr(cpu.Path, "read_bytes",
+                            lambda path: original(path) + (b"# changed" if path.name == "adam.py" else b""))
+        assert cpu._source_digest() != before
+    finally:
+        monkeypatch.undo()
+        cpu._source_digest.cache_clear()
+    assert cpu._source_digest() == before
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -133,18 +160,18 @@ def test_serial_l2_penalty_computes_the_same_bits(dtype, rng):
     size = 5 * CHUNK_SIZE + 3
     param = (rng.standard_normal(size) * 3).astype(dtype)
     bounds, groups = chunk_table([(0, size // 3, 0), (size // 3, size, 1)])
-    decay = np.array([0.1, 2.5])
-    assert serial_twin(penalty.l2_penalty)(param, bounds, groups, decay) == penalty.l2_penalty(
-        param, bounds, groups, decay)
+    table = np.array([[1.0, 0.1], [1.0, 2.5]])
+    assert serial_twin(penalty.l2_penalty)(param, bounds, groups, table, 1) == penalty.l2_penalty(
+        param, bounds, groups, table, 1)
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_nan_and_inf_in_the_gradient_reach_the_parameters(name, rng):
-    kernel, _, mutated, args = make_case(name, 64, np.float32, rng)
-    args[0][3] = np.nan
-    args[0][5] = np.inf
-    kernel(*mutated, *args)
-    param = mutated[0]
+    case, _ = make_case(name, 64, np.float32, rng)
+    case.grad[3] = np.nan
+    case.grad[5] = np.inf
+    cpu.rule_kernel(case.rule)(*case.arguments())
+    param = case.param
     assert np.isnan(param[3])
     assert not np.isfinite(param[5])
     assert np.isfinite(np.delete(param, [3, 5])).all()
@@ -170,14 +197,15 @@ _assembly = {}
 
 def float32_assembly(name, rng, parallel):
     """The kernel's x86 assembly for float32 buffers, compiled afresh (a kernel loaded from
-    the on-disk cache cannot be inspected), as the parallel kernel or its serial twin."""
+    the on-disk cache cannot be inspected), as the parallel kernel or its serial build."""
     if (name, parallel) not in _assembly:
-        kernel, _, mutated, args = make_case(name, 16, np.float32, rng)
-        options = {**kernel.targetoptions, "cache": False, "parallel": parallel}
+        case, _ = make_case(name, 16, np.float32, rng)
+        kernel = cpu.rule_kernel(case.rule, parallel)
+        options = {**kernel.targetoptions, "cache": False}
         options.pop("nopython", None)
         fresh = numba.njit(**options)(kernel.py_func)
-        fresh(*mutated, *args)
-        _assembly[name, parallel] = fresh.inspect_asm(tuple(numba.typeof(a) for a in (*mutated, *args)))
+        fresh(*case.arguments())
+        _assembly[name, parallel] = fresh.inspect_asm(tuple(numba.typeof(a) for a in case.arguments()))
     return _assembly[name, parallel]
 
 
@@ -186,22 +214,21 @@ both_builds = pytest.mark.parametrize("parallel", [True, False], ids=["parallel"
 
 @needs_avx2_fma
 @both_builds
-@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_float32_kernels_do_no_float64_arithmetic(name, parallel, rng):
     asm = float32_assembly(name, rng, parallel)
     double_ops = re.findall(r"\bv?(?:add|sub|mul|div|sqrt|fmadd\w*|cvtss2)(?:sd|pd)\b", asm)
-    if name.startswith("adam"):
-        # Once per chunk, outside the element loop: the step size lr / (1 - beta1**t), divided
-        # in float64 as the host would and rounded once to float32.
-        assert set(double_ops) <= {"vdivsd"} and len(double_ops) <= 2, double_ops
-    else:
-        assert double_ops == []
+    # Once per chunk, outside the element loop (a handful, none packed): each group's lr *
+    # lr_factor, and Adam's step size lr_k / (1 - beta1**t) and AdamW's 1 - lr_k * lambda,
+    # in float64 as the host would, each rounded once to float32.
+    allowed = {"vmulsd"} | ({"vdivsd", "vsubsd"} if name.startswith("adam") else set())
+    assert set(double_ops) <= allowed and len(double_ops) <= 6, double_ops
     assert re.search(r"\bvfmadd\w*ps\b|\bvfmadd\w*ss\b", asm), "expected single-precision FMAs"
 
 
 @needs_avx2_fma
 @both_builds
-@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_inner_loop_is_vectorised(name, parallel, rng):
     asm = float32_assembly(name, rng, parallel)
     assert re.search(r"\bvfmadd\w*ps\s.*%[yz]mm", asm), "no packed FMA: the loop did not vectorise"
@@ -213,16 +240,16 @@ def test_l2_penalty_matches_reference(size, dtype, rng):
     param = (rng.standard_normal(size) * 3).astype(dtype)
     edges = sorted(rng.integers(0, size + 1, 2).tolist())
     bounds, groups = chunk_table([(0, edges[0], 0), (edges[0], edges[1], 1), (edges[1], size, 2)])
-    decay = np.array([0.0, 0.1, 2.5], dtype)
-    expected = penalty.l2_penalty_reference(param, bounds, groups, decay)
-    assert penalty.l2_penalty(param, bounds, groups, decay) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    table = np.array([[1.0, 0.0], [1.0, 0.1], [1.0, 2.5]])
+    expected = penalty.l2_penalty_reference(param, bounds, groups, table, 1)
+    assert penalty.l2_penalty(param, bounds, groups, table, 1) == pytest.approx(expected, rel=1e-12, abs=1e-300)
 
 
 def test_l2_penalty_propagates_nan():
     param = np.ones(100, np.float32)
     param[50] = np.nan
     bounds, groups = chunk_table([(0, 100, 0)])
-    assert np.isnan(penalty.l2_penalty(param, bounds, groups, np.ones(1, np.float32)))
+    assert np.isnan(penalty.l2_penalty(param, bounds, groups, np.ones((1, 2)), 1))
 
 
 class TestChunkTable:

@@ -1,0 +1,290 @@
+"""The CUDA target: the primitives' CUDA meaning, the tiled rule kernels and their launch
+shape, and the dropout, L2-penalty and fill kernels.
+
+A rule runs as :func:`tiled_step` with the rule's source bound in, the same source the CPU
+compiles. The work decomposition is the GPU's own: the buffer is cut into tiles of
+:data:`TILE_SIZE` elements that never straddle a parameter group (the façade builds the tile
+table once), one block takes a tile at a time (a grid-stride loop over tiles) and its threads
+take consecutive elements, so every load and store of a warp is coalesced. At 1e6 parameters
+that is 489 tiles, enough blocks to fill every SM of an H100 or H200 (132); small buffers get a
+small grid, without NumbaPerformanceWarning (filtered when a launch is configured, once).
+
+Everything a step may change reaches a kernel as a launch scalar (the rule's ``scalars``
+tuple), so a new learning rate costs no host-to-device copy and no synchronisation.
+
+Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the primitives are the plain-Python
+definitions of :mod:`.primitives` (a correctly rounded fma, a dtype-preserving square root),
+and element functions run as Python; the kernels and their launches are the same.
+"""
+
+import functools
+import math
+import warnings
+
+from llvmlite import ir
+from numba import config, cuda, float64, uint32, uint64
+
+from . import primitives
+from .chunks import chunk_table
+from .dropout import drop
+from .elements import Target, rebound
+from .penalty import square
+from .philox import MASK32, SHIFT32, philox_source
+from .rule import apply
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+#: Threads per block for every kernel (a power of two; the tests make it small).
+THREADS_PER_BLOCK = 256
+#: Elements per tile, a block's unit of work in a rule kernel (the tests make it small).
+TILE_SIZE = 2048
+#: Blocks per SM a grid may have before blocks loop over the tiles (several waves).
+BLOCKS_PER_SM = 32
+#: The most blocks of any launch where the device cannot be asked (the simulator).
+MAX_BLOCKS = 65535
+#: Shared-memory slots per block: launches use at most this many threads per block.
+MAX_THREADS = 1024
+#: Philox words a block of dropout stages in shared memory (four per thread).
+MAX_WORDS = 4 * MAX_THREADS
+
+
+if SIMULATOR:
+    _PRIMITIVES = {name: getattr(primitives, name) for name in primitives.NAMES}
+
+    def _compile_element(function):
+        return function  # the simulator runs kernels as Python; so are their callees
+else:
+    from numba.cuda import types as cuda_types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def _mul_rn(typingctx, a, b):
+        """``a * b`` as ``mul.rn``, which neither NVVM nor ptxas fuses into an FMA."""
+        if not (isinstance(a, cuda_types.Float) and a == b):
+            return None
+        name = "llvm.nvvm.mul.rn.f" if a == cuda_types.float32 else "llvm.nvvm.mul.rn.d"
+
+        def codegen(context, builder, signature, args):
+            llvm_type = context.get_value_type(signature.return_type)
+            function = builder.module.globals.get(name) or ir.Function(
+                builder.module, ir.FunctionType(llvm_type, [llvm_type, llvm_type]), name)
+            return builder.call(function, args)
+
+        return a(a, b), codegen
+
+    _compile_element = cuda.jit(device=True, inline=True)
+
+    @_compile_element
+    def _fma(a, b, c):
+        return cuda.fma(a, b, c)  # numba-cuda types cuda.fma only as an attribute of cuda
+
+    _PRIMITIVES = {"fma": _fma, "mul": _mul_rn, "sqrt": math.sqrt}
+
+#: ``cuda.fma`` (``fma.rn``), ``mul.rn`` and ``math.sqrt`` (``sqrt.rn``); plain Python under
+#: the simulator.
+TARGET = Target("cuda", _PRIMITIVES, _compile_element)
+
+_square = TARGET.element(square)
+_drop = TARGET.element(drop)
+_philox = TARGET.element(philox_source)
+
+
+# -- launch shapes --------------------------------------------------------------------------------
+
+
+def max_blocks():
+    """The largest grid a launch gets: :data:`BLOCKS_PER_SM` per SM of the current device."""
+    if SIMULATOR:
+        return MAX_BLOCKS
+    return min(MAX_BLOCKS, cuda.get_current_device().MULTIPROCESSOR_COUNT * BLOCKS_PER_SM)
+
+
+def blocks_for(units):
+    """Blocks for ``units`` units of work (tiles, or blocks' worth of items): one each, up to
+    :func:`max_blocks`, at least one."""
+    return max(1, min(int(units), max_blocks()))
+
+
+def configure(kernel, blocks, threads=None):
+    """``kernel[blocks, threads]`` without numba-cuda's low-occupancy warning: a small buffer
+    gets a small grid on purpose (and ``filterwarnings = error`` would make it an error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return kernel[blocks, threads or THREADS_PER_BLOCK]
+
+
+def tile_table(segments):
+    """The tile table of ``(start, stop, group)`` segments: :func:`~.chunks.chunk_table` with
+    :data:`TILE_SIZE` (read when called)."""
+    return chunk_table(segments, chunk_size=TILE_SIZE)
+
+
+def launch_shape(size):
+    """``{"tiles", "blocks", "threads", "elements_per_thread"}`` of a rule kernel over ``size``
+    elements in one group (what ``bench/gpu_check.sh`` prints)."""
+    tiles = -(-int(size) // TILE_SIZE)
+    blocks = blocks_for(tiles)
+    return {"size": int(size), "tiles": tiles, "blocks": blocks, "threads": THREADS_PER_BLOCK,
+            "elements_per_thread": -(-int(size) // (blocks * THREADS_PER_BLOCK)) if size else 0}
+
+
+# -- update rules ---------------------------------------------------------------------------------
+
+
+def tiled_step(param, state, grad, bounds, groups, table, scalars):
+    """One step of a rule over the tile table; ``prologue`` and ``apply`` are bound per rule."""
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+        for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+            apply(param, state, grad, i, chunk, scalars)
+
+
+@functools.cache
+def rule_kernel(rule):
+    """The CUDA kernel of ``rule`` (compiled on first launch for the argument types)."""
+    names = TARGET.names(tiled_step, {"prologue": rule.prologue,
+                                      "apply": TARGET.element(apply, **rule.element_bindings())})
+    return cuda.jit(rebound(tiled_step, names, rule.name))
+
+
+def rule_launch(rule, arguments):
+    """``rule``'s kernel specialised for the types of ``arguments`` (the kernel's, in order)
+    and configured for their tile table, once: a step then launches it with no type
+    resolution (the scalars' types do not change between steps, only their values)."""
+    kernel = rule_kernel(rule)
+    if not SIMULATOR:
+        kernel = kernel.specialize(*arguments)
+    return configure(kernel, blocks_for(arguments[4].size))
+
+
+# -- the L2 penalty -------------------------------------------------------------------------------
+
+
+@cuda.jit
+def tile_penalties(param, bounds, groups, table, column, partial):
+    """``partial[t] = lambda / 2 * sum(x**2)`` over tile ``t``, summed in float64 over the
+    block (a tree), with ``lambda = table[group, column]``."""
+    sums = cuda.shared.array(MAX_THREADS, float64)
+    tid = cuda.threadIdx.x
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        total = float64(0.0)
+        for i in range(bounds[t] + uint64(tid), bounds[t + 1], uint64(cuda.blockDim.x)):
+            total += _square(param[i])
+        partial[t] = 0.5 * table[groups[t], column] * _block_sum(sums, total)
+
+
+@cuda.jit(device=True, inline=True)
+def _block_sum(sums, value):
+    """The sum of every thread's ``value`` over the block, by a fixed tree (blockDim a power
+    of two); every thread gets it."""
+    tid = cuda.threadIdx.x
+    sums[tid] = value
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            sums[tid] += sums[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    total = sums[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit
+def sum_partials(partial, out):
+    """``out[0] = sum(partial)`` with one block: each thread adds a contiguous run, then a tree.
+    The order is fixed by the launch, so the result is the same on every call."""
+    sums = cuda.shared.array(MAX_THREADS, float64)
+    threads = cuda.blockDim.x
+    per_thread = (partial.size + threads - 1) // threads
+    total = float64(0.0)
+    for k in range(cuda.threadIdx.x * per_thread, min(partial.size, (cuda.threadIdx.x + 1) * per_thread)):
+        total += partial[k]
+    total = _block_sum(sums, total)
+    if cuda.threadIdx.x == 0:
+        out[0] = total
+
+
+class Penalty:
+    """The L2 penalty of one optimizer's buffer on the device, with its scratch allocated once:
+    two launches and one 8-byte copy back per call."""
+
+    def __init__(self, param, bounds, groups, table, column):
+        import numpy as np
+
+        self._arguments = (param, bounds, groups, table, column)
+        self._partial = cuda.device_array(max(1, groups.size), np.float64)
+        self._total = cuda.device_array(1, np.float64)
+        self._host = cuda.pinned_array(1, np.float64) if not SIMULATOR else np.zeros(1)
+        self._used = self._partial[:groups.size]
+        self._tiles = configure(tile_penalties, blocks_for(groups.size))
+        self._sum = configure(sum_partials, 1)
+        self._empty = groups.size == 0
+
+    def __call__(self):
+        if self._empty:
+            return 0.0
+        self._tiles(*self._arguments, self._partial)
+        self._sum(self._used, self._total)
+        self._total.copy_to_host(self._host)
+        return float(self._host[0])
+
+
+# -- dropout --------------------------------------------------------------------------------------
+
+@cuda.jit
+def dropout_step(x, offset, key0, key1, stream, step, threshold, scale):
+    """Inverted dropout of ``x`` in place: the CPU kernel's mask, element for element.
+
+    A block takes ``blockDim`` consecutive Philox counters at a time: each thread runs one
+    counter and puts its four words in shared memory, then each thread takes every
+    ``blockDim``-th of the block's ``4 * blockDim`` elements, so consecutive threads read and
+    write consecutive elements (coalesced) instead of four elements each, four apart.
+    """
+    words = cuda.shared.array(MAX_WORDS, uint32)
+    size = uint64(x.size)
+    threads = uint64(cuda.blockDim.x)
+    tid = uint64(cuda.threadIdx.x)
+    first = offset // uint64(4)
+    stop = (offset + size + uint64(3)) // uint64(4)
+    for base in range(first + uint64(cuda.blockIdx.x) * threads, stop, uint64(cuda.gridDim.x) * threads):
+        counter = base + tid
+        if counter < stop:
+            w0, w1, w2, w3 = _philox(counter & MASK32, counter >> SHIFT32, stream, step, key0, key1)
+            words[4 * tid], words[4 * tid + 1], words[4 * tid + 2], words[4 * tid + 3] = w0, w1, w2, w3
+        cuda.syncthreads()
+        for lane in range(4):
+            local = uint64(lane) * threads + tid
+            element_index = base * uint64(4) + local
+            if element_index >= offset and element_index - offset < size:
+                _drop(x, element_index - offset, uint64(words[local]), threshold, scale)
+        cuda.syncthreads()
+
+
+def launch_dropout(x, offset, key0, key1, stream, step, threshold, scale):
+    """:func:`dropout_step` over ``x`` with a grid for its Philox counters."""
+    counters = 0 if x.size == 0 else (int(offset) + x.size + 3) // 4 - int(offset) // 4
+    _configured(dropout_step, blocks_for(-(-counters // THREADS_PER_BLOCK)), THREADS_PER_BLOCK)(
+        x, offset, key0, key1, stream, step, threshold, scale)
+
+
+@functools.lru_cache(maxsize=256)
+def _configured(kernel, blocks, threads):
+    return configure(kernel, blocks, threads)
+
+
+# -- buffers --------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def fill(x, value):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        x[i] = value
+
+
+def launch_fill(x, value):
+    """``x[:] = value`` on the device (``x`` 1-D)."""
+    _configured(fill, blocks_for(-(-x.size // THREADS_PER_BLOCK)), THREADS_PER_BLOCK)(x, value)
+
+
