@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from fastopt import _bench as cases  # noqa: E402
+from fastopt.bench import cpu as cases  # noqa: E402
 
 
 def roofline_gbps(n, repeats):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastopt import _bench as cases
+from fastopt.bench import cpu as cases
 
 _roofline = {}
 

@@ -20,7 +20,8 @@ import json
 import platform
 import sys
 
-from fastopt import _bench, _gpu_bench
+from fastopt.bench import cpu as _bench
+from fastopt.bench import gpu as _gpu_bench
 
 
 def main(argv=None):

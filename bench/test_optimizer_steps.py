@@ -13,8 +13,8 @@ scratch buffer) and, when installed, torch.optim (fused where it has it, else fo
 import numpy as np
 import pytest
 
-from fastopt import _bench as cases
-from fastopt._bench import record
+from fastopt.bench import cpu as cases
+from fastopt.bench.cpu import record
 
 SIZES = cases.SUITE_SIZES
 
@@ -52,7 +52,7 @@ def test_step(benchmark, rule, size, implementation, roofline_gbps):
 
 
 def _gpu():
-    from fastopt import _gpu_bench
+    from fastopt.bench import gpu as _gpu_bench
 
     import numba
 

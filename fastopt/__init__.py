@@ -6,19 +6,27 @@
 >>> opt = fastopt.AdamW(params, lr=1e-3, groups=[fastopt.ParamGroup(["bias"], weight_decay=0.0)])
 >>> params.grad[:] = 0.5          # your backward pass writes here (or into params.grad_of(name))
 >>> opt.step()                    # one kernel call updates every parameter
+
+The package's folders are its layers (see the README's design section): ``optim`` (the
+optimizers over the update rules of ``fastopt.kernels``), ``schedules``, ``nn`` (losses,
+dropout, the model), ``train`` (trainer, checkpoints, data), ``distributed``, ``cli`` and
+``bench``. The public API is what this module exports, with the modules ``schedules``,
+``losses`` and ``distributed``; everything else is internal.
 """
 
-from ._adam import Adam, AdamConfig, AdamW
-from ._dropout import Dropout, dropout, dropout_backward, dropout_mask
-from ._model import MLP
-from ._optimizer import Optimizer, ParamGroup
-from ._params import FlatParams
+import sys
+
+from .nn import losses
+from .nn.dropout import Dropout, dropout, dropout_backward, dropout_mask
+from .nn.model import MLP
+from .optim import SGD, Adam, AdamConfig, AdamW, Optimizer, ParamGroup, RMSProp, RMSPropConfig, SGDConfig
+from .params import FlatParams
 from . import schedules
-from ._rmsprop import RMSProp, RMSPropConfig
-from ._scheduler import ReduceLROnPlateau, Scheduler
-from ._sgd import SGD, SGDConfig
-from ._trainer import Checkpoint, EarlyStopping, StopTraining, Trainer
-from . import losses
+from .schedules.scheduler import ReduceLROnPlateau, Scheduler
+from .train.trainer import Checkpoint, EarlyStopping, StopTraining, Trainer
+
+# `import fastopt.losses` and `from fastopt.losses import ...` as before losses moved to fastopt.nn.
+sys.modules[__name__ + ".losses"] = losses
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,7 @@ def use_numpy_as_cupy():
     """Give device="cuda" models a NumPy backend over the simulator's device arrays."""
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-    from fastopt import _backend
+    from fastopt.nn import arrays as _backend
 
     class SimulatedCupy(_backend.NumpyBackend):
         device = "cuda"
@@ -84,7 +84,7 @@ def check(simulator):
         def close(key, u, v):
             if simulator:
                 # the cost adds the L2 penalty, whose CUDA reduction sums in another order:
-                # equal to 1e-12, not bitwise (see kernels/penalty_cuda.py)
+                # equal to 1e-12, not bitwise (see fastopt.kernels.cuda.Penalty)
                 return u == v or (key.endswith("cost") and np.isclose(u, v, rtol=1e-12, atol=0))
             tolerance = 1e-8 if dtype == np.float64 else 5e-3
             return np.isclose(u, v, rtol=tolerance, atol=tolerance)

@@ -20,7 +20,7 @@ import numpy as np
 
 import fastopt
 from fastopt import ParamGroup
-from fastopt._checkpoint import load_checkpoint, save_checkpoint
+from fastopt.train.checkpoint import load_checkpoint, save_checkpoint
 from fastopt.distributed import AllReduceOptimizer, ShardedOptimizer, world
 
 #: 3,567 elements in all, which divides by neither 2 nor 4 nor 16; every shard boundary falls

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fastopt import _bench, cli
+from fastopt import cli
+from fastopt.bench import cpu as _bench
 
 SLOWABLE = Path(__file__).parent / "benchmark_workflow" / "slowable_bench.py"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import _device
+from fastopt import device as _device
 
 
 def _gpu_present():
@@ -70,7 +70,7 @@ def test_a_cuda_model_without_cupy_names_it(monkeypatch):
     """With a GPU but no CuPy, the model says to install it (the GPU is faked here)."""
     import sys
 
-    from fastopt import _backend
+    from fastopt.nn import arrays as _backend
 
     monkeypatch.setattr(_device, "cuda", lambda: object())
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError

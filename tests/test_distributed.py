@@ -190,7 +190,7 @@ def test_checkpoint_of_4_ranks_resumes_in_2(tmp_path):
     assert saved["steps"] == 50 and resumed["steps"] == 100
     assert saved["params_error"] < 1e-12 and resumed["params_error"] < 1e-12
     # The file is a single process's state dict: a plain optimizer loads it too.
-    from fastopt._checkpoint import load_checkpoint
+    from fastopt.train.checkpoint import load_checkpoint
 
     arrays, meta = load_checkpoint(path)
     import mpi_check
@@ -217,7 +217,7 @@ def test_fastopt_train_under_mpiexec(tmp_path):
                                  str(tmp_path / "single"), *extra], capture_output=True, text=True,
                                 env=_environment())
         assert single.returncode == 0, single.stderr
-    from fastopt._checkpoint import load_checkpoint
+    from fastopt.train.checkpoint import load_checkpoint
 
     ranks, ranks_meta = load_checkpoint(tmp_path / "ranks" / "checkpoint.npz")
     alone, alone_meta = load_checkpoint(tmp_path / "single" / "checkpoint.npz")

@@ -10,7 +10,7 @@ import pytest
 
 import fastopt
 from fastopt import MLP, SGD, AdamW, Checkpoint, EarlyStopping, Scheduler, Trainer, cli, losses, schedules
-from fastopt._checkpoint import load_checkpoint, save_checkpoint
+from fastopt.train.checkpoint import load_checkpoint, save_checkpoint
 
 LOSSES = [
     (losses.mean_squared_error, "real"), (losses.mean_absolute_error, "real"), (losses.Huber(0.7), "real"),

@@ -6,7 +6,7 @@ kernel that ``pytest --benchmark-compare --benchmark-compare-fail`` must catch.
 
 import os
 
-from fastopt import _bench
+from fastopt.bench import cpu as _bench
 
 
 def test_adam_step(benchmark):

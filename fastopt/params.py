@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _checks, _device
+from . import checks as _checks
+from . import device as _device
 
 
 def _shape(name, shape):

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
+from .. import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
 
 #: Per optimizer, the options it takes beyond ``lr``, ``weight_decay`` and ``groups``.
 OPTIMIZERS = {
@@ -92,7 +92,7 @@ def demo(args, out=None):
 
 
 def schedule(args, extra, out=None):
-    from . import schedules
+    from .. import schedules
 
     out = out or sys.stdout
     if len(extra) % 2 or any(not key.startswith("--") for key in extra[::2]):
@@ -105,7 +105,7 @@ def schedule(args, extra, out=None):
     print(f"{args.name}: " + ", ".join(f"step {t}: {values[t]:.6g}" for t in marks), file=out)
     print(f"min {values.min():.6g}, max {values.max():.6g} over {args.steps} steps", file=out)
     if args.out:
-        from ._plot import plot_schedules
+        from ..train.plot import plot_schedules
 
         plot_schedules({args.name: built}, args.steps, args.out, title=f"{args.name} {arguments}")
         print(f"wrote {args.out}", file=out)
@@ -118,7 +118,7 @@ TRAIN_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
 
 def _train_schedule(name, lr, epochs, steps_per_epoch):
     """(schedule, per_batch) for ``--schedule``; ``plateau`` is handled by the caller."""
-    from . import schedules
+    from .. import schedules
 
     if name == "step":
         return schedules.step_decay(lr, step_size=max(1, epochs // 3), gamma=0.3), False
@@ -130,12 +130,13 @@ def _train_schedule(name, lr, epochs, steps_per_epoch):
 
 
 def train(args, out=None):
-    from . import MLP, ReduceLROnPlateau, Scheduler, Trainer, data, losses
-    from ._trainer import Checkpoint
+    from .. import MLP, ReduceLROnPlateau, Scheduler, Trainer, losses
+    from ..train import data
+    from ..train.trainer import Checkpoint
 
     out = out or sys.stdout
     if args.device == "cuda":
-        from ._backend import for_device
+        from ..nn.arrays import for_device
 
         try:
             for_device("cuda")
@@ -165,13 +166,13 @@ def train(args, out=None):
     options = dict(lr=lr, weight_decay=args.l2, groups=[ParamGroup(biases, weight_decay=0.0)], **extra(args))
     parallel = args.parallel
     if parallel == "auto":
-        from .distributed import launched_under_mpi
+        from ..distributed import launched_under_mpi
 
         parallel = "zero" if launched_under_mpi() else "none"
     if parallel == "none":
         optimizer, ranks = cls(model.params, **options), ""
     else:
-        from . import distributed
+        from .. import distributed
 
         wrapper = distributed.ShardedOptimizer if parallel == "zero" else distributed.AllReduceOptimizer
         optimizer = wrapper(model.params, cls, **options)
@@ -200,7 +201,7 @@ def train(args, out=None):
                 validation_split=args.validation_fraction)
     seconds = time.perf_counter() - start
     if args.plot and trainer.history and trainer.rank == 0:
-        from ._plot import plot_history
+        from ..train.plot import plot_history
 
         plot_history(trainer.history, args.plot)
         print(f"wrote {args.plot}", file=out)
@@ -216,7 +217,7 @@ def bench(args, out=None):
     import json
     import platform
 
-    from . import _bench
+    from ..bench import cpu as _bench
 
     out = out or sys.stdout
     try:
@@ -231,7 +232,7 @@ def bench(args, out=None):
         raise ValueError(f"--kernels: unknown {sorted(unknown)}; choose from {sorted(_bench.REPORT_KERNELS)}")
     import numba
 
-    from . import _gpu_bench
+    from ..bench import gpu as _gpu_bench
 
     gpu, gpu_name = _gpu_bench.gpu_available()
     gpu = gpu and not numba.config.ENABLE_CUDASIM
@@ -297,7 +298,7 @@ def main(argv=None):
     measure.add_argument("--json", help="write the rows here")
     measure.add_argument("--plot", help="image of GB/s against size, roofline dashed")
 
-    from .schedules import NAMES
+    from ..schedules import NAMES
 
     draw = commands.add_parser(
         "schedule", help="print and draw a learning-rate schedule",
@@ -326,7 +327,3 @@ def main(argv=None):
         return demo(args)
     except (ValueError, TypeError, ImportError) as error:
         parser.error(str(error))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import _checks
+from .. import checks as _checks
 
 _REGISTRY = {}
 

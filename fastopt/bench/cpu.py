@@ -269,7 +269,7 @@ def report(sizes, kernels=None, rounds=3):
     The implementations of one kernel and size take turns ``rounds`` times (noise falls on
     all alike); each row has the median time, GB/s, the percentage of the in-place roofline
     (``x *= s`` over the same size, measured in this run) and, for fastopt, the speed-up
-    against each peer. GPU rows come from :func:`fastopt._gpu_bench.gpu_report`.
+    against each peer. GPU rows come from :func:`fastopt.bench.gpu.gpu_report`.
     """
     kernels = list(REPORT_KERNELS) if kernels is None else list(kernels)
     implementations = ["fastopt", "numpy"] + (["torch"] if _torch_available() else [])
@@ -323,7 +323,7 @@ def format_table(rows):
 
 def plot_report(rows, path):
     """GB/s against size per kernel, one line per implementation, the roofline dashed."""
-    from ._plot import _pyplot
+    from ..train.plot import _pyplot
 
     plt = _pyplot()
     kernels = list(dict.fromkeys(row["kernel"] for row in rows))

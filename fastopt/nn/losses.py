@@ -14,8 +14,8 @@ do over all elements), so ``mean_squared_error(p, t).mean()`` equals ``((p - t)*
 
 import numpy as np
 
-from . import _checks
-from ._backend import namespace
+from .. import checks as _checks
+from .arrays import namespace
 
 
 def _pair(prediction, target):

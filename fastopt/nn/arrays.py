@@ -43,7 +43,7 @@ class CupyBackend:
     device = "cuda"
 
     def __init__(self):
-        from . import _device
+        from .. import device as _device
 
         self._cuda = _device.cuda()  # first: without a GPU, installing CuPy would not help
         try:

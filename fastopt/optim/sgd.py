@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from . import _checks
-from ._optimizer import Optimizer
+from .. import checks as _checks
+from .optimizer import Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -76,7 +76,7 @@ class SGD(Optimizer):
         super().__init__(params, config, groups, device)
 
     def _rule_for(self, config):
-        from .kernels.rules import RULES
+        from ..kernels.rules import RULES
 
         if config.momentum == 0:
             return RULES["sgd_step"]

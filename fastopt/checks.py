@@ -17,13 +17,6 @@ def real_number(name, value):
     return float(value)
 
 
-def finite(name, value):
-    number = real_number(name, value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {name}={value!r}")
-    return number
-
-
 def nonnegative(name, value):
     number = real_number(name, value)
     if not (0.0 <= number < math.inf):

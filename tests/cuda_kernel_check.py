@@ -1,4 +1,6 @@
-"""Run by test_cuda_simulator.py in a fresh interpreter with NUMBA_ENABLE_CUDASIM=1.
+"""Every CUDA kernel against its CPU kernel: ``python cuda_kernel_check.py --simulator`` under
+NUMBA_ENABLE_CUDASIM=1 (test_cuda_simulator.py runs it so), or on a real GPU without the flag
+(bench/gpu_check.sh runs it so). It prints "all equal" or what differs.
 
 Every rule's CUDA kernel (built by fastopt.kernels.cuda from the same source as the CPU's)
 against its CPU kernel on the same random data, every dtype and option: bitwise equal, with
@@ -8,8 +10,8 @@ bits) and the L2 penalty (equal to 1e-12: the two sum in different orders).
 
 Under the simulator the CUDA target binds the plain-Python primitives of
 ``fastopt.kernels.primitives`` (a correctly rounded fma, a dtype-preserving square root), so
-what this proves is that the one source, the two loops and the tables agree; that NVVM and
-ptxas then round as the source says is tests/test_cuda_ptx.py's job.
+what this proves there is that the one source, the two loops and the tables agree; that NVVM
+and ptxas then round as the source says is tests/test_cuda_ptx.py's job, and a GPU run's.
 """
 
 import sys
@@ -27,7 +29,7 @@ from fastopt.kernels.rules import RULES  # noqa: E402
 
 
 def main():
-    patch_simulator()
+    patch_simulator()  # small launches on a real GPU too: every loop turns over
     failures = rule_failures() + dropout_failures() + penalty_failures()
     print("\n".join(failures) if failures else "all equal")
 
@@ -40,8 +42,10 @@ def rule_failures():
                 rng = np.random.default_rng(seed)
                 case, segments = make_case(name, size, dtype, rng, 3 if size > 2 else 1, chunk_size=40)
                 on_gpu = case.copy().with_table(segments, cuda.TILE_SIZE)
+                arguments = [device(a) if isinstance(a, np.ndarray) else a for a in on_gpu.arguments()]
                 cpu.rule_kernel(case.rule)(*case.arguments())
-                cuda.rule_launch(case.rule, on_gpu.arguments())(*on_gpu.arguments())
+                cuda.rule_launch(case.rule, arguments)(*arguments)
+                on_gpu.param, on_gpu.state = arguments[0].copy_to_host(), arguments[1].copy_to_host()
                 for buffer, a in case.mutated().items():
                     b = on_gpu.mutated()[buffer]
                     if not np.array_equal(a, b, equal_nan=True):
@@ -60,10 +64,10 @@ def dropout_failures():
         for dtype in (np.float32, np.float64, np.uint8):
             x = np.ones(size, dtype) if dtype is np.uint8 else rng.standard_normal(size).astype(dtype)
             scale = dtype(1) if dtype is np.uint8 else dtype(1 / (1 - p))
-            on_gpu = x.copy()
+            on_gpu = device(x)
             dropout.dropout_step(x, *args, scale)
             cuda.launch_dropout(on_gpu, *args, scale)
-            if not np.array_equal(x, on_gpu):
+            if not np.array_equal(x, on_gpu.copy_to_host()):
                 failures.append(f"dropout {dtype.__name__} size {size} offset {offset}")
     return failures
 
@@ -76,10 +80,17 @@ def penalty_failures():
         segments = [(0, size // 2, 0), (size // 2, size, 1)]
         table = np.array([[1.0, 0.3], [1.0, 2.0]])
         cpu_value = penalty.l2_penalty(param, *cpu_table(segments), table, 1)
-        gpu_value = cuda.Penalty(param, *cuda.tile_table(segments), table, 1)()
+        gpu_value = cuda.Penalty(device(param), *map(device, cuda.tile_table(segments)), device(table), 1)()
         if not abs(gpu_value - cpu_value) <= 1e-12 * abs(cpu_value):
             failures.append(f"penalty size {size}: {gpu_value!r} vs {cpu_value!r}")
     return failures
+
+
+def device(array):
+    """A device copy of a host array (host memory again under the simulator)."""
+    from numba import cuda as numba_cuda
+
+    return numba_cuda.to_device(array)
 
 
 def cpu_table(segments):

@@ -3,8 +3,8 @@
 import dataclasses
 import math
 
-from . import _checks
-from ._optimizer import Optimizer
+from .. import checks as _checks
+from .optimizer import Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,7 +85,7 @@ class Adam(Optimizer):
         super().__init__(params, config, groups, device)
 
     def _rule_for(self, config):
-        from .kernels.rules import RULES
+        from ..kernels.rules import RULES
 
         return RULES[self._rule_names[config.amsgrad]]
 

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from . import _checks
+from . import checks as _checks
 
 DEVICES = ("cpu", "cuda")
 

@@ -13,7 +13,8 @@ import numpy as np
 
 import fastopt
 
-from . import _bench, _device
+from .. import device as _device
+from . import cpu as _bench
 
 #: torch.optim on CUDA at its fastest: fused where it has it (SGD, Adam, AdamW), else foreach.
 TORCH_MODE = {"SGD": "fused", "Adam": "fused", "AdamW": "fused", "RMSprop": "foreach"}
@@ -140,7 +141,7 @@ def host_breakdown_us(case, steps=2000):
     arguments; numba-cuda's launch of the kernel specialised for the argument types, as a step
     does it (argument marshalling and the driver call); and, for comparison, the launch through
     numba's generic dispatcher, which resolves the types on every call."""
-    from .kernels import cuda
+    from ..kernels import cuda
 
     optimizer = case.optimizer
     arguments = (*optimizer._buffers, optimizer._scalars(optimizer.step_count + 1))
@@ -154,7 +155,7 @@ def host_breakdown_us(case, steps=2000):
 
 def launch_shapes(sizes=(10**5, 10**6, 10**7, 10**9)):
     """The grid a rule kernel gets on this device at each size (tiles, blocks, threads)."""
-    from .kernels import cuda
+    from ..kernels import cuda
 
     return [cuda.launch_shape(n) for n in sizes]
 
@@ -183,7 +184,7 @@ def _case(kernel, implementation, n):
 
 
 def gpu_report(sizes, kernels=None, repeats=50):
-    """Rows like :func:`fastopt._bench.report`'s, with ``device`` "cuda": fastopt's CUDA kernel
+    """Rows like :func:`fastopt.bench.cpu.report`'s, with ``device`` "cuda": fastopt's CUDA kernel
     and torch on the same card (when torch has CUDA), GB/s and % of the copy bandwidth measured
     at the same size in this run."""
     kernels = [k for k in (kernels or GPU_KERNELS) if k in GPU_KERNELS]

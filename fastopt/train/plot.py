@@ -1,6 +1,6 @@
 """Drawing schedules with matplotlib (an optional dependency: ``pip install fastopt[plot]``)."""
 
-from .schedules import evaluate
+from ..schedules import evaluate
 
 
 def _pyplot():

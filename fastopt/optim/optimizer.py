@@ -6,8 +6,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import _checks, _device
-from ._params import FlatParams
+from .. import checks as _checks
+from .. import device as _device
+from ..params import FlatParams
 
 #: Version of the :meth:`Optimizer.state_dict` format.
 STATE_FORMAT = 1

@@ -6,7 +6,8 @@ import numbers
 
 import numpy as np
 
-from . import _checks, _device
+from .. import checks as _checks
+from .. import device as _device
 
 _U32 = 2**32
 
@@ -103,7 +104,7 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
 def _run(flat, arguments, scale, on_gpu):
     """The dropout kernel of ``flat``'s device over it."""
     if on_gpu:
-        from .kernels import cuda
+        from ..kernels import cuda
 
         cuda.launch_dropout(flat, *arguments, scale)
     else:
@@ -116,8 +117,8 @@ def _cpu_kernel():
     """The CPU kernel and the chooser of its serial or parallel build, imported once on first
     use (an import in the function body costs 2 µs a call; ``import fastopt`` does not import
     Numba)."""
-    from .kernels import dropout
-    from .kernels.cpu import for_size
+    from ..kernels import dropout
+    from ..kernels.cpu import for_size
 
     return dropout.dropout_step, for_size
 

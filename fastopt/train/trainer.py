@@ -6,10 +6,11 @@ import sys
 
 import numpy as np
 
-from . import _backend, _device
-from ._checkpoint import load_checkpoint, save_checkpoint
-from .distributed import DistributedOptimizer
-from .losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
+from .. import device as _device
+from ..distributed import DistributedOptimizer
+from ..nn import arrays as _backend
+from ..nn.losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
+from .checkpoint import load_checkpoint, save_checkpoint
 
 
 class StopTraining(Exception):
@@ -300,7 +301,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save(self, path):
-        """Write the whole training state to ``path`` atomically (see :mod:`fastopt._checkpoint`).
+        """Write the whole training state to ``path`` atomically (see :mod:`fastopt.train.checkpoint`).
 
         Data-parallel, this is collective: the optimizer state is gathered on rank 0, which
         alone writes, in the layout of a single process, so any number of ranks can resume.

@@ -4,13 +4,15 @@ import math
 
 import numpy as np
 
-from . import _backend, _checks, _device
-from ._dropout import Dropout
+from .. import checks as _checks
+from .. import device as _device
+from ..params import FlatParams
+from . import arrays as _backend
+from .dropout import Dropout
 from .losses import _sigmoid as stable_sigmoid
-from ._params import FlatParams
 
 
-# Each activation takes the backend (NumPy or CuPy, see fastopt._backend) and the
+# Each activation takes the backend (NumPy or CuPy, see fastopt.nn.arrays) and the
 # pre-activation z; each derivative takes the backend, z and the activation a.
 
 def _relu(b, z):

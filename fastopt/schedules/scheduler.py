@@ -2,15 +2,15 @@
 
 import math
 
-from . import _checks
-from ._optimizer import Optimizer
-from .schedules import Schedule, from_dict
+from .. import checks as _checks
+from ..optim.optimizer import Optimizer
+from . import Schedule, from_dict
 
 SCHEDULER_FORMAT = 1
 
 
 def _check_optimizer(optimizer):
-    from .distributed import DistributedOptimizer
+    from ..distributed import DistributedOptimizer
 
     if not isinstance(optimizer, (Optimizer, DistributedOptimizer)):
         raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")

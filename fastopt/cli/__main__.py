@@ -1,0 +1,7 @@
+"""``python -m fastopt.cli``: the ``fastopt`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

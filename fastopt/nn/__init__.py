@@ -1,0 +1,1 @@
+"""The model side: per-instance losses, dropout, the MLP and its array backends (NumPy, CuPy)."""

@@ -1,0 +1,1 @@
+"""Training: the Trainer and its callbacks, atomic checkpoints, data loading, plots."""
