@@ -382,7 +382,7 @@ class TrainerStep:
 
             self.step = step
         else:
-            from .losses import cost_gradient, softmax_cross_entropy
+            from ..nn.losses import cost_gradient, softmax_cross_entropy
 
             self.model = fastopt.MLP(self.SIZES, dropout=0.1, seed=0, device=device)
             self.x, self.y = self.model.backend.asarray(self.x), self.model.backend.asarray(self.y)
