@@ -31,6 +31,9 @@ SCALARS = (Scalar("lr", "float64"), Scalar("grad_sign"), Scalar("alpha"), Scalar
 MOMENTUM_SCALARS = SCALARS + (Scalar("momentum"),)
 
 
+# chunk = (lr, weight_decay); scalars = (lr, grad_sign, alpha, one_minus_alpha, eps[, momentum])
+
+
 @element
 def _square_avg(v, g, scalars):
     return fma(scalars[2], v, scalars[3] * (g * g))  # alpha * v + (1 - alpha) * g**2
@@ -50,39 +53,37 @@ def _centered_denominator(v, grad_avg, eps):
 
 
 @element
-def rmsprop(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
+def _gradient_and_square_avg(p, g, weight_decay, square_avg, scalars):
     g = coupled_gradient(p, g, weight_decay, scalars[1])
-    v = _square_avg(state[0], g, scalars)
-    return fma(-lr, g / (sqrt(v) + scalars[4]), p), (v,)
+    return g, _square_avg(square_avg, g, scalars)
+
+
+@element
+def rmsprop(p, state, g, chunk, scalars):
+    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
+    return fma(-chunk[0], g / (sqrt(v) + scalars[4]), p), (v,)
 
 
 @element
 def rmsprop_centered(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    v = _square_avg(state[0], g, scalars)
+    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
     a = _grad_avg(state[1], g, scalars)
-    return fma(-lr, g / _centered_denominator(v, a, scalars[4]), p), (v, a)
+    return fma(-chunk[0], g / _centered_denominator(v, a, scalars[4]), p), (v, a)
 
 
 @element
 def rmsprop_momentum(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    v = _square_avg(state[0], g, scalars)
+    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
     b = fma(scalars[5], state[1], g / (sqrt(v) + scalars[4]))
-    return fma(-lr, b, p), (v, b)
+    return fma(-chunk[0], b, p), (v, b)
 
 
 @element
 def rmsprop_centered_momentum(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    v = _square_avg(state[0], g, scalars)
+    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
     a = _grad_avg(state[1], g, scalars)
     b = fma(scalars[5], state[2], g / _centered_denominator(v, a, scalars[4]))
-    return fma(-lr, b, p), (v, a, b)
+    return fma(-chunk[0], b, p), (v, a, b)
 
 
 def reference(param, state, grad, bounds, groups, table, scalars):
