@@ -77,7 +77,7 @@ def chunked_step(param, state, grad, bounds, groups, table, scalars):
     for c in prange(groups.size):
         chunk = prologue(param, table[groups[c]], scalars)  # noqa: F821
         for i in range(bounds[c], bounds[c + 1]):
-            apply(param, state, grad, i, chunk, scalars)
+            apply(param, state, grad, i, chunk)
 
 
 @functools.cache

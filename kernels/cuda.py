@@ -10,7 +10,8 @@ that is 489 tiles, enough blocks to fill every SM of an H100 or H200 (132); smal
 small grid, without NumbaPerformanceWarning (filtered when a launch is configured, once).
 
 Everything a step may change reaches a kernel as a launch scalar (the rule's ``scalars``
-tuple), so a new learning rate costs no host-to-device copy and no synchronisation.
+tuple of float64), so a new learning rate costs no host-to-device copy and no
+synchronisation.
 
 Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the primitives are the plain-Python
 definitions of :mod:`.primitives` (a correctly rounded fma, a dtype-preserving square root),
@@ -136,7 +137,7 @@ def tiled_step(param, state, grad, bounds, groups, table, scalars):
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
         chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
         for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
-            apply(param, state, grad, i, chunk, scalars)
+            apply(param, state, grad, i, chunk)
 
 
 @functools.cache

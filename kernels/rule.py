@@ -17,14 +17,15 @@ Every kernel built from a rule, and its reference, takes the same arguments::
     groups      int64 (n_chunks,): chunk c belongs to parameter group groups[c]
     table       float64 (n_groups, len(rule.group)): the per-group columns (fixed between
                 configuration changes; on CUDA it stays on the device)
-    scalars     tuple in rule.scalars order: "float64" ones as float64, "param" ones in the
-                buffer's dtype (everything that may change from step to step is here, so a
-                step passes scalars only)
+    scalars     tuple of Python floats (float64) in rule.scalars order: everything that may
+                change from step to step, so that a step passes scalars only and the host
+                makes no NumPy scalar
 
-Per chunk, ``prologue(param, table[groups[c]], scalars)`` derives the chunk's constants (a
-group's learning rate, in float64 and rounded once to the buffer's dtype); per element,
-``update(p, state_values, g, chunk, scalars)`` returns ``(p, state_values)``. Chunks never
-straddle a group, so the result does not depend on how a target cuts the buffer.
+Per chunk, ``prologue(param, table[groups[c]], scalars)`` derives the chunk's constants in the
+buffer's dtype: a group's learning rate as ``lr * lr_factor`` in float64, as the host would,
+and every scalar, each rounded once; per element, ``update(p, state_values, g, chunk)``
+returns ``(p, state_values)``. Chunks never straddle a group, so the result does not depend
+on how a target cuts the buffer.
 
 State that is not one value per element (factored moments, per-tensor norms) is not declared
 yet: such a rule adds a kind of state here and a pass to each target, not special cases in the
@@ -39,19 +40,6 @@ from .elements import element
 #: The per-group columns the optimizers know how to fill, in float64: each group's factor on
 #: the learning rate and its weight decay.
 GROUP_COLUMNS = ("lr_factor", "weight_decay")
-#: The dtypes a launch scalar may have: float64 whatever the buffers, or the buffers' own.
-SCALAR_DTYPES = ("float64", "param")
-
-
-@dataclasses.dataclass(frozen=True)
-class Scalar:
-    name: str
-    dtype: str = "param"
-
-    def __post_init__(self):
-        if self.dtype not in SCALAR_DTYPES:
-            raise ValueError(f"Scalar {self.name!r}: dtype must be one of {SCALAR_DTYPES}, got {self.dtype!r}")
-
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
@@ -72,10 +60,6 @@ class Rule:
         if len(self.state) > len(_LOADS) - 1:
             raise ValueError(f"rule {self.name!r}: at most {len(_LOADS) - 1} state buffers, got {len(self.state)}")
 
-    @property
-    def scalar_names(self):
-        return tuple(scalar.name for scalar in self.scalars)
-
     def element_bindings(self):
         """What :func:`apply` means for this rule: its update, and loads and stores of its state."""
         n = len(self.state)
@@ -83,9 +67,9 @@ class Rule:
 
 
 @element
-def apply(param, state, grad, i, chunk, scalars):
+def apply(param, state, grad, i, chunk):
     """One element: load, update, store. ``update``, ``load`` and ``store`` are bound per rule."""
-    p, values = update(param[i], load(state, i), grad[i], chunk, scalars)  # noqa: F821
+    p, values = update(param[i], load(state, i), grad[i], chunk)  # noqa: F821
     param[i] = p
     store(state, i, values)  # noqa: F821
 

@@ -19,7 +19,7 @@ GRADIENT_UNITS = {"param", "grad", "exp_avg", "grad_avg", "momentum_buffer"}
 def _scalar_values(rule, rng):
     """A value for each of ``rule``'s scalars, by name, over the ranges training reaches."""
     values = {}
-    for name in rule.scalar_names:
+    for name in rule.scalars:
         if name == "lr":
             values[name] = rng.uniform(0, 0.1)
         elif name == "grad_sign":
@@ -41,10 +41,9 @@ def _scalar_values(rule, rng):
     return values
 
 
-def scalars_of(rule, values, dtype):
-    """``values`` (by name) as the rule's scalar tuple: float64 or ``dtype`` as its spec says."""
-    return tuple(np.float64(values[s.name]) if s.dtype == "float64" else dtype(values[s.name])
-                 for s in rule.scalars)
+def scalars_of(rule, values):
+    """``values`` (by name) as the rule's scalar tuple of Python floats."""
+    return tuple(float(values[name]) for name in rule.scalars)
 
 
 def scaled_normal(rng, size):
@@ -110,5 +109,5 @@ def make_case(name, size, dtype, rng, n_groups=1, chunk_size=CHUNK_SIZE):
     table = np.stack([rng.uniform(0, 2, n_groups), rng.choice([0.0, 1e-2, 0.5], n_groups)], axis=1)
     state = np.array(rows, dtype=dtype).reshape(len(rule.state), size)
     case = Case(rule, param.astype(dtype), state, grad.astype(dtype), bounds, groups, table,
-                scalars_of(rule, _scalar_values(rule, rng), dtype))
+                scalars_of(rule, _scalar_values(rule, rng)))
     return case, segments

@@ -138,12 +138,16 @@ def test_rule_kernel_rounds_as_written(name, dtype, cc, tmp_path):
     width = "32" if dtype == np.float32 else "64"
     assert re.search(rf"\bfma\.rn\.f{width}\b", body), "the rule's explicit fmas are missing"
     if dtype == np.float32:
-        # float64 only in a tile's prologue (lr * lr_factor, Adam's step size and AdamW's
-        # decay, rounded once to float32): a handful of instructions, not a per-element pass.
+        # float64 only in a tile's prologue, once: lr * lr_factor, Adam's step size and AdamW's
+        # decay derived as the host would, and each float64 scalar and group value rounded once
+        # to float32. So at most one conversion per scalar and group column, and a few
+        # operations: a per-element pass (or an unrolled copy of one) would show several.
         arithmetic = [line.split()[0] for line in body.splitlines()
                       if re.search(r"\.f64\b", line) and not line.split()[0].startswith((".", "ld.", "mov."))]
-        allowed = {"mul.f64", "mul.rn.f64", "div.rn.f64", "sub.f64", "cvt.rn.f32.f64"}
-        assert set(arithmetic) <= allowed and len(arithmetic) <= 8, arithmetic
+        conversions = arithmetic.count("cvt.rn.f32.f64")
+        others = [op for op in arithmetic if op != "cvt.rn.f32.f64"]
+        assert conversions <= len(case.rule.scalars) + len(case.rule.group), arithmetic
+        assert set(others) <= {"mul.f64", "mul.rn.f64", "div.rn.f64", "sub.f64"} and len(others) <= 4, arithmetic
 
 
 @CCS

@@ -11,46 +11,51 @@ r"""Adam and AdamW, with and without AMSGrad: PyTorch's rule (``torch.optim.Adam
     \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,
         \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
 
-Scalars: ``lr`` and ``bias_correction1`` (:math:`1-\beta_1^t`) in float64; each chunk divides
-its group's learning rate by the bias correction in float64 and rounds the step size
-:math:`\gamma/(1-\beta_1^t)` once to the buffer's dtype, and AdamW's factor
-:math:`1 - \gamma\lambda` likewise, exactly as the host would. ``bias_correction2_sqrt``
-(:math:`\sqrt{1-\beta_2^t}`) is derived on the host in float64 and rounded once. The two
-multiply-adds of the moments and the final update are single-rounding FMAs.
+The host passes the bias corrections :math:`1-\beta_1^t` and :math:`\sqrt{1-\beta_2^t}` as
+float64 scalars; each chunk divides its group's learning rate by the first in float64 and
+rounds the step size :math:`\gamma/(1-\beta_1^t)` once to the buffer's dtype, and AdamW's
+factor :math:`1 - \gamma\lambda` likewise, exactly as the host would. The two multiply-adds
+of the moments and the final update are single-rounding FMAs.
 """
 
 import numpy as np
 
 from ..elements import element
 from ..primitives import fma, mul, sqrt
-from ..rule import Rule, Scalar
+from ..rule import Rule
 from ._reference import as_float64, expand
 from .common import coupled_gradient
 
-SCALARS = (Scalar("lr", "float64"), Scalar("bias_correction1", "float64"), Scalar("grad_sign"),
-           Scalar("one_minus_beta1"), Scalar("beta2"), Scalar("one_minus_beta2"), Scalar("eps"),
-           Scalar("bias_correction2_sqrt"))
+SCALARS = ("lr", "bias_correction1", "grad_sign", "one_minus_beta1", "beta2", "one_minus_beta2", "eps",
+           "bias_correction2_sqrt")
 GROUP = ("lr_factor", "weight_decay")
+
+# chunk = (step_size, weight_decay or decay, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps,
+#          bias_correction2_sqrt), all in the buffer's dtype
 
 
 @element
 def adam_chunk(param, group, scalars):
-    """Step size ``lr_k / (1 - beta1**t)`` and the coupled weight decay, in the dtype."""
-    dtype = param.dtype.type
-    return dtype(scalars[0] * group[0] / scalars[1]), dtype(group[1])
+    """The step size ``lr_k / (1 - beta1**t)`` and the coupled weight decay, and the scalars."""
+    t = param.dtype.type
+    lr, bias_correction1, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt = scalars
+    return (t(lr * group[0] / bias_correction1), t(group[1]), t(grad_sign), t(one_minus_beta1), t(beta2),
+            t(one_minus_beta2), t(eps), t(bc2_sqrt))
 
 
 @element
 def adamw_chunk(param, group, scalars):
-    """Step size and the decoupled decay factor ``1 - lr_k * lambda``, in the dtype."""
-    dtype = param.dtype.type
-    lr = scalars[0] * group[0]
-    return dtype(lr / scalars[1]), dtype(1.0 - mul(lr, group[1]))
+    """The step size and the decoupled decay factor ``1 - lr_k * lambda``, and the scalars."""
+    t = param.dtype.type
+    lr, bias_correction1, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt = scalars
+    lr = lr * group[0]
+    return (t(lr / bias_correction1), t(1.0 - mul(lr, group[1])), t(grad_sign), t(one_minus_beta1), t(beta2),
+            t(one_minus_beta2), t(eps), t(bc2_sqrt))
 
 
 @element
-def _moments(m, v, g, scalars):
-    one_minus_beta1, beta2, one_minus_beta2 = scalars[3], scalars[4], scalars[5]
+def _moments(m, v, g, chunk):
+    one_minus_beta1, beta2, one_minus_beta2 = chunk[3], chunk[4], chunk[5]
     return fma(one_minus_beta1, g - m, m), fma(beta2, v, one_minus_beta2 * (g * g))
 
 
@@ -63,50 +68,56 @@ def _running_max(current, candidate):
 
 
 @element
-def _step(p, m, v, step_size, scalars):
-    eps, bias_correction2_sqrt = scalars[6], scalars[7]
+def _step(p, m, v, chunk):
+    step_size, eps, bias_correction2_sqrt = chunk[0], chunk[6], chunk[7]
     return fma(-step_size, m / (sqrt(v) / bias_correction2_sqrt + eps), p)
 
 
 @element
-def adam(p, state, g, chunk, scalars):
-    step_size, weight_decay = chunk
-    m, v = _moments(state[0], state[1], coupled_gradient(p, g, weight_decay, scalars[2]), scalars)
-    return _step(p, m, v, step_size, scalars), (m, v)
+def _coupled_moments(p, state, g, chunk):
+    return _moments(state[0], state[1], coupled_gradient(p, g, chunk[1], chunk[2]), chunk)
 
 
 @element
-def adam_amsgrad(p, state, g, chunk, scalars):
-    step_size, weight_decay = chunk
-    m, v = _moments(state[0], state[1], coupled_gradient(p, g, weight_decay, scalars[2]), scalars)
+def _decayed_moments(p, state, g, chunk):
+    return p * chunk[1], _moments(state[0], state[1], mul(chunk[2], g), chunk)
+
+
+@element
+def adam(p, state, g, chunk):
+    m, v = _coupled_moments(p, state, g, chunk)
+    return _step(p, m, v, chunk), (m, v)
+
+
+@element
+def adam_amsgrad(p, state, g, chunk):
+    m, v = _coupled_moments(p, state, g, chunk)
     v_max = _running_max(state[2], v)
-    return _step(p, m, v_max, step_size, scalars), (m, v, v_max)
+    return _step(p, m, v_max, chunk), (m, v, v_max)
 
 
 @element
-def adamw(p, state, g, chunk, scalars):
-    step_size, decay = chunk
-    p = p * decay
-    m, v = _moments(state[0], state[1], mul(scalars[2], g), scalars)
-    return _step(p, m, v, step_size, scalars), (m, v)
+def adamw(p, state, g, chunk):
+    p, (m, v) = _decayed_moments(p, state, g, chunk)
+    return _step(p, m, v, chunk), (m, v)
 
 
 @element
-def adamw_amsgrad(p, state, g, chunk, scalars):
-    step_size, decay = chunk
-    p = p * decay
-    m, v = _moments(state[0], state[1], mul(scalars[2], g), scalars)
+def adamw_amsgrad(p, state, g, chunk):
+    p, (m, v) = _decayed_moments(p, state, g, chunk)
     v_max = _running_max(state[2], v)
-    return _step(p, m, v_max, step_size, scalars), (m, v, v_max)
+    return _step(p, m, v_max, chunk), (m, v, v_max)
 
 
 def reference(param, state, grad, bounds, groups, table, scalars, decoupled=False):
     """float64 reference of every Adam rule (the arguments of the kernels); AMSGrad when
     ``state`` has three rows."""
     dtype = param.dtype
-    lr, bias_correction1, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt = map(float, scalars)
+    lr, bias_correction1 = float(scalars[0]), float(scalars[1])
+    grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt = (
+        float(np.asarray(s).astype(dtype)) for s in scalars[2:])
     p, m, v, g = as_float64(param, state[0], state[1], grad)
-    group_lr = float(lr) * table[:, 0]
+    group_lr = lr * table[:, 0]
     step_size = expand((group_lr / bias_correction1).astype(dtype), bounds, groups)
     g = grad_sign * g
     if decoupled:

@@ -17,31 +17,33 @@ returns minus the rounding error of :math:`g^2`), the variance is taken as 0; Py
 square root of the negative number and returns NaN there. A NaN gradient still gives NaN.
 """
 
+import functools
+
 import numpy as np
 
 from ..elements import element
 from ..primitives import fma, sqrt
-from ..rule import Rule, Scalar
+from ..rule import Rule
 from ._reference import coupled_gradient as reference_gradient
 from ._reference import group_lr
-from .common import coupled_gradient, lr_and_weight_decay
+from .common import coupled_gradient
 
-SCALARS = (Scalar("lr", "float64"), Scalar("grad_sign"), Scalar("alpha"), Scalar("one_minus_alpha"),
-           Scalar("eps"))
-MOMENTUM_SCALARS = SCALARS + (Scalar("momentum"),)
-
-
-# chunk = (lr, weight_decay); scalars = (lr, grad_sign, alpha, one_minus_alpha, eps[, momentum])
+#: Every RMSProp rule's scalars (the rules without momentum ignore the last).
+SCALARS = ("lr", "grad_sign", "alpha", "one_minus_alpha", "eps", "momentum")
 
 
 @element
-def _square_avg(v, g, scalars):
-    return fma(scalars[2], v, scalars[3] * (g * g))  # alpha * v + (1 - alpha) * g**2
+def rmsprop_chunk(param, group, scalars):
+    """``(lr, weight_decay, grad_sign, alpha, one_minus_alpha, eps, momentum)`` in the buffer's
+    dtype, the group's ``lr * lr_factor`` taken in float64, each rounded once."""
+    t = param.dtype.type
+    lr, grad_sign, alpha, one_minus_alpha, eps, momentum = scalars
+    return t(lr * group[0]), t(group[1]), t(grad_sign), t(alpha), t(one_minus_alpha), t(eps), t(momentum)
 
 
 @element
-def _grad_avg(grad_avg, g, scalars):
-    return fma(scalars[3], g - grad_avg, grad_avg)
+def _grad_avg(grad_avg, g, chunk):
+    return fma(chunk[4], g - grad_avg, grad_avg)  # grad_avg + (1 - alpha) * (g - grad_avg)
 
 
 @element
@@ -53,48 +55,46 @@ def _centered_denominator(v, grad_avg, eps):
 
 
 @element
-def _gradient_and_square_avg(p, g, weight_decay, square_avg, scalars):
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    return g, _square_avg(square_avg, g, scalars)
+def _gradient_and_square_avg(p, g, square_avg, chunk):
+    g = coupled_gradient(p, g, chunk[1], chunk[2])
+    return g, fma(chunk[3], square_avg, chunk[4] * (g * g))  # alpha * v + (1 - alpha) * g**2
 
 
 @element
-def rmsprop(p, state, g, chunk, scalars):
-    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
-    return fma(-chunk[0], g / (sqrt(v) + scalars[4]), p), (v,)
+def rmsprop(p, state, g, chunk):
+    g, v = _gradient_and_square_avg(p, g, state[0], chunk)
+    return fma(-chunk[0], g / (sqrt(v) + chunk[5]), p), (v,)
 
 
 @element
-def rmsprop_centered(p, state, g, chunk, scalars):
-    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
-    a = _grad_avg(state[1], g, scalars)
-    return fma(-chunk[0], g / _centered_denominator(v, a, scalars[4]), p), (v, a)
+def rmsprop_centered(p, state, g, chunk):
+    g, v = _gradient_and_square_avg(p, g, state[0], chunk)
+    a = _grad_avg(state[1], g, chunk)
+    return fma(-chunk[0], g / _centered_denominator(v, a, chunk[5]), p), (v, a)
 
 
 @element
-def rmsprop_momentum(p, state, g, chunk, scalars):
-    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
-    b = fma(scalars[5], state[1], g / (sqrt(v) + scalars[4]))
+def rmsprop_momentum(p, state, g, chunk):
+    g, v = _gradient_and_square_avg(p, g, state[0], chunk)
+    b = fma(chunk[6], state[1], g / (sqrt(v) + chunk[5]))
     return fma(-chunk[0], b, p), (v, b)
 
 
 @element
-def rmsprop_centered_momentum(p, state, g, chunk, scalars):
-    g, v = _gradient_and_square_avg(p, g, chunk[1], state[0], scalars)
-    a = _grad_avg(state[1], g, scalars)
-    b = fma(scalars[5], state[2], g / _centered_denominator(v, a, scalars[4]))
+def rmsprop_centered_momentum(p, state, g, chunk):
+    g, v = _gradient_and_square_avg(p, g, state[0], chunk)
+    a = _grad_avg(state[1], g, chunk)
+    b = fma(chunk[6], state[2], g / _centered_denominator(v, a, chunk[5]))
     return fma(-chunk[0], b, p), (v, a, b)
 
 
-def reference(param, state, grad, bounds, groups, table, scalars):
-    """float64 reference of every RMSProp rule (the arguments of the kernels); the state's rows
-    say which: ``square_avg``, then ``grad_avg`` if centered, then ``momentum_buffer`` if the
-    scalars carry a momentum."""
+def reference(param, state, grad, bounds, groups, table, scalars, names=("square_avg",)):
+    """float64 reference of every RMSProp rule (the arguments of the kernels); ``names`` are the
+    rule's state rows, which say which rule it is."""
     dtype = param.dtype
-    p, g = reference_gradient(param, grad, table, bounds, groups, scalars[1], dtype)
-    alpha, one_minus_alpha, eps = (float(s) for s in scalars[2:5])
-    momentum = len(scalars) == 6
-    centered = state.shape[0] == (3 if momentum else 2)
+    _, grad_sign, alpha, one_minus_alpha, eps, momentum = (float(np.asarray(s).astype(dtype)) for s in scalars)
+    p, g = reference_gradient(param, grad, table, bounds, groups, grad_sign, dtype)
+    centered = "grad_avg" in names
     v = alpha * state[0].astype(np.float64) + one_minus_alpha * g * g
     state[0] = v
     if centered:
@@ -105,20 +105,20 @@ def reference(param, state, grad, bounds, groups, table, scalars):
     else:
         denominator = np.sqrt(v) + eps
     update = g / denominator
-    if momentum:
-        update = float(scalars[5]) * state[-1].astype(np.float64) + update
+    if "momentum_buffer" in names:
+        update = momentum * state[-1].astype(np.float64) + update
         state[-1] = update
     param[:] = p - group_lr(table, bounds, groups, scalars[0], dtype) * update
 
 
-def _rule(name, update, state, scalars):
-    return Rule(name, state, ("lr_factor", "weight_decay"), scalars, lr_and_weight_decay, update, reference)
+def _rule(name, update, state):
+    return Rule(name, state, ("lr_factor", "weight_decay"), SCALARS, rmsprop_chunk, update,
+                functools.partial(reference, names=state))
 
 
 RULES = (
-    _rule("rmsprop_step", rmsprop, ("square_avg",), SCALARS),
-    _rule("rmsprop_centered_step", rmsprop_centered, ("square_avg", "grad_avg"), SCALARS),
-    _rule("rmsprop_momentum_step", rmsprop_momentum, ("square_avg", "momentum_buffer"), MOMENTUM_SCALARS),
-    _rule("rmsprop_centered_momentum_step", rmsprop_centered_momentum,
-          ("square_avg", "grad_avg", "momentum_buffer"), MOMENTUM_SCALARS),
+    _rule("rmsprop_step", rmsprop, ("square_avg",)),
+    _rule("rmsprop_centered_step", rmsprop_centered, ("square_avg", "grad_avg")),
+    _rule("rmsprop_momentum_step", rmsprop_momentum, ("square_avg", "momentum_buffer")),
+    _rule("rmsprop_centered_momentum_step", rmsprop_centered_momentum, ("square_avg", "grad_avg", "momentum_buffer")),
 )

@@ -17,52 +17,59 @@ import numpy as np
 
 from ..elements import element
 from ..primitives import fma
-from ..rule import Rule, Scalar
+from ..rule import Rule
 from ._reference import coupled_gradient as reference_gradient
 from ._reference import group_lr
-from .common import coupled_gradient, lr_and_weight_decay
+from .common import coupled_gradient
 
-SCALARS = (Scalar("lr", "float64"), Scalar("grad_sign"))
-MOMENTUM_SCALARS = SCALARS + (Scalar("buffer_decay"), Scalar("buffer_grad_scale"))
-
-
-@element
-def sgd(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    return fma(-lr, g, p), ()
+#: Every SGD rule's scalars (plain SGD ignores the last three).
+SCALARS = ("lr", "grad_sign", "buffer_decay", "buffer_grad_scale", "momentum")
 
 
 @element
-def _momentum_buffer(b, g, scalars):
-    return fma(scalars[2], b, scalars[3] * g)  # buffer_decay * b + buffer_grad_scale * g
+def sgd_chunk(param, group, scalars):
+    """``(lr, weight_decay, grad_sign, buffer_decay, buffer_grad_scale, momentum)`` in the
+    buffer's dtype, the group's ``lr * lr_factor`` taken in float64, each rounded once."""
+    t = param.dtype.type
+    lr, grad_sign, buffer_decay, buffer_grad_scale, momentum = scalars
+    return t(lr * group[0]), t(group[1]), t(grad_sign), t(buffer_decay), t(buffer_grad_scale), t(momentum)
 
 
 @element
-def sgd_momentum(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    b = _momentum_buffer(state[0], g, scalars)
-    return fma(-lr, b, p), (b,)
+def sgd(p, state, g, chunk):
+    lr, weight_decay, grad_sign = chunk[0], chunk[1], chunk[2]
+    return fma(-lr, coupled_gradient(p, g, weight_decay, grad_sign), p), ()
 
 
 @element
-def sgd_nesterov(p, state, g, chunk, scalars):
-    lr, weight_decay = chunk
-    g = coupled_gradient(p, g, weight_decay, scalars[1])
-    b = _momentum_buffer(state[0], g, scalars)
-    return fma(-lr, fma(scalars[4], b, g), p), (b,)
+def _gradient_and_buffer(p, b, g, chunk):
+    _, weight_decay, grad_sign, buffer_decay, buffer_grad_scale, _ = chunk
+    g = coupled_gradient(p, g, weight_decay, grad_sign)
+    return g, fma(buffer_decay, b, buffer_grad_scale * g)
+
+
+@element
+def sgd_momentum(p, state, g, chunk):
+    g, b = _gradient_and_buffer(p, state[0], g, chunk)
+    return fma(-chunk[0], b, p), (b,)
+
+
+@element
+def sgd_nesterov(p, state, g, chunk):
+    g, b = _gradient_and_buffer(p, state[0], g, chunk)
+    return fma(-chunk[0], fma(chunk[5], b, g), p), (b,)
 
 
 def reference(param, state, grad, bounds, groups, table, scalars, nesterov=False):
     """float64 reference of every SGD rule (the arguments of the kernels)."""
     dtype = param.dtype
-    p, g = reference_gradient(param, grad, table, bounds, groups, scalars[1], dtype)
+    grad_sign, buffer_decay, buffer_grad_scale, momentum = (float(np.asarray(s).astype(dtype)) for s in scalars[1:])
+    p, g = reference_gradient(param, grad, table, bounds, groups, grad_sign, dtype)
     update = g
     if state.shape[0]:
-        b = float(scalars[2]) * state[0].astype(np.float64) + float(scalars[3]) * g
+        b = buffer_decay * state[0].astype(np.float64) + buffer_grad_scale * g
         state[0] = b
-        update = g + float(scalars[4]) * b if nesterov else b
+        update = g + momentum * b if nesterov else b
     param[:] = p - group_lr(table, bounds, groups, scalars[0], dtype) * update
 
 
@@ -70,13 +77,12 @@ def _nesterov_reference(*arguments):
     reference(*arguments, nesterov=True)
 
 
-def _rule(name, update, state, scalars, reference_=reference):
-    return Rule(name, state, ("lr_factor", "weight_decay"), scalars, lr_and_weight_decay, update, reference_)
+def _rule(name, update, state, reference_=reference):
+    return Rule(name, state, ("lr_factor", "weight_decay"), SCALARS, sgd_chunk, update, reference_)
 
 
 RULES = (
-    _rule("sgd_step", sgd, (), SCALARS),
-    _rule("sgd_momentum_step", sgd_momentum, ("momentum_buffer",), MOMENTUM_SCALARS),
-    _rule("sgd_nesterov_step", sgd_nesterov, ("momentum_buffer",), MOMENTUM_SCALARS + (Scalar("momentum"),),
-          _nesterov_reference),
+    _rule("sgd_step", sgd, ()),
+    _rule("sgd_momentum_step", sgd_momentum, ("momentum_buffer",)),
+    _rule("sgd_nesterov_step", sgd_nesterov, ("momentum_buffer",), _nesterov_reference),
 )
