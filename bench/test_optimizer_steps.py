@@ -151,3 +151,17 @@ def test_trainer_step_cuda(benchmark, implementation):
 
     benchmark.group = "trainer step 256-512-512-10, batch 256, cuda"
     benchmark.pedantic(synchronised, rounds=100, warmup_rounds=5)
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "torch"])
+@pytest.mark.parametrize("kind", ["scheduler_step", "set_lr", "optimizer_step", "scheduled_step"])
+def test_hot_path(benchmark, kind, implementation):
+    """The Python around a step over 1e3 float32 (AdamW, one-cycle with cycled momentum):
+    fastopt.bench.hot_path's cases; bench/hot_path.py checks the bars in one run."""
+    if implementation == "torch":
+        pytest.importorskip("torch")
+    from fastopt.bench import hot_path
+
+    step = hot_path.Case(kind, implementation).step
+    benchmark.group = f"hot path: {kind}"
+    benchmark.pedantic(step, rounds=50, warmup_rounds=5, iterations=200)

@@ -17,6 +17,13 @@ def real_number(name, value):
     return float(value)
 
 
+def check_fields(config):
+    """Validate every field of a frozen config dataclass with its class's ``check_field`` and
+    store the checked values (floats as Python floats, pairs as tuples)."""
+    for name in config.__dataclass_fields__:
+        object.__setattr__(config, name, config.check_field(name, getattr(config, name)))
+
+
 def nonnegative(name, value):
     number = real_number(name, value)
     if not (0.0 <= number < math.inf):

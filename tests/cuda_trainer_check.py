@@ -134,6 +134,28 @@ def check(simulator):
                f"{name}: evaluate")
         timings[name] = {device: round(seconds, 3) for device, (_, seconds) in runs.items()}
 
+    # On the GPU an epoch's loss and correct count stay on the device: read once per epoch (with
+    # no progress bar), not per batch; a diverged loss is caught at the epoch's end.
+    from fastopt.train import trainer as trainer_module
+
+    reads = []
+    original_read = trainer_module._DeviceSums.read
+    trainer_module._DeviceSums.read = lambda self: reads.append(1) or original_read(self)
+    try:
+        counted = trainer("cuda", np.float32)
+        counted.fit(x, y, epochs=2, batch_size=batch)
+    finally:
+        trainer_module._DeviceSums.read = original_read
+    batches = -(-rows // batch)
+    expect(len(reads) == 2 and batches > 2, f"the GPU epoch sums are read once per epoch ({len(reads)} reads, "
+                                            f"{batches} batches per epoch)")
+    diverging = trainer("cuda", np.float32)
+    diverging.optimizer.lr = 1e30
+    diverging.scheduler = None
+    diverging.fit(x, y, epochs=3, batch_size=batch)
+    expect(diverging.stop_reason is not None and "at epoch 1, its end" in diverging.stop_reason
+           and not diverging.history, f"a diverged loss stops the GPU run at its epoch's end ({diverging.stop_reason})")
+
     # Checkpoints move between devices: a GPU run saved after one epoch resumes on the CPU and
     # on the GPU and ends where the uninterrupted GPU run does.
     for dtype in (np.float64, np.float32):

@@ -166,6 +166,9 @@ class DistributedOptimizer:
     def set_hyperparameters(self, **changes):
         self._local.set_hyperparameters(**changes)
 
+    def set_momentum(self, value):
+        self._local.set_momentum(value)
+
     @property
     def lr(self):
         return self._local.lr

@@ -19,16 +19,23 @@ class AdamConfig:
     maximize: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "lr", _checks.nonnegative("lr", self.lr))
-        if isinstance(self.betas, str) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got betas={self.betas!r}")
-        beta1 = _checks.in_range("beta1", self.betas[0], 0.0, 1.0, high_inclusive=False)
-        beta2 = _checks.in_range("beta2", self.betas[1], 0.0, 1.0, high_inclusive=False)
-        object.__setattr__(self, "betas", (beta1, beta2))
-        object.__setattr__(self, "eps", _checks.positive("eps", self.eps))
-        object.__setattr__(self, "weight_decay", _checks.nonnegative("weight_decay", self.weight_decay))
-        _checks.boolean("amsgrad", self.amsgrad)
-        _checks.boolean("maximize", self.maximize)
+        _checks.check_fields(self)
+
+    @classmethod
+    def check_field(cls, name, value):
+        """``value`` for field ``name``, validated (the error names both)."""
+        return _CHECKS[name](name, value)
+
+
+def _betas(name, value):
+    if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got betas={value!r}")
+    return (_checks.in_range("beta1", value[0], 0.0, 1.0, high_inclusive=False),
+            _checks.in_range("beta2", value[1], 0.0, 1.0, high_inclusive=False))
+
+
+_CHECKS = {"lr": _checks.nonnegative, "betas": _betas, "eps": _checks.positive,
+           "weight_decay": _checks.nonnegative, "amsgrad": _checks.boolean, "maximize": _checks.boolean}
 
 
 class Adam(Optimizer):
@@ -76,6 +83,7 @@ class Adam(Optimizer):
     """
 
     config_type = AdamConfig
+    _rule_fields = frozenset({"amsgrad"})
     _rule_names = ("adam_step", "adam_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
@@ -89,17 +97,19 @@ class Adam(Optimizer):
 
         return RULES[self._rule_names[config.amsgrad]]
 
+    def set_momentum(self, value):
+        """Set ``beta1``, the momentum a schedule cycles (validated, on the fast path)."""
+        beta1 = _checks.in_range("beta1", value, 0.0, 1.0, high_inclusive=False)
+        self._apply_checked({"betas": (beta1, self._hyper["betas"][1])})
+
     def _refresh(self):
-        t = self._dtype
-        beta1, beta2 = self._config.betas
-        self._constant_scalars = (self._grad_sign(), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
-                                  t(self._config.eps))
+        beta1, beta2 = self._betas = self._hyper["betas"]
+        self._constants = (self._grad_sign(), 1.0 - beta1, beta2, 1.0 - beta2, self._hyper["eps"])
 
     def _scalars(self, step):
         # The bias corrections in float64; the kernel divides each group's lr by the first.
-        beta1, beta2 = self._config.betas
-        return (self._config.lr, 1.0 - beta1**step, *self._constant_scalars,
-                self._dtype(math.sqrt(1.0 - beta2**step)))
+        beta1, beta2 = self._betas
+        return (self._hyper["lr"], 1.0 - beta1**step, *self._constants, math.sqrt(1.0 - beta2**step))
 
 
 class AdamW(Adam):

@@ -1,6 +1,7 @@
 """What every optimizer shares: parameter groups, the chunk table, state, and state dicts."""
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -91,14 +92,24 @@ def check_groups(params, groups):
 class Optimizer:
     """Base class: validates once, picks one rule, and launches its kernel once per :meth:`step`.
 
-    A subclass declares its config dataclass and implements :meth:`_rule_for` (the
-    :class:`~fastopt.kernels.rule.Rule` a config runs), :meth:`_refresh` (what changes only
-    with the config) and :meth:`_scalars` (the rule's launch scalars at a step, in the order
-    its spec gives). Everything else (state buffers, the group table, the kernel and its
-    launch on either device, state dicts) follows from the rule's spec.
+    A subclass declares its config dataclass (with a ``check_field`` classmethod that validates
+    one field) and the fields that select its rule, and implements :meth:`_rule_for` (the
+    :class:`~fastopt.kernels.rule.Rule` a config runs), :meth:`_refresh` (the scalars that
+    change only with the config) and :meth:`_scalars` (the rule's launch scalars at a step, in
+    the order its spec gives, as Python floats). Everything else (state buffers, the group
+    table, the kernel and its launch on either device, state dicts) follows from the spec.
+
+    Hyperparameters live in a dict of plain values; :attr:`config` is built from it when read.
+    A change to fields the kernel takes as scalars or per-group values (``lr``, ``betas``,
+    ``momentum``, ``eps``, ``weight_decay``, ...) validates those values alone and updates what
+    depends on them: no config rebuilt, no kernel selected again, nothing allocated or copied to a
+    GPU (but a new weight decay, which copies the group table). A change that selects another
+    rule (``amsgrad``, ``nesterov``, ``centered``, momentum to or from 0) takes the full path.
     """
 
     config_type: ClassVar[type]
+    #: Config fields that select the rule (and with it the state): changed through the full path.
+    _rule_fields: ClassVar[frozenset] = frozenset()
 
     def __init__(self, params, config, groups=(), device=None):
         if not isinstance(params, FlatParams):
@@ -124,7 +135,7 @@ class Optimizer:
         self._rule = self._rule_for(config)
         self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
         self._step_count = 0
-        self._config = config
+        self._adopt_config(config)
         self._set_groups(self._check_groups(groups))
 
     # -- configuration -------------------------------------------------------------------------
@@ -146,7 +157,12 @@ class Optimizer:
     @property
     def config(self):
         """The hyperparameters, a frozen dataclass; assign a new one to change them."""
-        return self._config
+        config = self._config
+        if config is None:  # stale after a fast change: rebuilt from the live values, once
+            config = object.__new__(self.config_type)
+            config.__dict__.update(self._hyper)
+            self._config = config
+        return config
 
     @config.setter
     def config(self, config):
@@ -158,21 +174,56 @@ class Optimizer:
                 f"{config} needs different state ({', '.join(rule.state) or 'none'}) than this "
                 f"optimizer was built with ({', '.join(self._rule.state) or 'none'}); build a new one"
             )
-        self._config = config
+        self._adopt_config(config)
         self._refreshed()
 
+    def _adopt_config(self, config):
+        self._config = config
+        self._hyper = dict(config.__dict__)
+
     def set_hyperparameters(self, **changes):
-        """Change some hyperparameters, validated, e.g. ``opt.set_hyperparameters(momentum=0.85)``."""
-        self.config = dataclasses.replace(self._config, **changes)
+        """Change some hyperparameters, validated, e.g. ``opt.set_hyperparameters(momentum=0.85)``.
+
+        Nothing changes when a value is refused (the error names it)."""
+        if changes.keys() & self._rule_fields or not changes.keys() <= self._hyper.keys():
+            self.config = dataclasses.replace(self.config, **changes)  # the full path, with its errors
+            return
+        values = {name: self.config_type.check_field(name, value) for name, value in changes.items()}
+        if not self._keeps_rule(values):
+            self.config = dataclasses.replace(self.config, **changes)
+            return
+        self._apply_checked(values)
+
+    def _apply_checked(self, values):
+        """Take validated ``values`` that keep the rule: the fast path's one place of change."""
+        self._hyper.update(values)
+        self._config = None
+        if "weight_decay" in values:
+            self._refresh_table()
+        self._refresh()
+
+    def set_momentum(self, value):
+        """Set the momentum a schedule cycles: SGD's and RMSProp's ``momentum`` (Adam's ``beta1``),
+        validated, on the fast path."""
+        self.set_hyperparameters(momentum=value)
+
+    def _keeps_rule(self, values):
+        """Whether validated ``values`` keep this optimizer's rule and pass the config's checks
+        across fields (a subclass's; the full path raises where they do not)."""
+        return True
 
     @property
     def lr(self):
         """The base learning rate; group ``k`` uses ``lr * groups[k].lr_factor``."""
-        return self._config.lr
+        return self._hyper["lr"]
 
     @lr.setter
     def lr(self, value):
-        self.set_hyperparameters(lr=value)
+        if type(value) is float and 0.0 <= value < math.inf:  # the common case, checked here
+            self._hyper["lr"] = value  # the kernel takes lr as a scalar: nothing else changes
+            self._config = None
+        else:
+            self.set_hyperparameters(lr=value)
 
     @property
     def groups(self):
@@ -209,7 +260,7 @@ class Optimizer:
 
     def _group_table(self):
         """The float64 group table of the rule: one row per group, its spec's columns."""
-        default = self._config.weight_decay
+        default = self._hyper["weight_decay"]
         columns = {
             "lr_factor": [1.0] + [g.lr_factor for g in self._groups],
             "weight_decay": [default] + [default if g.weight_decay is None else g.weight_decay
@@ -218,15 +269,18 @@ class Optimizer:
         return np.array([columns[name] for name in self._rule.group], dtype=np.float64).T.copy()
 
     def _refreshed(self):
+        self._refresh_table()
+        self._refresh()
+
+    def _refresh_table(self):
         # The group table changes with the weight decay, not with the learning rate (a scalar).
         table = self._group_table()
         if not np.array_equal(table, self._host_table):
             _device.copy_into(self._buffers[5], table)
             self._host_table = table
-        self._refresh()
 
     def _grad_sign(self):
-        return self._dtype(-1.0 if self._config.maximize else 1.0)
+        return -1.0 if self._hyper["maximize"] else 1.0
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -258,7 +312,7 @@ class Optimizer:
         return {
             "format": STATE_FORMAT,
             "optimizer": type(self).__name__,
-            "config": dataclasses.asdict(self._config),
+            "config": dataclasses.asdict(self.config),
             "groups": [group.to_dict() for group in self._groups],
             "step": self._step_count,
             "layout": [[name, list(shape)] for name, shape in self._params.layout],
@@ -321,12 +375,12 @@ class Optimizer:
         for k, name in enumerate(state_names):
             _device.copy_into(self._state[k], buffers[name])
         self._rule = rule
-        self._config = config
+        self._adopt_config(config)
         self._step_count = int(step)
         self._set_groups(groups)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self._config}, groups={len(self._groups)}, step={self._step_count})"
+        return f"{type(self).__name__}({self.config}, groups={len(self._groups)}, step={self._step_count})"
 
     # -- what a subclass supplies ----------------------------------------------------------------
 
@@ -335,9 +389,9 @@ class Optimizer:
         raise NotImplementedError
 
     def _refresh(self):
-        """Recompute what the scalars need after the config changed."""
+        """Recompute the scalars that change only with the hyperparameters (from ``_hyper``)."""
         raise NotImplementedError
 
     def _scalars(self, step):
-        """The rule's launch scalars for step ``step``, in its spec's order."""
+        """The rule's launch scalars for step ``step``, in its spec's order, as Python floats."""
         raise NotImplementedError

@@ -19,13 +19,21 @@ class RMSPropConfig:
     maximize: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "lr", _checks.nonnegative("lr", self.lr))
-        object.__setattr__(self, "alpha", _checks.in_range("alpha", self.alpha, 0.0, 1.0, high_inclusive=True))
-        object.__setattr__(self, "eps", _checks.positive("eps", self.eps))
-        object.__setattr__(self, "weight_decay", _checks.nonnegative("weight_decay", self.weight_decay))
-        object.__setattr__(self, "momentum", _checks.nonnegative("momentum", self.momentum))
-        _checks.boolean("centered", self.centered)
-        _checks.boolean("maximize", self.maximize)
+        _checks.check_fields(self)
+
+    @classmethod
+    def check_field(cls, name, value):
+        """``value`` for field ``name``, validated (the error names both)."""
+        return _CHECKS[name](name, value)
+
+
+def _alpha(name, value):
+    return _checks.in_range(name, value, 0.0, 1.0, high_inclusive=True)
+
+
+_CHECKS = {"lr": _checks.nonnegative, "alpha": _alpha, "eps": _checks.positive,
+           "weight_decay": _checks.nonnegative, "momentum": _checks.nonnegative, "centered": _checks.boolean,
+           "maximize": _checks.boolean}
 
 
 class RMSProp(Optimizer):
@@ -56,6 +64,7 @@ class RMSProp(Optimizer):
     """
 
     config_type = RMSPropConfig
+    _rule_fields = frozenset({"centered"})
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, *,
                  centered=False, maximize=False, groups=(), device=None):
@@ -69,13 +78,12 @@ class RMSProp(Optimizer):
         name = "rmsprop" + ("_centered" if config.centered else "") + ("_momentum" if config.momentum > 0 else "")
         return RULES[name + "_step"]
 
+    def _keeps_rule(self, values):
+        return (values.get("momentum", self._hyper["momentum"]) > 0) == (self._hyper["momentum"] > 0)
+
     def _refresh(self):
-        t = self._dtype
-        config = self._config
-        scalars = (config.lr, self._grad_sign(), t(config.alpha), t(1.0 - config.alpha), t(config.eps))
-        if config.momentum > 0:
-            scalars += (t(config.momentum),)
-        self._scalars_of_config = scalars
+        hyper = self._hyper
+        self._constants = (self._grad_sign(), hyper["alpha"], 1.0 - hyper["alpha"], hyper["eps"], hyper["momentum"])
 
     def _scalars(self, step):
-        return self._scalars_of_config
+        return (self._hyper["lr"], *self._constants)

@@ -18,17 +18,29 @@ class SGDConfig:
     maximize: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "lr", _checks.nonnegative("lr", self.lr))
-        object.__setattr__(self, "momentum", _checks.nonnegative("momentum", self.momentum))
-        object.__setattr__(self, "dampening", _checks.in_range("dampening", self.dampening, 0.0, 1.0, high_inclusive=True))
-        object.__setattr__(self, "weight_decay", _checks.nonnegative("weight_decay", self.weight_decay))
-        _checks.boolean("nesterov", self.nesterov)
-        _checks.boolean("maximize", self.maximize)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+        _checks.check_fields(self)
+        if not nesterov_allows(self.nesterov, self.momentum, self.dampening):
             raise ValueError(
                 "nesterov=True needs momentum > 0 and dampening = 0, got "
                 f"momentum={self.momentum!r}, dampening={self.dampening!r}"
             )
+
+    @classmethod
+    def check_field(cls, name, value):
+        """``value`` for field ``name``, validated (the error names both)."""
+        return _CHECKS[name](name, value)
+
+
+def _dampening(name, value):
+    return _checks.in_range(name, value, 0.0, 1.0, high_inclusive=True)
+
+
+def nesterov_allows(nesterov, momentum, dampening):
+    return not nesterov or (momentum > 0 and dampening == 0)
+
+
+_CHECKS = {"lr": _checks.nonnegative, "momentum": _checks.nonnegative, "dampening": _dampening,
+           "weight_decay": _checks.nonnegative, "nesterov": _checks.boolean, "maximize": _checks.boolean}
 
 
 class SGD(Optimizer):
@@ -68,6 +80,7 @@ class SGD(Optimizer):
     """
 
     config_type = SGDConfig
+    _rule_fields = frozenset({"nesterov"})
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, *,
                  nesterov=False, maximize=False, groups=(), device=None):
@@ -82,19 +95,17 @@ class SGD(Optimizer):
             return RULES["sgd_step"]
         return RULES["sgd_nesterov_step" if config.nesterov else "sgd_momentum_step"]
 
+    def _keeps_rule(self, values):
+        hyper = {**self._hyper, **values}
+        return ((hyper["momentum"] > 0) == (self._hyper["momentum"] > 0)
+                and nesterov_allows(hyper["nesterov"], hyper["momentum"], hyper["dampening"]))
+
     def _refresh(self):
-        t = self._dtype
-        config = self._config
-        lr, sign = config.lr, self._grad_sign()
-        if config.momentum == 0:
-            self._first_scalars = self._later_scalars = (lr, sign)
-            return
+        hyper = self._hyper
+        momentum, sign = hyper["momentum"], self._grad_sign()
         # PyTorch's first buffer is the gradient itself: 0 * 0 + 1 * g.
-        first = (lr, sign, t(0.0), t(1.0))
-        later = (lr, sign, t(config.momentum), t(1.0 - config.dampening))
-        if config.nesterov:
-            first, later = first + (t(config.momentum),), later + (t(config.momentum),)
-        self._first_scalars, self._later_scalars = first, later
+        self._first = (sign, 0.0, 1.0, momentum)
+        self._later = (sign, momentum, 1.0 - hyper["dampening"], momentum)
 
     def _scalars(self, step):
-        return self._first_scalars if step == 1 else self._later_scalars
+        return (self._hyper["lr"], *(self._first if step == 1 else self._later))

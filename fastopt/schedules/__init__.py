@@ -110,6 +110,8 @@ def _schedule(name, value):
 
 
 def _step(step):
+    if type(step) is int and step >= 0:  # the common case, without the abstract-class checks
+        return step
     return _count("step", step)
 
 
@@ -417,6 +419,10 @@ class OneCycle(Schedule):
                 f"pct_start={pct} leaves a phase of no steps in total_steps={total} "
                 f"(phase ends {ends[1:]}); each phase needs at least one step"
             )
+        # Derived once (not fields: not compared, not saved): (start, end, begin value, end value)
+        # of each phase, so that a call is a few float operations.
+        _set(self, _table=tuple((start, end, begin, final) for start, (end, begin, final)
+                                in zip(ends, self._phases())), _cos=self.anneal_strategy == "cos")
 
     def _phases(self):
         end_up = self.pct_start * self.total_steps - 1
@@ -434,16 +440,13 @@ class OneCycle(Schedule):
 
     def __call__(self, step):
         t = min(_step(step), self.total_steps - 1)
-        phase_start = 0.0
-        phases = self._phases()
-        for index, (phase_end, begin, end) in enumerate(phases):
-            if t <= phase_end or index == len(phases) - 1:
-                fraction = (t - phase_start) / (phase_end - phase_start)
-                if self.anneal_strategy == "cos":
-                    return end + (begin - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
-                return (end - begin) * fraction + begin
-            phase_start = phase_end
-        raise AssertionError("unreachable")
+        for phase_start, phase_end, begin, end in self._table:
+            if t <= phase_end:  # the last phase ends at total_steps - 1, so one always does
+                break
+        fraction = (t - phase_start) / (phase_end - phase_start)
+        if self._cos:
+            return end + (begin - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
+        return (end - begin) * fraction + begin
 
 
 def one_cycle_momentum(learning_rate, base_momentum=0.85, max_momentum=0.95):

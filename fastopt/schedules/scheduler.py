@@ -62,7 +62,8 @@ class Scheduler:
             raise TypeError(f"lr must be a schedule from fastopt.schedules, got lr={lr!r}")
         if momentum is not None and not isinstance(momentum, Schedule):
             raise TypeError(f"momentum must be a schedule or None, got momentum={momentum!r}")
-        self._momentum_field = None if momentum is None else _momentum_field(optimizer)
+        if momentum is not None:
+            _momentum_field(optimizer)  # refused here when the optimizer has no momentum
         self._lr = lr
         self._momentum = momentum
         self._step = 0
@@ -87,14 +88,10 @@ class Scheduler:
         self._apply()
 
     def _apply(self):
-        changes = {"lr": self._lr(self._step)}
+        # The optimizer's fast path: the values are validated, nothing else is rebuilt.
+        self._optimizer.lr = self._lr(self._step)
         if self._momentum is not None:
-            value = self._momentum(self._step)
-            if self._momentum_field == "betas":
-                changes["betas"] = (value, self._optimizer.config.betas[1])
-            else:
-                changes["momentum"] = value
-        self._optimizer.set_hyperparameters(**changes)
+            self._optimizer.set_momentum(self._momentum(self._step))
 
     def state_dict(self):
         """``{"format", "step", "lr", "momentum"}``, all plain data."""
@@ -107,9 +104,10 @@ class Scheduler:
         _check_state(state_dict, "schedule", ("step", "lr", "momentum"))
         lr = from_dict(state_dict["lr"])
         momentum = None if state_dict["momentum"] is None else from_dict(state_dict["momentum"])
-        field = None if momentum is None else _momentum_field(self._optimizer)
+        if momentum is not None:
+            _momentum_field(self._optimizer)
         step = _check_step(state_dict["step"])
-        self._lr, self._momentum, self._momentum_field, self._step = lr, momentum, field, step
+        self._lr, self._momentum, self._step = lr, momentum, step
         self._apply()
 
 

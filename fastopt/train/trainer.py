@@ -3,6 +3,7 @@
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -59,9 +60,45 @@ def is_classification(loss):
 
 def correct_count(outputs, targets, loss):
     """How many predictions are right, for a classification loss (NumPy or CuPy arrays)."""
+    return int(correct_sum(outputs, targets, loss))
+
+
+def correct_sum(outputs, targets, loss):
+    """:func:`correct_count` as a 0-d array of the outputs' library (on the GPU, it stays there)."""
     if isinstance(loss, SoftmaxCrossEntropy):
-        return int((outputs.argmax(axis=1) == targets).sum())
-    return int(((outputs > 0) == (targets > 0.5)).sum())
+        return (outputs.argmax(axis=1) == targets).sum()
+    return ((outputs > 0) == (targets > 0.5)).sum()
+
+
+class _DeviceSums:
+    """An epoch's running loss and correct count kept where the model computes: added on the
+    GPU batch by batch and brought to the host only when read (at a progress-bar refresh and
+    at the end of the epoch), instead of two synchronising copies per batch. float64 sums of
+    the float64 conversion of each batch's sum: the same additions the host does."""
+
+    #: Seconds between two reads for the progress bar.
+    REFRESH = 0.5
+
+    def __init__(self, xp):
+        self._xp = xp
+        self._loss = xp.zeros((), dtype=np.float64)
+        self._correct = xp.zeros((), dtype=np.int64)
+        self._read_at = time.monotonic()
+
+    def add(self, batch_loss, batch_correct):
+        self._loss += batch_loss.astype(np.float64)
+        self._correct += batch_correct
+
+    def due(self):
+        """Whether the progress bar should show fresh values (reading them synchronises)."""
+        now = time.monotonic()
+        if now - self._read_at < self.REFRESH:
+            return False
+        self._read_at = now
+        return True
+
+    def read(self):
+        return float(self._loss), int(self._correct)
 
 
 class Trainer:
@@ -204,6 +241,9 @@ class Trainer:
         total, seen, correct = 0.0, 0, 0
         classify = is_classification(self.loss)
         bar = self._bar(len(order), epochs)
+        # On the GPU (one process) the sums stay on the device until read; a diverged loss is
+        # then caught at the end of the epoch rather than at its batch.
+        sums = _DeviceSums(self.backend.xp) if self.backend.device == "cuda" and self.comm is None else None
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             count = len(index)
@@ -213,20 +253,19 @@ class Trainer:
             # message; numpy's warnings about it would only repeat that.
             with np.errstate(over="ignore", invalid="ignore"):
                 outputs = self.model.forward(xb, training=True, step=self.step, row_offset=first)
-                batch_loss = float(self.loss(outputs, yb).sum())
-            batch_correct = correct_count(outputs, yb, self.loss) if classify else 0
+                batch_loss = self.loss(outputs, yb).sum()
+            batch_correct = correct_sum(outputs, yb, self.loss) if classify else 0
+            if sums is not None:
+                sums.add(batch_loss, batch_correct)
+            else:
+                batch_loss, batch_correct = float(batch_loss), int(batch_correct)
             if self.comm is not None:
                 # One small all-reduce per batch: every rank sees the same loss, so all stop together.
                 totals = np.array([batch_loss, batch_correct])
                 self.optimizer.sum_over_ranks(totals)
                 batch_loss, batch_correct = float(totals[0]), float(totals[1])
-            if not math.isfinite(batch_loss):
-                self.stop_reason = (f"the loss became {batch_loss} at epoch {self.epoch + 1}, step "
-                                    f"{self.step}; stopped (try a smaller learning rate)")
-                self._say(self.stop_reason)
-                if bar is not None:
-                    bar.close()
-                return None
+            if sums is None and not math.isfinite(batch_loss):
+                return self._diverged(batch_loss, f"step {self.step}", bar)
             with np.errstate(over="ignore", invalid="ignore"):
                 if self.comm is None:
                     gradient = cost_gradient(self.loss, outputs, yb)
@@ -239,12 +278,19 @@ class Trainer:
             self.step += 1
             if self.scheduler is not None and self.per_batch:
                 self.scheduler.step()
-            total += batch_loss
             seen += count
-            correct += batch_correct
+            if sums is None:
+                total += batch_loss
+                correct += batch_correct
             if bar is not None:
                 bar.update(len(index))
-                bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{self.optimizer.lr:.3g}", refresh=False)
+                if sums is None or sums.due():
+                    shown = total if sums is None else sums.read()[0]
+                    bar.set_postfix(loss=f"{shown / seen:.4f}", lr=f"{self.optimizer.lr:.3g}", refresh=False)
+        if sums is not None:
+            total, correct = sums.read()
+            if not math.isfinite(total):
+                return self._diverged(total, "its end", bar)
         if bar is not None:
             bar.close()
         record = {"loss": total / max(seen, 1)}
@@ -252,6 +298,14 @@ class Trainer:
         if is_classification(self.loss):
             record["accuracy"] = correct / max(seen, 1)
         return record
+
+    def _diverged(self, loss, where, bar):
+        self.stop_reason = (f"the loss became {loss} at epoch {self.epoch + 1}, {where}; stopped "
+                            "(try a smaller learning rate)")
+        self._say(self.stop_reason)
+        if bar is not None:
+            bar.close()
+        return None
 
     def evaluate(self, x, y, batch_size=1024):
         """``{"loss", "cost", "accuracy"}`` over ``(x, y)`` in evaluation mode.
