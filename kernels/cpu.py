@@ -73,11 +73,13 @@ TARGET = Target("cpu", {"fma": fma, "mul": inline_helper(primitives.mul), "sqrt"
 
 
 def chunked_step(param, state, grad, bounds, groups, table, scalars):
-    """One step of a rule over the chunk table; ``prologue`` and ``apply`` are bound per rule."""
+    """One step of a rule over the chunk table; ``prologue`` and ``apply`` are bound per rule.
+    A chunk of group -1 is left alone (parameters that do not step this time)."""
     for c in prange(groups.size):
-        chunk = prologue(param, table[groups[c]], scalars)  # noqa: F821
-        for i in range(bounds[c], bounds[c + 1]):
-            apply(param, state, grad, i, chunk)
+        if groups[c] >= 0:
+            chunk = prologue(param, table[groups[c]], scalars)  # noqa: F821
+            for i in range(bounds[c], bounds[c + 1]):
+                apply(param, state, grad, i, chunk)
 
 
 @functools.cache

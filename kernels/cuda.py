@@ -133,11 +133,13 @@ def launch_shape(size):
 
 
 def tiled_step(param, state, grad, bounds, groups, table, scalars):
-    """One step of a rule over the tile table; ``prologue`` and ``apply`` are bound per rule."""
+    """One step of a rule over the tile table; ``prologue`` and ``apply`` are bound per rule.
+    A tile of group -1 is left alone (parameters that do not step this time)."""
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
-        chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
-        for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
-            apply(param, state, grad, i, chunk)
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+                apply(param, state, grad, i, chunk)
 
 
 @functools.cache

@@ -14,7 +14,8 @@ Every kernel built from a rule, and its reference, takes the same arguments::
                 row k is the state buffer rule.state[k]
     grad        1-D buffer, same dtype and size as param
     bounds      uint64 (n_chunks + 1,): chunk c is elements bounds[c]:bounds[c + 1]
-    groups      int64 (n_chunks,): chunk c belongs to parameter group groups[c]
+    groups      int64 (n_chunks,): chunk c belongs to parameter group groups[c]; a chunk of
+                group -1 is left alone (its parameters do not step this time)
     table       float64 (n_groups, len(rule.group)): the per-group columns (fixed between
                 configuration changes; on CUDA it stays on the device)
     scalars     tuple of Python floats (float64) in rule.scalars order: everything that may

@@ -114,6 +114,24 @@ def assert_same_bits(case, other):
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
+def test_chunks_of_group_minus_one_are_left_alone(name, rng):
+    """A chunk of group -1 (parameters that skip a step) keeps its parameters and state, bit for
+    bit; every other element is what the unmasked step gives."""
+    size = 3 * CHUNK_SIZE + 7
+    case, _ = make_case(name, size, np.float32, rng, n_groups=2)
+    lo, hi = CHUNK_SIZE - 5, 2 * CHUNK_SIZE + 3  # a skipped stretch across chunk boundaries
+    whole, original = case.copy(), case.copy()
+    case.bounds, case.groups = chunk_table([(0, lo, 0), (lo, hi, -1), (hi, size, 1)])
+    whole.bounds, whole.groups = chunk_table([(0, lo, 0), (lo, hi, 0), (hi, size, 1)])
+    cpu.rule_kernel(case.rule)(*case.arguments())
+    cpu.rule_kernel(case.rule)(*whole.arguments())
+    for buffer, values in case.mutated().items():
+        assert np.array_equal(values[lo:hi], original.mutated()[buffer][lo:hi], equal_nan=True), buffer
+        outside = np.r_[0:lo, hi:size]
+        assert np.array_equal(values[outside], whole.mutated()[buffer][outside], equal_nan=True), buffer
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_serial_build_computes_the_same_bits(name, rng):
     """The single-threaded build (used up to one chunk of parameters) against the parallel
     kernel, over several chunks and two groups."""

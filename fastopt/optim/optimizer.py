@@ -247,7 +247,9 @@ class Optimizer:
         # Group 0 holds every parameter no ParamGroup names; group k + 1 is groups[k].
         self._groups = groups
         index = {name: k + 1 for k, group in enumerate(groups) for name in group.params}
-        segments = [(*self._params.segment(name), index.get(name, 0)) for name in self._params]
+        self._group_index = {name: index.get(name, 0) for name in self._params}
+        self._masked_tables = {}
+        segments = [(*self._params.segment(name), self._group_index[name]) for name in self._params]
         bounds, chunk_group = self._device.work_table(segments)
         self._host_table = self._group_table()
         table = self._device.resident(self._host_table.copy())
@@ -289,6 +291,20 @@ class Optimizer:
         buffers one asynchronous launch, with scalar arguments only)."""
         self._step_count += 1
         self._launch(*self._buffers, self._scalars(self._step_count))
+
+    def _step_at(self, step, skipped=frozenset()):
+        """One step as step number ``step``, leaving the parameters named in ``skipped`` (and
+        their state) alone; :attr:`step_count` does not change. For wrappers that keep a step
+        count per parameter (``fastopt.torch``: torch skips a parameter whose gradient is None)."""
+        buffers = self._buffers
+        if skipped:
+            tables = self._masked_tables.get(skipped)
+            if tables is None:
+                tables = self._masked_tables[skipped] = self._device.work_table(
+                    [(*self._params.segment(name), -1 if name in skipped else self._group_index[name])
+                     for name in self._params])
+            buffers = (*buffers[:3], *tables, buffers[5])
+        self._launch(*buffers, self._scalars(step))
 
     def zero_grad(self):
         """Set every gradient to zero."""
