@@ -137,7 +137,7 @@ class Cpu:
         return array
 
     @staticmethod
-    def rule_step(rule, arguments):
+    def rule_step(rule, arguments, stream=0):
         from .kernels import cpu
 
         return cpu.rule_kernel_for_size(rule, arguments[0].size)
@@ -152,8 +152,9 @@ class Cpu:
 
 class Cuda:
     """Device buffers and the CUDA kernels: tiles of :data:`~fastopt.kernels.cuda.TILE_SIZE`,
-    one block per tile at a time; the tables are copied to the device once, and a step's
-    launch is specialised and configured once."""
+    one block per tile at a time; the tables are copied to the device when built (the group
+    table again when a weight decay changes), and a step's launch is specialised and
+    configured once."""
 
     name = "cuda"
 
@@ -171,10 +172,10 @@ class Cuda:
     resident = staticmethod(to_device)
 
     @staticmethod
-    def rule_step(rule, arguments):
+    def rule_step(rule, arguments, stream=0):
         from .kernels import cuda as kernels
 
-        return kernels.rule_launch(rule, arguments)
+        return kernels.rule_launch(rule, arguments, stream)
 
     @staticmethod
     def penalty(param, bounds, groups, table, column):

@@ -84,9 +84,10 @@ def chunked_step(param, state, grad, bounds, groups, table, scalars):
 
 @functools.cache
 def _source_digest():
-    """A digest of every kernel source file. It is part of each rule kernel's name, so Numba's
-    on-disk cache (keyed by a function's file and bytecode, not by what its globals mean)
-    never serves a kernel built from an older version of a rule, a primitive or the loop."""
+    """A digest of every kernel source file. It is part of every cached kernel's name, so
+    Numba's on-disk cache (keyed by a function's file and bytecode, not by the functions it
+    calls or what its globals mean) never serves a kernel built from an older version of a
+    rule, a primitive, Philox or a loop."""
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.rglob("*.py")):
         digest.update(path.read_bytes())
@@ -128,9 +129,15 @@ def reduction_kernel(function):
 
 
 def _parallel(function, options):
-    kernel = njit(parallel=True, **options)(function)
+    kernel = njit(parallel=True, **options)(_cached_name(function, function.__name__))
     _SOURCES[kernel] = function, options
     return kernel
+
+
+def _cached_name(function, name):
+    """A copy of ``function`` named ``name`` plus the kernel sources' digest (see
+    :func:`_source_digest`): what Numba's on-disk cache keys the compiled kernel by."""
+    return rebound(function, {}, f"{name}_{_source_digest()}")
 
 
 def serial_twin(kernel):
@@ -145,7 +152,7 @@ def serial_twin(kernel):
     twin = _SERIAL_TWINS.get(kernel)
     if twin is None:
         function, options = _SOURCES[kernel]
-        twin = _SERIAL_TWINS[kernel] = njit(**options)(rebound(function, {}, function.__name__ + "_serial"))
+        twin = _SERIAL_TWINS[kernel] = njit(**options)(_cached_name(function, function.__name__ + "_serial"))
     return twin
 
 

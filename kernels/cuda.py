@@ -106,12 +106,12 @@ def blocks_for(units):
     return max(1, min(int(units), max_blocks()))
 
 
-def configure(kernel, blocks, threads=None):
-    """``kernel[blocks, threads]`` without numba-cuda's low-occupancy warning: a small buffer
-    gets a small grid on purpose (and ``filterwarnings = error`` would make it an error)."""
+def configure(kernel, blocks, threads=None, stream=0):
+    """``kernel[blocks, threads, stream]`` without numba-cuda's low-occupancy warning: a small
+    buffer gets a small grid on purpose (and ``filterwarnings = error`` would make it an error)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return kernel[blocks, threads or THREADS_PER_BLOCK]
+        return kernel[blocks, threads or THREADS_PER_BLOCK, stream]
 
 
 def tile_table(segments):
@@ -150,14 +150,14 @@ def rule_kernel(rule):
     return cuda.jit(rebound(tiled_step, names, rule.name))
 
 
-def rule_launch(rule, arguments):
+def rule_launch(rule, arguments, stream=0):
     """``rule``'s kernel specialised for the types of ``arguments`` (the kernel's, in order)
-    and configured for their tile table, once: a step then launches it with no type
-    resolution (the scalars' types do not change between steps, only their values)."""
+    and configured for their tile table (and ``stream``), once: a step then launches it with no
+    type resolution (the scalars' types do not change between steps, only their values)."""
     kernel = rule_kernel(rule)
     if not SIMULATOR:
         kernel = kernel.specialize(*arguments)
-    return configure(kernel, blocks_for(arguments[4].size))
+    return configure(kernel, blocks_for(arguments[4].size), stream=stream)
 
 
 # -- the L2 penalty -------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ def is_element(value):
 
 
 def rebound(function, names, name=None):
-    """A copy of ``function`` whose globals ``names`` override (and, given ``name``, renamed)."""
-    copy = types.FunctionType(function.__code__, {**function.__globals__, **names},
-                              name or function.__name__, function.__defaults__, function.__closure__)
+    """A copy of ``function`` whose globals ``names`` override (and, given ``name``, renamed).
+    Without ``names`` the copy shares the module's globals (names defined later resolve)."""
+    namespace = {**function.__globals__, **names} if names else function.__globals__
+    copy = types.FunctionType(function.__code__, namespace, name or function.__name__, function.__defaults__,
+                              function.__closure__)
     copy.__qualname__ = name or function.__qualname__
     copy.__module__, copy.__doc__ = function.__module__, function.__doc__
     return copy
@@ -43,7 +45,9 @@ class Target:
         The target's ``fma``, ``mul`` and ``sqrt``.
     compile_element : callable
         Compiles a rebound copy of an element function as a helper the target's kernels
-        call (inlined): ``numba.njit(inline="always")`` on the CPU, a CUDA device function.
+        call: ``numba.njit`` on the CPU (LLVM inlines it; see :mod:`.cpu` for why not Numba's
+        ``inline="always"``), an inlined CUDA device function, the function itself under the
+        CUDA simulator.
     """
 
     def __init__(self, name, primitives_, compile_element):

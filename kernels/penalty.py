@@ -44,7 +44,7 @@ def l2_penalty(param, bounds, groups, table, column):
     return _sum_in_order(out)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**{**JIT_OPTIONS, "cache": False})  # compiled into l2_penalty, which is cached
 def _sum_in_order(values):
     """``values[0] + values[1] + ...`` left to right. A function of its own, compiled without
     the caller's ``reassoc``, so that the chunk sums are added in chunk order exactly."""

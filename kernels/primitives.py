@@ -30,21 +30,35 @@ def fma(a, b, c):
     kind = type(a)
     a, b, c = float(a), float(b), float(c)
     if not all(map(math.isfinite, (a, b, c))):
-        return kind(a * b + c)  # inf and NaN as IEEE says; nothing to round
+        return kind(_fma_of_non_finite(a, b, c))
     exact = Fraction(a) * Fraction(b) + Fraction(c)
     if exact == 0:
         return kind(a * b + c)  # the sign of an exact zero, as IEEE gives it
     try:
         nearest = float(exact)  # correctly rounded to float64
     except OverflowError:
-        return kind(math.copysign(math.inf, exact))
+        return kind(math.inf if exact > 0 else -math.inf)
     if kind is np.float64 or kind is float:
         return kind(nearest)
     # float32: round the exact value to float64 *to odd*, then to float32: one correct
     # rounding (53 >= 24 + 2 bits), where rounding to nearest twice could be off by one ulp.
     if Fraction(nearest) != exact and int(np.float64(nearest).view(np.uint64)) % 2 == 0:
         nearest = float(np.nextafter(nearest, math.inf if exact > nearest else -math.inf))
-    return kind(nearest)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, as the rounding says
+        return kind(nearest)
+
+
+def _fma_of_non_finite(a, b, c):
+    """IEEE's fma where an input is inf or NaN: the exact product's class decides, not a
+    float64 product that could overflow."""
+    if math.isnan(a) or math.isnan(b) or math.isnan(c):
+        return math.nan
+    if math.isinf(a) or math.isinf(b):
+        if a == 0 or b == 0:
+            return math.nan  # inf * 0
+        product = math.copysign(math.inf, a) * math.copysign(1.0, b)
+        return math.nan if math.isinf(c) and c != product else product
+    return c  # a finite product plus an infinite c
 
 
 def mul(a, b):

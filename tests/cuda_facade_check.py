@@ -56,7 +56,7 @@ def check(simulator):
     shapes = {"w": (121, 131), "b": 131, "scale": (11, 9)} if not simulator else {"w": (7, 9), "b": 9, "s": 5}
     last = list(shapes)[-1]
     groups = [fastopt.ParamGroup(["b"], lr_factor=0.5, weight_decay=0.0), fastopt.ParamGroup([last], lr_factor=2.0)]
-    steps = 3 if simulator else 20
+    steps = 4 if simulator else 20
     for dtype in (np.float32, np.float64):
         for name, (cls_name, options) in OPTIMIZERS.items():
             cls = getattr(fastopt, cls_name)
@@ -71,8 +71,13 @@ def check(simulator):
                 gpu.grad.copy_to_device(g)
                 cpu_opt.step()
                 gpu_opt.step()
-                if step == 1:  # a new learning rate goes to the device's group arrays
+                if step == 1:  # a new learning rate: a launch scalar, nothing copied
                     cpu_opt.lr = gpu_opt.lr = options["lr"] * 0.3
+                if step == 2:  # the fast path: a weight decay (the group table is copied) and momentum
+                    for optimizer in (cpu_opt, gpu_opt):
+                        optimizer.set_hyperparameters(weight_decay=0.02)
+                        if "momentum" in options or cls_name.startswith("Adam"):
+                            optimizer.set_momentum(0.7)
             label = f"{name} {dtype.__name__}"
             expect(same(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
             cpu_state, gpu_state = cpu_opt.state_dict(), gpu_opt.state_dict()
@@ -143,8 +148,10 @@ def main(argv):
     simulator = "--simulator" in argv
     if simulator:
         patch_simulator()
-    print(json.dumps(check(simulator)))
+    report = check(simulator)
+    print(json.dumps(report))
+    return 1 if report["failures"] else 0
 
 
 if __name__ == "__main__":  # not on import (pytest --doctest-modules imports every module)
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -32,6 +32,7 @@ def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
     failures = rule_failures() + dropout_failures() + penalty_failures()
     print("\n".join(failures) if failures else "all equal")
+    return 1 if failures else 0
 
 
 def rule_failures():
@@ -103,4 +104,4 @@ def cpu_table(segments):
 
 
 if __name__ == "__main__":  # not on import (pytest --doctest-modules imports every module)
-    main()
+    sys.exit(main())

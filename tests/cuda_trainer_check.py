@@ -222,8 +222,10 @@ def main(argv):
 
         patch_simulator()
         use_numpy_as_cupy()
-    print(json.dumps(check(simulator)))
+    report = check(simulator)
+    print(json.dumps(report))
+    return 1 if report["failures"] else 0
 
 
 if __name__ == "__main__":  # not on import (pytest --doctest-modules imports every module)
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -153,3 +153,40 @@ def test_a_new_weight_decay_reaches_the_groups_that_take_the_default():
     optimizer.step()  # zero gradient: only the decay moves w; b's group keeps its own 0
     assert params["w"].tolist() == [0.5] * 4 and params["b"].tolist() == [1.0, 1.0]
     assert optimizer.l2_penalty() == pytest.approx(0.5 / 2 * 4 * 0.25)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, options, field", [
+    (SGD, dict(lr=0.02, momentum=0.9), "momentum"),
+    (SGD, dict(lr=0.02, momentum=0.9, nesterov=True), "momentum"),
+    (Adam, dict(lr=1e-2), "betas"),
+    (AdamW, dict(lr=1e-2, amsgrad=True), "betas"),
+    (RMSProp, dict(lr=1e-3, momentum=0.5, centered=True), "momentum"),
+])
+def test_set_momentum_equals_a_fresh_optimizer_with_that_momentum(cls, options, field, dtype):
+    """The momentum a schedule cycles (Adam's beta1) reaches the kernel, as a fresh optimizer
+    built with it would step."""
+    params = make_params(dtype)
+    optimizer = cls(params, groups=GROUPS, **options)
+    g = grads(params.size, 6).astype(dtype)
+    for t in range(3):
+        step(optimizer, g[t])
+    optimizer.set_momentum(0.6)
+    new = (0.6, optimizer.config.betas[1]) if field == "betas" else 0.6
+    assert getattr(optimizer.config, field) == new
+    fresh = cls(make_params(dtype, seed=9), groups=GROUPS, **{**options, field: new})
+    fresh.params.data[:] = params.data
+    fresh.load_state_dict(optimizer.state_dict())
+    for t in range(3, 6):
+        step(optimizer, g[t])
+        step(fresh, g[t])
+    assert np.array_equal(fresh.params.data, params.data)
+
+
+def test_a_scheduler_step_refused_for_its_momentum_changes_nothing():
+    from fastopt import Scheduler, schedules
+
+    optimizer = Adam(make_params(np.float32), lr=0.5)
+    with pytest.raises(ValueError, match="beta1 must lie in"):
+        Scheduler(optimizer, schedules.constant(0.01), momentum=schedules.constant(1.0))
+    assert optimizer.lr == 0.5 and optimizer.config.betas == (0.9, 0.999)

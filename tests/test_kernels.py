@@ -157,10 +157,16 @@ def test_the_serial_build_serves_up_to_one_chunk():
 
 
 def test_a_changed_rule_source_gets_a_new_cache_entry(tmp_path, monkeypatch):
-    """The rule kernels' names carry a digest of every kernel source, so Numba's on-disk cache
-    (keyed by the template's file and bytecode only) cannot serve a kernel built from an
-    older rule."""
+    """Every cached kernel's name carries a digest of every kernel source, so Numba's on-disk
+    cache (keyed by the kernel's own file and bytecode, not by what it calls) cannot serve a
+    kernel built from an older rule, primitive or Philox."""
+    from fastopt.kernels import dropout, roofline
+
     before = cpu._source_digest()
+    cached = [cpu.rule_kernel(RULES["adam_step"]), cpu.rule_kernel(RULES["adam_step"], parallel=False),
+              penalty.l2_penalty, serial_twin(penalty.l2_penalty), dropout.dropout_step,
+              serial_twin(dropout.dropout_step), roofline.scale_in_place]
+    assert all(kernel.py_func.__name__.endswith("_" + before) for kernel in cached)
     cpu._source_digest.cache_clear()
     try:
         original = cpu.Path.read_bytes
@@ -289,3 +295,58 @@ class TestChunkTable:
     def test_refuses_a_chunk_size_below_one(self):
         with pytest.raises(ValueError, match="chunk_size"):
             chunk_table([(0, 3, 0)], chunk_size=0)
+
+
+def test_the_simulators_fma_rounds_as_the_cpus():
+    """primitives.fma, which the CUDA simulator runs, against llvm.fma on the CPU: special
+    values (overflow, inf, NaN, signed zeros, subnormals) and random float32 and float64."""
+    import itertools
+    import math
+
+    from fastopt.kernels import primitives
+
+    compiled = numba.njit(lambda a, b, c: cpu.fma(a, b, c))
+    specials = (0.0, -0.0, 1.0, -1.0, 2.5, 3e38, -3e38, 1e20, 1e-40, 1e154, -1e154, 1e308, -1e308,
+                1.7976931348623157e308, 3e-308, 1e-320, math.inf, -math.inf, math.nan)
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        with np.errstate(all="ignore"):
+            values = [dtype(v) for v in specials]
+            cases = list(itertools.product(values, repeat=3))
+            cases += [tuple(dtype(v) for v in rng.standard_normal(3) * 10.0 ** rng.integers(-30, 30, 3))
+                      for _ in range(3000)]
+            for a, b, c in cases:
+                ours, cpus = primitives.fma(a, b, c), compiled(a, b, c)
+                assert type(ours) is dtype
+                assert (np.isnan(ours) and np.isnan(cpus)) or (ours == cpus and np.signbit(ours) == np.signbit(cpus)), \
+                    (a, b, c, ours, cpus)
+
+
+def test_centered_rmsprop_takes_a_variance_rounded_below_zero_as_zero():
+    """alpha = 0: the variance v - avg**2 is g**2 - g**2, which the fma leaves as minus the
+    rounding error of g**2, negative for about half the elements; taken as 0, not sqrt < 0."""
+    rule = RULES["rmsprop_centered_step"]
+    size = 4096
+    g = np.random.default_rng(1).standard_normal(size).astype(np.float32)
+    param, state = np.ones(size, np.float32), np.zeros((2, size), np.float32)
+    bounds, groups = chunk_table([(0, size, 0)])
+    scalars = (1e-3, 1.0, 0.0, 1.0, 1e-8, 0.0)  # lr, grad_sign, alpha, 1 - alpha, eps, momentum
+    cpu.rule_kernel(rule)(param, state, g, bounds, groups, np.array([[1.0, 0.0]]), scalars)
+    from fastopt.kernels.primitives import fma
+
+    negative = [fma(-a, a, v) < 0 for a, v in zip(state[1][:200], state[0][:200])]
+    assert any(negative)  # the data does reach the clamp
+    assert np.isfinite(param).all()
+
+
+@pytest.mark.parametrize("name", ["adam_amsgrad_step", "adamw_amsgrad_step"])
+def test_amsgrad_running_maximum_keeps_a_nan(name, rng):
+    """torch.maximum propagates NaN: once a NaN reaches the second moment, the running maximum
+    holds it, whatever comes after."""
+    case, _ = make_case(name, 64, np.float32, rng)
+    case.grad[3] = np.nan
+    kernel = cpu.rule_kernel(case.rule)
+    kernel(*case.arguments())
+    case.grad[3] = 1.0
+    kernel(*case.arguments())
+    assert np.isnan(case.state[2][3]) and np.isfinite(np.delete(case.state[2], 3)).all()

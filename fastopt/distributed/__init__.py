@@ -159,6 +159,15 @@ class DistributedOptimizer:
     def config(self):
         return self._local.config
 
+    @property
+    def rule(self):
+        """The update rule's spec (the local optimizer's)."""
+        return self._local.rule
+
+    @property
+    def device(self):
+        return self._local.device
+
     @config.setter
     def config(self, config):
         self._local.config = config

@@ -104,11 +104,12 @@ class Optimizer:
     ``momentum``, ``eps``, ``weight_decay``, ...) validates those values alone and updates what
     depends on them: no config rebuilt, no kernel selected again, nothing allocated or copied to a
     GPU (but a new weight decay, which copies the group table). A change that selects another
-    rule (``amsgrad``, ``nesterov``, ``centered``, momentum to or from 0) takes the full path.
+    rule (``amsgrad``, ``nesterov``, ``centered``, momentum to or from 0) goes through the config's
+    full checks and is refused: the state differs, so build a new optimizer.
     """
 
     config_type: ClassVar[type]
-    #: Config fields that select the rule (and with it the state): changed through the full path.
+    #: Config fields that select the rule (and with it the state): checked on the full path.
     _rule_fields: ClassVar[frozenset] = frozenset()
 
     def __init__(self, params, config, groups=(), device=None):
@@ -305,6 +306,12 @@ class Optimizer:
                      for name in self._params])
             buffers = (*buffers[:3], *tables, buffers[5])
         self._launch(*buffers, self._scalars(step))
+
+    def _on_stream(self, stream):
+        """Launch later steps on ``stream`` (a numba CUDA stream; 0: the legacy default), e.g.
+        torch's current stream (``fastopt.torch`` follows it). Only for CUDA buffers."""
+        arguments = (*self._buffers, self._scalars(self._step_count + 1))
+        self._launch = self._device.rule_step(self._rule, arguments, stream)
 
     def zero_grad(self):
         """Set every gradient to zero."""

@@ -88,10 +88,13 @@ class Scheduler:
         self._apply()
 
     def _apply(self):
-        # The optimizer's fast path: the values are validated, nothing else is rebuilt.
-        self._optimizer.lr = self._lr(self._step)
+        # The optimizer's fast path: the values are validated, nothing else is rebuilt. The
+        # learning rate is checked before the momentum is set and set after it, so a refused
+        # value of either changes nothing.
+        lr = _checks.nonnegative("lr", self._lr(self._step))
         if self._momentum is not None:
             self._optimizer.set_momentum(self._momentum(self._step))
+        self._optimizer.lr = lr
 
     def state_dict(self):
         """``{"format", "step", "lr", "momentum"}``, all plain data."""
