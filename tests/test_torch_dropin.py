@@ -1,0 +1,345 @@
+"""fastopt.torch against torch.optim itself: a real torch model (conv and linear layers, three
+parameter groups, a frozen parameter, one whose gradient stays None) trained with each class
+and torch's own schedulers, state dicts moved both ways, and what torch users do around a step
+(zero_grad either way, GradScaler, clip_grad_norm_, closures, add_param_group)."""
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastopt.torch as ft  # noqa: E402
+
+STEPS = 60
+
+
+class Net(torch.nn.Module):
+    """Conv + linear layers on 8x8 images; ``frozen`` takes part in the forward pass without a
+    gradient, ``unused`` never does, so its gradient stays None."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.hidden = torch.nn.Linear(4 * 6 * 6, 12)
+        self.out = torch.nn.Linear(12, 3)
+        self.frozen = torch.nn.Parameter(torch.randn(12))
+        self.frozen.requires_grad_(False)
+        self.unused = torch.nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(1)
+        return self.out(torch.tanh(self.hidden(h)) * self.frozen)
+
+
+def groups(model, options):
+    return [
+        {"params": list(model.conv.parameters())},
+        {"params": [model.hidden.weight, model.hidden.bias], "lr": options["lr"] * 0.5, "weight_decay": 0.0},
+        {"params": [model.out.weight, model.out.bias, model.frozen, model.unused], "lr": options["lr"] * 2},
+    ]
+
+
+CLASSES = {
+    "SGD": dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "SGD-nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, maximize=False),
+    "SGD-plain": dict(lr=0.05, weight_decay=1e-3),
+    "Adam": dict(lr=1e-2, weight_decay=1e-3),
+    "Adam-amsgrad": dict(lr=1e-2, amsgrad=True, betas=(0.8, 0.99)),
+    "AdamW": dict(lr=1e-2, weight_decay=0.05),
+    "AdamW-amsgrad-maximize": dict(lr=1e-2, amsgrad=True, maximize=True),
+    "RMSprop": dict(lr=1e-3, weight_decay=1e-3),
+    "RMSprop-centered-momentum": dict(lr=1e-3, centered=True, momentum=0.5),
+}
+
+
+def has_momentum(name, options):
+    return name.startswith("Adam") or options.get("momentum", 0) > 0
+
+
+def scheduler(kind, optimizer, name, options):
+    schedulers = torch.optim.lr_scheduler
+    if kind == "one_cycle":
+        return schedulers.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                     total_steps=STEPS + 1, cycle_momentum=has_momentum(name, options))
+    if kind == "cosine":
+        return schedulers.CosineAnnealingLR(optimizer, T_max=20, eta_min=1e-4)
+    return schedulers.StepLR(optimizer, step_size=7, gamma=0.5)
+
+
+def data(steps=STEPS, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, 6, 1, 8, 8, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (steps, 6), generator=generator)
+    return x, y
+
+
+def twins(seed=0):
+    torch.manual_seed(seed)
+    model = Net().double()
+    return model, copy.deepcopy(model)
+
+
+def build(module, name, model, options, reference=False):
+    cls = getattr(module, name.split("-")[0])
+    extra = {"foreach": False} if reference else {}
+    return cls(groups(model, options), **options, **extra)
+
+
+def train(model, optimizer, sched, x, y, steps, zero="optimizer"):
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for t in range(steps):
+        if zero == "optimizer":
+            optimizer.zero_grad()
+        else:
+            model.zero_grad()
+        loss_fn(model(x[t]), y[t]).backward()
+        optimizer.step()
+        if sched is not None:
+            sched.step()
+
+
+def assert_close(a, b, rtol=1e-10):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        scale = torch.clamp(q.detach().abs(), min=1e-3)
+        error = ((p.detach() - q.detach()).abs() / scale).max().item()
+        assert error <= rtol, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("kind", ["one_cycle", "cosine", "step"])
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_trajectory_equals_torch_optim_with_its_schedulers(name, kind):
+    options = CLASSES[name]
+    ours, theirs = twins()
+    frozen, unused = ours.frozen.detach().clone(), ours.unused.detach().clone()
+    optimizer, reference = build(ft, name, ours, options), build(torch.optim, name, theirs, options, True)
+    x, y = data()
+    train(ours, optimizer, scheduler(kind, optimizer, name, options), x, y, STEPS)
+    train(theirs, reference, scheduler(kind, reference, name, options), x, y, STEPS)
+    assert_close(ours, theirs)
+    assert torch.equal(ours.frozen, frozen) and torch.equal(ours.unused, unused)
+    assert ours.unused.grad is None and ours.unused not in optimizer.state_dict()["state"]
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in reference.param_groups]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam-amsgrad", "AdamW", "RMSprop-centered-momentum"])
+def test_state_dicts_move_between_torch_and_fastopt(name):
+    """torch -> fastopt -> torch, each half-way through, continues as torch alone does."""
+    options = CLASSES[name]
+    x, y = data()
+    alone, _ = twins()
+    reference = build(torch.optim, name, alone, options, True)
+    train(alone, reference, None, x, y, STEPS)
+
+    first, _ = twins()
+    torch_optimizer = build(torch.optim, name, first, options, True)
+    train(first, torch_optimizer, None, x[:20], y[:20], 20)
+    second = copy.deepcopy(first)
+    ours = build(ft, name, second, options)
+    ours.load_state_dict(torch_optimizer.state_dict())
+    train(second, ours, None, x[20:40], y[20:40], 20)
+    third = copy.deepcopy(second)
+    back = build(torch.optim, name, third, options, True)
+    back.load_state_dict(ours.state_dict())
+    train(third, back, None, x[40:], y[40:], 20)
+    assert_close(third, alone)
+
+
+def test_model_zero_grad_and_optimizer_zero_grad_both_work():
+    x, y = data()
+    results = []
+    for zero in ("optimizer", "model"):
+        model, _ = twins()
+        train(model, ft.AdamW(model.parameters(), lr=1e-2), None, x, y, 20, zero=zero)
+        results.append(model)
+    theirs, _ = twins()
+    train(theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-2, foreach=False), None, x, y, 20)
+    assert_close(results[0], theirs)
+    assert_close(results[1], theirs)
+
+
+def test_parameters_are_views_of_one_flat_buffer_and_grads_stay_attached():
+    model, _ = twins()
+    optimizer = ft.AdamW(model.parameters())
+    x, y = data()
+    torch.nn.functional.cross_entropy(model(x[0]), y[0]).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(x[1]), y[1]).backward()
+    bases = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(bases) == 1  # float64, CPU: one buffer
+    grads = {p.grad.untyped_storage().data_ptr() for p in model.parameters() if p.grad is not None}
+    assert len(grads) == 1
+    assert any(p is model.conv.weight for p in optimizer.param_groups[0]["params"])  # the same objects
+
+
+def test_a_parameter_without_a_gradient_for_a_while_keeps_its_own_step_count():
+    """torch counts steps per parameter: one left out of some steps gets its own bias
+    corrections later (a separate kernel call for that step count)."""
+    x, y = data()
+    runs = []
+    for module in (ft, torch.optim):
+        model, _ = twins()
+        extra = {"foreach": False} if module is torch.optim else {}
+        optimizer = module.Adam(model.parameters(), lr=1e-2, **extra)
+        for t in range(12):
+            optimizer.zero_grad()
+            # hidden gets no gradient at steps 4-7 (after zero_grad, as if None) and 10
+            model.hidden.requires_grad_(not (4 <= t < 8 or t == 10))
+            torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
+            optimizer.step()
+        runs.append(model)
+    assert_close(*runs)
+
+
+def test_grad_scaler_clip_grad_norm_and_closure():
+    x, y = data()
+    runs = []
+    for module in (ft, torch.optim):
+        model, _ = twins()
+        extra = {"foreach": False} if module is torch.optim else {}
+        optimizer = module.AdamW(model.parameters(), lr=1e-2, **extra)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        for t in range(10):
+            def closure(t=t):
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x[t]), y[t])
+                loss.backward()
+                return loss
+
+            if t % 2:
+                loss = optimizer.step(closure)
+                assert torch.is_tensor(loss)
+            else:
+                optimizer.zero_grad()
+                scaler.scale(torch.nn.functional.cross_entropy(model(x[t]), y[t])).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+                scaler.step(optimizer)
+                scaler.update()
+        runs.append(model)
+    assert_close(*runs)
+
+
+def test_add_param_group_follows_torch():
+    x, y = data()
+    runs = []
+    for module in (ft, torch.optim):
+        model, _ = twins()
+        extra = {"foreach": False} if module is torch.optim else {}
+        optimizer = module.SGD([model.conv.weight], lr=0.05, momentum=0.9, **extra)
+        train(model, optimizer, None, x, y, 5)
+        optimizer.add_param_group({"params": [model.hidden.weight, model.out.weight], "lr": 0.02})
+        train(model, optimizer, None, x[5:], y[5:], 5)
+        runs.append(model)
+    assert_close(*runs)
+
+
+def test_a_float32_cnn_on_digits_learns_as_well_as_with_torch():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    labels = torch.tensor(digits.target)
+    train_x, test_x, train_y, test_y = images[:1400], images[1400:], labels[:1400], labels[1400:]
+    accuracies = {}
+    for module in (ft, torch.optim):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(8 * 6 * 6, 10))
+        optimizer = module.AdamW(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            for batch in torch.randperm(1400, generator=generator).split(32):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(train_x[batch]), train_y[batch]).backward()
+                optimizer.step()
+        with torch.no_grad():
+            accuracies[module.__name__] = (model(test_x).argmax(1) == test_y).float().mean().item()
+    ours, theirs = accuracies["fastopt.torch"], accuracies["torch.optim"]
+    assert ours >= 0.9 and ours >= theirs - 0.01, accuracies
+
+
+def test_torch_schedulers_and_frameworks_see_an_optimizer():
+    model, _ = twins()
+    optimizer = ft.AdamW(model.parameters())
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)  # needs betas in defaults
+    assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["weight_decay"] == 1e-2
+
+
+BAD = [
+    (lambda ps: ft.SGD(ps, lr=-1), ValueError, "Invalid learning rate: -1"),
+    (lambda ps: ft.SGD(ps, momentum=-1), ValueError, "Invalid momentum value: -1"),
+    (lambda ps: ft.SGD(ps, nesterov=True), ValueError, "Nesterov momentum requires a momentum"),
+    (lambda ps: ft.Adam(ps, betas=(1.0, 0.9)), ValueError, "Invalid beta parameter at index 0: 1.0"),
+    (lambda ps: ft.Adam(ps, eps=-1), ValueError, "Invalid epsilon value: -1"),
+    (lambda ps: ft.Adam(ps, eps=0.0), ValueError, "eps must be a finite number > 0"),
+    (lambda ps: ft.AdamW(ps, weight_decay=-0.1), ValueError, "Invalid weight_decay value: -0.1"),
+    (lambda ps: ft.RMSprop(ps, alpha=1.5), ValueError, "alpha must lie in"),
+    (lambda ps: ft.Adam(ps, capturable=True), ValueError, "capturable=True is not supported"),
+    (lambda ps: ft.Adam(ps, lr=torch.tensor(0.1)), TypeError, "lr must be a float"),
+    (lambda ps: ft.Adam([]), ValueError, "empty parameter list"),
+    (lambda ps: ft.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)]), TypeError,
+     "float16"),
+    (lambda ps: ft.Adam([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)]), TypeError,
+     "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", BAD, ids=[m for _, _, m in BAD])
+def test_what_torch_or_fastopt_refuses_is_refused_by_name(make, error, message):
+    model, _ = twins()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(error, match=message):
+        make(model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_model_converted_after_construction_is_detected_at_the_next_step():
+    model, _ = twins()
+    optimizer = ft.Adam(model.parameters())
+    model.float()
+    torch.nn.functional.cross_entropy(model(data()[0][0].float()), data()[1][0]).backward()
+    with pytest.raises(RuntimeError, match="build the optimizer again"):
+        optimizer.step()
+
+
+def test_a_changed_rule_option_in_a_group_is_refused_naming_it():
+    model, _ = twins()
+    optimizer = ft.Adam(model.parameters())
+    optimizer.param_groups[0]["amsgrad"] = True
+    torch.nn.functional.cross_entropy(model(data()[0][0]), data()[1][0]).backward()
+    with pytest.raises(ValueError, match="needs different state"):
+        optimizer.step()
+
+
+def test_a_new_hyperparameter_in_a_group_takes_effect_at_the_next_step():
+    x, y = data()
+    runs = []
+    for module in (ft, torch.optim):
+        model, _ = twins()
+        extra = {"foreach": False} if module is torch.optim else {}
+        optimizer = module.Adam(model.parameters(), lr=1e-2, **extra)
+        train(model, optimizer, None, x, y, 3)
+        optimizer.param_groups[0].update(betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1, lr=3e-3)
+        train(model, optimizer, None, x[3:], y[3:], 3)
+        runs.append(model)
+    assert_close(*runs)
+
+
+def test_step_hooks_run_as_in_torch():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model, _ = twins()
+    optimizer = ft.SGD(model.parameters(), lr=0.1)
+    calls = []
+    handles = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append("pre")),
+               optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post")),
+               register_optimizer_step_post_hook(lambda opt, a, k: calls.append("global"))]
+    x, y = data()
+    train(model, optimizer, None, x, y, 2)
+    for handle in handles:
+        handle.remove()
+    train(model, optimizer, None, x, y, 1)
+    assert calls == ["pre", "post", "global"] * 2
