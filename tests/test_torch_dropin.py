@@ -343,3 +343,15 @@ def test_step_hooks_run_as_in_torch():
         handle.remove()
     train(model, optimizer, None, x, y, 1)
     assert calls == ["pre", "post", "global"] * 2
+
+
+def test_state_shows_the_live_step_count_and_state_views():
+    model, _ = twins()
+    optimizer = ft.Adam(model.parameters(), lr=1e-2)
+    x, y = data()
+    train(model, optimizer, None, x, y, 5)
+    state = optimizer.state[model.conv.weight]
+    assert state["step"].item() == 5.0 and state["exp_avg"].shape == model.conv.weight.shape
+    train(model, optimizer, None, x, y, 2)
+    assert optimizer.state[model.conv.weight]["step"].item() == 7.0
+    assert model.unused not in optimizer.state  # never stepped: no state, as in torch

@@ -43,6 +43,8 @@ fixed places, so float32 results can differ from torch's in the last bits (float
 1e-10 relative over 60 steps, tested).
 """
 
+from collections import defaultdict
+
 import numpy as np
 import torch
 from torch.optim import optimizer as _torch_optimizer
@@ -133,6 +135,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for (dtype, device), members in buffers.items():
             self._build_buffer(dtype, device, members, previous)
         self._entries.sort(key=lambda entry: entry.index)
+        live = _LiveState({id(entry.param): entry for entry in self._entries})
+        live.update(self.state)
+        self.state = live
         self._built = True
 
     def _build_buffer(self, dtype, device, members, previous):
@@ -202,12 +207,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """Put a parameter's torch-format state in ``self.state``: views of the flat state
         (live) and its step count; none before its first step, as torch."""
         if entry.steps == 0:
-            self.state.pop(entry.param, None)
+            dict.pop(self.state, entry.param, None)
             return
         state = dict(entry.state)
         if self._has_step:
             state["step"] = torch.tensor(float(entry.steps), dtype=_scalar_dtype())
-        self.state[entry.param] = state
+        dict.__setitem__(self.state, entry.param, state)
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -333,6 +338,26 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+class _LiveState(defaultdict):
+    """``optimizer.state``: a parameter's ``"step"`` read through ``state[p]`` (or ``.get``) is
+    its live step count (the step tensors are not updated at every step: that would cost a
+    tensor operation per parameter and step)."""
+
+    def __init__(self, entries):
+        super().__init__(dict)
+        self._entries = entries
+
+    def __getitem__(self, param):
+        state = super().__getitem__(param)
+        entry = self._entries.get(id(param))
+        if entry is not None and "step" in state:
+            state["step"].fill_(entry.steps)
+        return state
+
+    def get(self, param, default=None):
+        return self[param] if param in self else default
 _hooked_step = torch.optim.Optimizer.profile_hook_step(_FlatOptimizer._step)
 
 
