@@ -92,6 +92,10 @@ class FlatParams:
         the user's own GPU memory.
         """
         layout = cls._layout(shapes)
+        for name, array in (("data", data), ("grad", grad)):
+            if isinstance(array, np.ndarray) and type(array) is not np.ndarray and not isinstance(array, np.memmap):
+                raise TypeError(f"{name} must be a plain numpy array (or a memmap), got a {type(array).__name__}: "
+                                "its mask or matrix rules would not reach the kernels")
         device = _device.device_of("data", data)
         if _device.device_of("grad", grad) != device:
             raise TypeError(f"data and grad must live on the same device: data is a {device} array, "

@@ -96,7 +96,8 @@ def _source_digest():
 
 def rule_kernel(rule, parallel=True):
     """The CPU kernel of ``rule``: multi-threaded, or (``parallel=False``) its single-threaded
-    build, which computes the same bits (its ``prange`` runs as ``range``). Built once."""
+    build, which computes the same bits (its ``prange`` runs as ``range``). Built once.
+    Unchecked: it trusts its arguments (sizes, dtypes, tables), which the optimizers check."""
     return _rule_kernel(rule, bool(parallel))
 
 

@@ -144,7 +144,8 @@ def tiled_step(param, state, grad, bounds, groups, table, scalars):
 
 @functools.cache
 def rule_kernel(rule):
-    """The CUDA kernel of ``rule`` (compiled on first launch for the argument types)."""
+    """The CUDA kernel of ``rule`` (compiled on first launch for the argument types).
+    Unchecked: it trusts its arguments, which the optimizers check."""
     names = TARGET.names(tiled_step, {"prologue": rule.prologue,
                                       "apply": TARGET.element(apply, **rule.element_bindings())})
     return cuda.jit(rebound(tiled_step, names, rule.name))

@@ -93,21 +93,6 @@ def test_kernel_matches_reference_over_options(name, size, n_groups, dtype, seed
     run_both(name, size, dtype, np.random.default_rng(seed), n_groups)
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
-def test_result_does_not_depend_on_thread_count(name, rng):
-    case, _ = make_case(name, 5 * CHUNK_SIZE + 3, np.float32, rng, n_groups=2)
-    one_thread = case.copy()
-    kernel = cpu.rule_kernel(case.rule)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        kernel(*one_thread.arguments())
-    finally:
-        numba.set_num_threads(threads)
-    kernel(*case.arguments())
-    assert_same_bits(case, one_thread)
-
-
 def assert_same_bits(case, other):
     for name, a in case.mutated().items():
         assert np.array_equal(a, other.mutated()[name], equal_nan=True), name

@@ -144,9 +144,9 @@ def host_breakdown_us(case, steps=2000):
     from ..kernels import cuda
 
     optimizer = case.optimizer
-    arguments = (*optimizer._buffers, optimizer._scalars(optimizer.step_count + 1))
+    arguments = (*optimizer._plan.buffers, optimizer._scalars(optimizer.step_count + 1))
     generic = cuda.configure(cuda.rule_kernel(optimizer.rule), cuda.blocks_for(arguments[4].size))
-    launches = {"launch": optimizer._launch, "launch_generic": generic}
+    launches = {"launch": optimizer._plan.launch, "launch_generic": generic}
 
     result = {"prepare": _host_us(lambda: optimizer._scalars(optimizer.step_count + 1), steps)}
     result.update({name: _host_us(lambda: launch(*arguments), steps) for name, launch in launches.items()})

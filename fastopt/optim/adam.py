@@ -103,13 +103,14 @@ class Adam(Optimizer):
         self._apply_checked({"betas": (beta1, self._hyper["betas"][1])})
 
     def _refresh(self):
-        beta1, beta2 = self._betas = self._hyper["betas"]
-        self._constants = (self._grad_sign(), 1.0 - beta1, beta2, 1.0 - beta2, self._hyper["eps"])
+        beta1, beta2 = betas = self._hyper["betas"]
+        # One assignment: a step running meanwhile takes the old betas and constants or the new.
+        self._constants = betas, (self._grad_sign(), 1.0 - beta1, beta2, 1.0 - beta2, self._hyper["eps"])
 
     def _scalars(self, step):
         # The bias corrections in float64; the kernel divides each group's lr by the first.
-        beta1, beta2 = self._betas
-        return (self._hyper["lr"], 1.0 - beta1**step, *self._constants, math.sqrt(1.0 - beta2**step))
+        (beta1, beta2), constants = self._constants
+        return (self._hyper["lr"], 1.0 - beta1**step, *constants, math.sqrt(1.0 - beta2**step))
 
 
 class AdamW(Adam):

@@ -103,9 +103,9 @@ class SGD(Optimizer):
     def _refresh(self):
         hyper = self._hyper
         momentum, sign = hyper["momentum"], self._grad_sign()
-        # PyTorch's first buffer is the gradient itself: 0 * 0 + 1 * g.
-        self._first = (sign, 0.0, 1.0, momentum)
-        self._later = (sign, momentum, 1.0 - hyper["dampening"], momentum)
+        # PyTorch's first buffer is the gradient itself: 0 * 0 + 1 * g. One assignment: a step
+        # running meanwhile takes the old scalars or the new.
+        self._constants = (sign, 0.0, 1.0, momentum), (sign, momentum, 1.0 - hyper["dampening"], momentum)
 
     def _scalars(self, step):
-        return (self._hyper["lr"], *(self._first if step == 1 else self._later))
+        return (self._hyper["lr"], *self._constants[step != 1])

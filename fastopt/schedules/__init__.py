@@ -352,7 +352,7 @@ class Cyclic(Schedule):
         if self.mode == "triangular":
             scale = 1.0
         elif self.mode == "triangular2":
-            scale = 1 / (2.0 ** (cycle - 1))
+            scale = 0.5 ** (cycle - 1)  # underflows to 0 after about 1,075 cycles; never overflows
         else:
             scale = self.gamma**t
         height = (self.max_value - self.base_value) * fraction * scale

@@ -1,6 +1,9 @@
 """Schedulers: drive an optimizer's learning rate (and momentum) from a schedule or a metric."""
 
 import math
+import numbers
+
+import numpy as np
 
 from .. import checks as _checks
 from ..optim.optimizer import Optimizer
@@ -125,10 +128,11 @@ def _check_state(state_dict, kind, keys):
                          f"{state_dict['format']!r}, expected {kind!r} format {SCHEDULER_FORMAT}")
 
 
-def _check_step(step):
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"state_dict step must be an int >= 0, got {step!r}")
-    return step
+def _check_step(step, name="step"):
+    """A saved count: an int (a NumPy integer too) in [0, 2**63), as the optimizer's step."""
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or not 0 <= step < 2**63:
+        raise ValueError(f"state_dict {name} must be an int in [0, 2**63), got {step!r}")
+    return int(step)
 
 
 _MODES = ("min", "max")
@@ -223,8 +227,10 @@ class ReduceLROnPlateau:
         _check_state(state_dict, "plateau", ("config", "step", "best", "bad_epochs", "cooldown_left"))
         checked = ReduceLROnPlateau(self._optimizer, **state_dict["config"])
         step = _check_step(state_dict["step"])
-        counters = [_check_step(state_dict[k]) for k in ("bad_epochs", "cooldown_left")]
+        counters = [_check_step(state_dict[k], k) for k in ("bad_epochs", "cooldown_left")]
         best = _checks.real_number("best", state_dict["best"])
+        if math.isnan(best):  # every comparison with NaN is false: the plateau would never improve
+            raise ValueError(f"state_dict best must be a number or +-inf, got best={best!r}")
         self.config = checked.config
         self._step, self._best = step, best
         self._bad_epochs, self._cooldown_left = counters

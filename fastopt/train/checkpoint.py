@@ -1,14 +1,21 @@
 """Checkpoints: one ``.npz`` file of arrays plus JSON metadata, written atomically, never
 unpickled."""
 
+import glob
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
 META = "__meta__"
 CHECKPOINT_FORMAT = 1
+#: Temporary files are ``.checkpoint-<pid>-<random>.npz.tmp`` in the checkpoint's folder.
+TEMPORARY_PREFIX = ".checkpoint-"
+TEMPORARY_SUFFIX = ".npz.tmp"
+#: A temporary file without a process id (an older fastopt's) counts as left over after this long.
+LEGACY_TEMPORARY_AGE = 3600.0
 
 
 def save_checkpoint(path, arrays, meta):
@@ -16,18 +23,22 @@ def save_checkpoint(path, arrays, meta):
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, and then
     replaces ``path`` in one ``os.replace``: a crash at any point leaves either the previous
-    checkpoint or the new one, never a torn file.
+    checkpoint or the new one, never a torn file. The checkpoint gets the mode the umask
+    gives a new file. A save that succeeds removes the temporary files that saves of this
+    library killed before they finished (their process is gone) left in the folder.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     blob = np.frombuffer(json.dumps({"format": CHECKPOINT_FORMAT, **meta}).encode(), dtype=np.uint8)
-    handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=TEMPORARY_SUFFIX,
+                                         dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays, **{META: blob})
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0o600 is not what a saved file gets
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -38,6 +49,47 @@ def save_checkpoint(path, arrays, meta):
         os.fsync(directory)
     finally:
         os.close(directory)
+    remove_left_over_temporaries(folder)
+
+
+def remove_left_over_temporaries(folder):
+    """Remove this library's temporary checkpoint files in ``folder`` whose saving process is
+    gone (killed mid-save); a file of a living process, another save in progress, stays."""
+    for name in glob.glob(os.path.join(glob.escape(folder), TEMPORARY_PREFIX + "*" + TEMPORARY_SUFFIX)):
+        pid = os.path.basename(name)[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        try:
+            if pid.isdigit():
+                if _alive(int(pid)):
+                    continue
+            elif time.time() - os.path.getmtime(name) < LEGACY_TEMPORARY_AGE:
+                continue
+            os.unlink(name)
+        except FileNotFoundError:
+            pass  # its save finished, or another cleanup got there first
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _umask():
+    """This process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only once a save)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path):

@@ -54,6 +54,10 @@ class Checkpoint:
             trainer.save(self.path)
 
 
+#: The steps a dropout mask can be numbered by: the step is a 32-bit Philox counter word.
+DROPOUT_STEPS = 2**32
+
+
 def is_classification(loss):
     return isinstance(loss, (SoftmaxCrossEntropy, BinaryCrossEntropyWithLogits))
 
@@ -200,6 +204,7 @@ class Trainer:
             x, y = x[order[:cut]], y[order[:cut]]
         if validation_data is not None:
             validation_data = tuple(map(self.backend.asarray, self._check_data(*validation_data, "validation")))
+        self._check_dropout_steps(len(x), epochs, batch_size)
         x, y = self.backend.asarray(x), self.backend.asarray(y)
         self.stop_reason = None
         import numba
@@ -211,6 +216,17 @@ class Trainer:
         finally:
             numba.set_num_threads(threads)
         return self.history
+
+    def _check_dropout_steps(self, rows, epochs, batch_size):
+        """Dropout masks are numbered by step, below 2**32 (the Philox counter word): refuse a
+        fit that would pass it before training rather than in the middle of an epoch."""
+        if not getattr(self.model, "dropout_p", 0):
+            return
+        last = self.step + max(0, epochs - self.epoch) * -(-rows // batch_size)
+        if last > DROPOUT_STEPS:
+            raise ValueError(f"this fit would take the trainer to step {last}, past dropout's limit of "
+                             f"{DROPOUT_STEPS} steps (epochs={epochs}, batch_size={batch_size}, {rows} rows, "
+                             f"from step {self.step}): use fewer epochs or larger batches")
 
     def _train(self, x, y, epochs, batch_size, validation_data):
         while self.epoch < epochs:

@@ -55,8 +55,10 @@ def adamw_chunk(param, group, scalars):
 
 @element
 def _moments(m, v, g, chunk):
+    # (1 - beta2) * g * g in torch's order: a gradient whose square overflows but whose
+    # (1 - beta2) * g * g does not (|g| from about 1.8e19 in float32) keeps v finite.
     one_minus_beta1, beta2, one_minus_beta2 = chunk[3], chunk[4], chunk[5]
-    return fma(one_minus_beta1, g - m, m), fma(beta2, v, one_minus_beta2 * (g * g))
+    return fma(one_minus_beta1, g - m, m), fma(beta2, v, (one_minus_beta2 * g) * g)
 
 
 @element

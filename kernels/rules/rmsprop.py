@@ -57,7 +57,8 @@ def _centered_denominator(v, grad_avg, eps):
 @element
 def _gradient_and_square_avg(p, g, square_avg, chunk):
     g = coupled_gradient(p, g, chunk[1], chunk[2])
-    return g, fma(chunk[3], square_avg, chunk[4] * (g * g))  # alpha * v + (1 - alpha) * g**2
+    # alpha * v + (1 - alpha) * g * g, in torch's order (so that g**2 need not fit the dtype)
+    return g, fma(chunk[3], square_avg, (chunk[4] * g) * g)
 
 
 @element

@@ -1,0 +1,56 @@
+"""Run by test_threads.py with NUMBA_NUM_THREADS=4 (whatever the machine's cores): every rule's
+kernel, dropout and the L2 penalty give the same bits on 1 thread and on 4. Prints "same bits"
+or what differs."""
+
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from kernel_cases import make_case  # noqa: E402
+
+from fastopt.kernels import cpu, dropout, penalty  # noqa: E402
+from fastopt.kernels.chunks import CHUNK_SIZE, chunk_table  # noqa: E402
+from fastopt.kernels.rules import RULES  # noqa: E402
+
+
+def on_threads(threads, action):
+    numba.set_num_threads(threads)
+    try:
+        return action()
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def main():
+    assert numba.config.NUMBA_NUM_THREADS >= 2, "run with NUMBA_NUM_THREADS=4"
+    failures = []
+    size = 9 * CHUNK_SIZE + 3
+    for name in sorted(RULES):
+        results = []
+        for threads in (1, 4):
+            case, _ = make_case(name, size, np.float32, np.random.default_rng(0), n_groups=3)
+            on_threads(threads, lambda: cpu.rule_kernel(case.rule)(*case.arguments()))
+            results.append(case.mutated())
+        failures += [f"{name} {k}" for k in results[0] if not np.array_equal(results[0][k], results[1][k], equal_nan=True)]
+    x = np.random.default_rng(1).standard_normal(size).astype(np.float32)
+    u = np.uint64
+    masks = [x.copy(), x.copy()]
+    for threads, buffer in zip((1, 4), masks):
+        on_threads(threads, lambda: dropout.dropout_step(buffer, u(5), u(7), u(0), u(1), u(2), u(2**31), np.float32(2)))
+    if not np.array_equal(*masks):
+        failures.append("dropout")
+    bounds, groups = chunk_table([(0, size // 2, 0), (size // 2, size, 1)])
+    table = np.array([[1.0, 0.1], [1.0, 2.0]])
+    sums = [on_threads(t, lambda: penalty.l2_penalty(x, bounds, groups, table, 1)) for t in (1, 4)]
+    if sums[0] != sums[1]:
+        failures.append(f"l2_penalty {sums}")
+    print("\n".join(failures) if failures else "same bits")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":  # not on import (pytest --doctest-modules imports every module)
+    sys.exit(main())
