@@ -42,7 +42,8 @@ def test_schedule_command_takes_list_arguments(capsys):
 @pytest.mark.parametrize("arguments, message", [
     (["schedule", "step_decay", "--init_value", "0.1", "--step_size", "0"], "step_size=0"),
     (["schedule", "step_decay", "--init_value", "0.1", "--step_size", "5", "--foo", "1"], "foo"),
-    (["schedule", "step_decay", "--init_value"], "pairs"),
+    (["schedule", "step_decay", "--init_value"], "expected one argument"),
+    (["schedule", "step_decay", "--step_size", "3"], "schedule step_decay needs --init_value"),
     (["schedule", "sawtooth"], "invalid choice"),
 ])
 def test_schedule_command_refuses_bad_parameters(arguments, message, capsys):

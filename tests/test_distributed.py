@@ -209,9 +209,9 @@ def test_fastopt_train_under_mpiexec(tmp_path):
     four = mpirun(4, *fastopt_cli, *args, "--checkpoint", str(tmp_path / "ranks"))
     assert four.count("fastopt train:") == 1 and "data-parallel (zero) over 4 ranks" in four
     two = mpirun(2, *fastopt_cli, *args[:1], "--epochs", "3", *args[3:], "--checkpoint", str(tmp_path / "ranks"),
-                 "--resume", "--parallel", "allreduce")
+                 "--resume", "--replan", "--parallel", "allreduce")
     assert two.count("test accuracy") == 1 and "data-parallel (allreduce) over 2 ranks" in two
-    for extra in ([], ["--resume"]):  # one process, the same two runs
+    for extra in ([], ["--resume", "--replan"]):  # one process, the same two runs
         epochs = "3" if extra else "2"
         single = subprocess.run([*fastopt_cli, *args[:1], "--epochs", epochs, *args[3:], "--checkpoint",
                                  str(tmp_path / "single"), *extra], capture_output=True, text=True,

@@ -204,9 +204,10 @@ def test_train_command_on_a_csv_with_checkpoint_resume_and_plot(tmp_path, capsys
               "--checkpoint", str(folder)]
     assert cli.main([*common, "--epochs", "3", "--plot", str(plot)]) == 0
     assert (folder / "checkpoint.npz").exists() and plot.read_bytes()[:4] == b"\x89PNG"
-    assert cli.main([*common, "--epochs", "5", "--resume"]) == 0
+    assert cli.main([*common, "--epochs", "5", "--resume", "--replan"]) == 0
     output = capsys.readouterr().out
     assert "resumed from" in output and "at epoch 3" in output
+    assert "replanned from epoch 3: epochs 3 -> 5; the schedule runs over the 2 epochs left" in output
     accuracy = float(re.findall(r"test accuracy (\S+),", output)[-1])
     assert accuracy > 0.8
 
@@ -222,7 +223,7 @@ def test_train_command_reaches_97_percent_on_digits(capsys):
     (lambda p: _csv(p), ["--target", "nope"], "no column 'nope'"),
     (lambda p: _csv(p, bad_cell="abc"), [], "row 5, column 'f1': 'abc' is not a number"),
     (lambda p: _csv(p, bad_cell="nan"), [], "NaN or inf"),
-    (lambda p: _csv(p), ["--batch-size", "0"], "--batch-size must be >= 1"),
+    (lambda p: _csv(p), ["--batch-size", "0"], "--batch-size and --epochs must be >= 1"),
     (lambda p: _csv(p), ["--device", "cuda"], "--device cuda: device='cuda' needs"),
     (lambda p: _csv(p), ["--resume"], "--resume needs --checkpoint"),
     (lambda p: p, [], "does not exist"),
@@ -235,11 +236,11 @@ def test_train_command_refuses_bad_input(make, arguments, message, tmp_path, cap
     assert message in capsys.readouterr().err
 
 
-def test_train_command_refuses_fractional_labels(tmp_path, capsys):
+def test_train_command_refuses_fractional_labels_as_classes(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", X=np.ones((10, 2)), y=np.linspace(0, 1, 10))
     with pytest.raises(SystemExit):
-        cli.main(["train", "--data", str(tmp_path / "d.npz"), "--no-progress"])
-    assert "whole numbers" in capsys.readouterr().err
+        cli.main(["train", "--data", str(tmp_path / "d.npz"), "--task", "classification", "--no-progress"])
+    assert "holds fractions; classes are names or whole numbers" in capsys.readouterr().err
 
 
 def test_a_checkpoint_with_a_bad_part_changes_nothing(tmp_path):

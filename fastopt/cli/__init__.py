@@ -1,13 +1,18 @@
 """The ``fastopt`` command.
 
     fastopt demo [--optimizer adamw] [--lr 0.01] [--steps 300] [--features 200] ...
-    fastopt schedule NAME --param value ... [--steps N] [--out lr.png]
-    fastopt train [--data FILE --target COLUMN] [--optimizer adamw] [--epochs 30] ...
+    fastopt schedule NAME --param value ... [--warmup N] [--steps N] [--out lr.png]
+    fastopt train [--data FILE --target COLUMN] [--task auto] [--optimizer adamw] [--epochs 30] ...
+    fastopt predict --checkpoint PATH --data FILE [--out predictions.csv]
     fastopt bench [--sizes 1e5,1e6,1e7] [--json out.json] [--plot throughput.png]
 
-``schedule`` builds a schedule from :mod:`fastopt.schedules` by name, prints a few of its values
-and, with ``--out``, draws it (matplotlib): ``fastopt schedule cyclic --base_value 0.001
---max_value 0.006 --step_size_up 500 --mode triangular2 --steps 3000 --out lr.png``.
+``schedule`` builds a schedule from :mod:`fastopt.schedules` by name (``fastopt schedule NAME
+--help`` lists its arguments and defaults), prints a few of its values and, with ``--out``,
+draws it (matplotlib): ``fastopt schedule cyclic --base_value 0.001 --max_value 0.006
+--step_size_up 500 --mode triangular2 --steps 3000 --out lr.png``; ``--warmup N`` puts a linear
+warm-up of N steps in front of it. ``train`` and ``predict`` are in :mod:`.train`.
+
+A refused argument, file or value is one line on stderr naming it, and exit status 2.
 
 ``demo`` fits a linear least-squares model on seeded synthetic data with the chosen optimizer:
 the weights and the bias are views into one :class:`~fastopt.FlatParams`, the bias sits in a
@@ -91,17 +96,25 @@ def demo(args, out=None):
     return 0
 
 
-def schedule(args, extra, out=None):
+#: Schedules built from others: not from the command line (``--warmup`` puts one in front).
+COMPOSITE_SCHEDULES = ("warmup", "sequence", "product")
+
+
+def schedule(args, out=None):
     from .. import schedules
 
     out = out or sys.stdout
-    if len(extra) % 2 or any(not key.startswith("--") for key in extra[::2]):
-        raise ValueError(f"schedule parameters must come as '--name value' pairs, got {extra}")
-    arguments = {key[2:].replace("-", "_"): schedules.parse_value(value)
-                 for key, value in zip(extra[::2], extra[1::2])}
+    fields = _schedule_fields(args.name)
+    arguments = {name: getattr(args, name) for name in fields if getattr(args, name) is not _UNSET}
+    missing = [name for name, default in fields.items() if default is _UNSET and name not in arguments]
+    if missing:
+        raise ValueError(f"schedule {args.name} needs " + ", ".join(f"--{name}" for name in missing))
     built = schedules.by_name(args.name, **arguments)
+    if args.warmup:
+        built = schedules.warmup(built, steps=args.warmup, start_value=args.warmup_start)
     values = schedules.evaluate(built, args.steps)
-    marks = sorted({0, 1, args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps - 1})
+    marks = sorted({t for t in (0, 1, args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps - 1)
+                    if t < args.steps})
     print(f"{args.name}: " + ", ".join(f"step {t}: {values[t]:.6g}" for t in marks), file=out)
     print(f"min {values.min():.6g}, max {values.max():.6g} over {args.steps} steps", file=out)
     if args.out:
@@ -112,105 +125,20 @@ def schedule(args, extra, out=None):
     return 0
 
 
-DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3}
-TRAIN_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+_UNSET = object()
 
 
-def _train_schedule(name, lr, epochs, steps_per_epoch):
-    """(schedule, per_batch) for ``--schedule``; ``plateau`` is handled by the caller."""
-    from .. import schedules
+def _schedule_fields(name):
+    """``{argument: default or _UNSET}`` of a schedule, from its dataclass."""
+    import dataclasses
 
-    if name == "step":
-        return schedules.step_decay(lr, step_size=max(1, epochs // 3), gamma=0.3), False
-    if name == "cosine":
-        return schedules.cosine_annealing(lr, T_max=max(1, epochs), eta_min=lr / 100), False
-    if name == "onecycle":
-        return schedules.one_cycle(lr, total_steps=max(2, epochs * steps_per_epoch)), True
-    return schedules.constant(lr), False
+    from ..schedules import _REGISTRY
 
-
-def train(args, out=None):
-    from .. import MLP, ReduceLROnPlateau, Scheduler, Trainer, losses
-    from ..train import data
-    from ..train.trainer import Checkpoint
-
-    out = out or sys.stdout
-    if args.device == "cuda":
-        from ..nn.arrays import for_device
-
-        try:
-            for_device("cuda")
-        except RuntimeError as error:  # no GPU, numba-cuda or CuPy: say which, as a usage error
-            raise ValueError(f"--device cuda: {error}") from None
-    if args.data is None:
-        x, y = data.load_digits()
-        source = "digits (scikit-learn, bundled)"
-    else:
-        x, y = data.load_table(args.data, args.target)
-        source = args.data
-    y = data.class_labels(y)
-    if len(x) != len(y):
-        raise ValueError(f"X and y have different lengths: {len(x)} and {len(y)}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"the features hold NaN or inf (first at row {np.argwhere(~np.isfinite(x))[0][0]})")
-    classes = int(y.max()) + 1 if len(y) else 0
-    if classes < 2:
-        raise ValueError(f"training needs at least 2 classes in the labels, got {classes}")
-    x_train, y_train, x_test, y_test = data.split(x.astype(np.float32), y, args.test_fraction, args.seed)
-    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
-    model = MLP((x.shape[1], *hidden, classes), activation=args.activation, dropout=args.dropout, seed=args.seed,
-                device=args.device)
-    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-    cls, extra = OPTIMIZERS[args.optimizer]
-    biases = [name for name in model.params if name.endswith(".bias")]
-    options = dict(lr=lr, weight_decay=args.l2, groups=[ParamGroup(biases, weight_decay=0.0)], **extra(args))
-    parallel = args.parallel
-    if parallel == "auto":
-        from ..distributed import launched_under_mpi
-
-        parallel = "zero" if launched_under_mpi() else "none"
-    if parallel == "none":
-        optimizer, ranks = cls(model.params, **options), ""
-    else:
-        from .. import distributed
-
-        wrapper = distributed.ShardedOptimizer if parallel == "zero" else distributed.AllReduceOptimizer
-        optimizer = wrapper(model.params, cls, **options)
-        ranks = f", data-parallel ({parallel}) over {optimizer.size} ranks"
-        if optimizer.rank != 0:
-            out = io.StringIO()  # rank 0 alone prints and writes outputs
-    steps_per_epoch = -(-int(round(len(x_train) * (1 - args.validation_fraction))) // args.batch_size)
-    plateau = ReduceLROnPlateau(optimizer, factor=0.5, patience=3) if args.schedule == "plateau" else None
-    schedule, per_batch = _train_schedule(args.schedule, lr, args.epochs, steps_per_epoch)
-    scheduler = None if plateau is not None else Scheduler(optimizer, schedule)
-    callbacks = [Checkpoint(args.checkpoint)] if args.checkpoint else []
-    trainer = Trainer(model, optimizer, losses.softmax_cross_entropy, scheduler=scheduler,
-                      per_batch=per_batch, plateau=plateau, callbacks=callbacks, seed=args.seed,
-                      progress=False if args.no_progress else None, log=out)
-    if args.resume:
-        path = os.path.join(args.checkpoint, "checkpoint.npz")
-        if not os.path.exists(path):
-            raise ValueError(f"--resume: no checkpoint at {path}")
-        trainer.load(path)
-        print(f"resumed from {path} at epoch {trainer.epoch}", file=out)
-    print(f"fastopt train: {source}, {len(x_train)} training / {len(x_test)} test samples, "
-          f"MLP {model.sizes}, {args.optimizer} lr={lr}, schedule {args.schedule}, l2={args.l2}, "
-          f"dropout={args.dropout}{ranks}" + (", on the GPU" if args.device == "cuda" else ""), file=out)
-    start = time.perf_counter()
-    trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                validation_split=args.validation_fraction)
-    seconds = time.perf_counter() - start
-    if args.plot and trainer.history and trainer.rank == 0:
-        from ..train.plot import plot_history
-
-        plot_history(trainer.history, args.plot)
-        print(f"wrote {args.plot}", file=out)
-    if trainer.stop_reason and "loss became" in trainer.stop_reason:
-        return 1
-    result = trainer.evaluate(x_test, y_test)
-    print(f"test accuracy {result['accuracy']:.4f}, test loss {result['loss']:.4f} "
-          f"({seconds:.1f} s of training)", file=out)
-    return 0
+    fields = {}
+    for field in dataclasses.fields(_REGISTRY[name]):
+        default = field.default if field.default is not dataclasses.MISSING else _UNSET
+        fields[field.name] = default
+    return fields
 
 
 def bench(args, out=None):
@@ -222,8 +150,8 @@ def bench(args, out=None):
     out = out or sys.stdout
     try:
         sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--sizes must be numbers separated by commas, got {args.sizes!r}") from None
+    except (ValueError, OverflowError):
+        raise ValueError(f"--sizes must be finite numbers separated by commas, got {args.sizes!r}") from None
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--sizes must be >= 1, got {args.sizes!r}")
     kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
@@ -253,7 +181,12 @@ def bench(args, out=None):
 
 
 def main(argv=None):
+    from .. import __version__
+    from ..schedules import NAMES
+    from . import train as training
+
     parser = argparse.ArgumentParser(prog="fastopt", description="fused Numba optimizer kernels")
+    parser.add_argument("--version", action="version", version=f"fastopt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="fit a linear model with a fastopt optimizer")
     run.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
@@ -264,33 +197,55 @@ def main(argv=None):
     run.add_argument("--samples", type=_positive_int, default=2000)
     run.add_argument("--features", type=_positive_int, default=200)
     run.add_argument("--seed", type=int, default=0)
-    fit = commands.add_parser("train", help="train an MLP classifier (default: the digits set)")
+
+    d = training.DEFAULTS
+    fit = commands.add_parser(
+        "train", help="train an MLP on a table (default: the digits set)",
+        description="Train an MLP classifier or regressor on a CSV or NPZ table. Features (and a regression's "
+                    "target) are standardised on the training rows unless --no-scale. With --resume, the "
+                    "checkpoint's settings are used: flags that differ are refused, except the plan (--lr, "
+                    "--l2, --momentum, --schedule, --warmup, --epochs), which --replan applies from the "
+                    "resume point.")
     fit.add_argument("--data", help="CSV (header row) or NPZ (arrays X, y) file; default: digits")
-    fit.add_argument("--target", help="label column of the CSV (default: the last) or array of the NPZ")
-    fit.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
-    fit.add_argument("--lr", type=_nonnegative_float, default=None, help="default: per optimizer")
-    fit.add_argument("--momentum", type=_nonnegative_float, default=0.9, help="SGD and RMSProp")
-    fit.add_argument("--schedule", choices=TRAIN_SCHEDULES, default="cosine")
-    fit.add_argument("--l2", type=_nonnegative_float, default=1e-4, help="weight decay (not on biases)")
-    fit.add_argument("--dropout", type=_nonnegative_float, default=0.1)
-    fit.add_argument("--hidden", default="128", help="hidden widths, e.g. 256,128")
-    fit.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu"], default="relu")
-    fit.add_argument("--epochs", type=_positive_int, default=30)
-    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--target", help="target column of the CSV (default: the last) or array of the NPZ")
+    fit.add_argument("--task", choices=("auto", "classification", "regression"),
+                     help="default auto: text or few whole numbers are classes, fractions a regression")
+    fit.add_argument("--loss", choices=("cross_entropy", "mse", "mae", "huber"),
+                     help="default: cross_entropy for a classification, mse for a regression")
+    fit.add_argument("--no-scale", dest="scale", action="store_const", const=False,
+                     help="do not standardise the features (and a regression's target)")
+    fit.add_argument("--optimizer", choices=sorted(training.OPTIMIZERS), help=f"default {d['optimizer']}")
+    fit.add_argument("--lr", type=_nonnegative_float, help="default: per optimizer")
+    fit.add_argument("--momentum", type=_nonnegative_float, help=f"SGD and RMSProp (default {d['momentum']})")
+    fit.add_argument("--schedule", choices=training.SCHEDULES, help=f"default {d['schedule']}")
+    fit.add_argument("--warmup", type=int, help="epochs of linear warm-up before the schedule (default 0)")
+    fit.add_argument("--l2", type=_nonnegative_float, help=f"weight decay, not on biases (default {d['l2']})")
+    fit.add_argument("--dropout", type=_nonnegative_float, help=f"default {d['dropout']}")
+    fit.add_argument("--hidden", help=f"hidden widths, e.g. 256,128 (default {d['hidden']})")
+    fit.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "gelu"], help=f"default {d['activation']}")
+    fit.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
+    fit.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
     fit.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                      help="cuda: the model, optimizer state and data on the GPU (needs numba-cuda and "
                           "CuPy: pip install 'fastopt[cuda13]' or [cuda12])")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, help="default 0")
     fit.add_argument("--parallel", choices=["auto", "zero", "allreduce", "none"], default="auto",
                      help="data parallelism over MPI ranks (run under mpiexec -n N): optimizer state "
                           "sharded (zero), or replicated with an all-reduce; auto: zero when "
                           "started by mpiexec with several ranks, else none")
-    fit.add_argument("--test-fraction", type=_nonnegative_float, default=0.2)
-    fit.add_argument("--validation-fraction", type=_nonnegative_float, default=0.1)
+    fit.add_argument("--test-fraction", type=_nonnegative_float, help=f"default {d['test_fraction']}")
+    fit.add_argument("--validation-fraction", type=_nonnegative_float, help=f"default {d['validation_fraction']}")
     fit.add_argument("--checkpoint", help="folder for checkpoint.npz, written every epoch")
-    fit.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    fit.add_argument("--resume", action="store_true", help="continue from --checkpoint with its settings")
+    fit.add_argument("--replan", action="store_true",
+                     help="with --resume: apply a new --lr/--l2/--momentum/--schedule/--epochs from the resume point")
     fit.add_argument("--plot", help="image file for loss, accuracy and learning rate per epoch")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    answer = commands.add_parser("predict", help="the model of a fastopt train checkpoint on new rows")
+    answer.add_argument("--checkpoint", required=True, help="checkpoint.npz, or the folder holding it")
+    answer.add_argument("--data", required=True, help="CSV or NPZ with the training columns (target optional)")
+    answer.add_argument("--out", help="write the predictions here (CSV); default: print them")
 
     measure = commands.add_parser("bench", help="time the kernels against numpy and torch here")
     measure.add_argument("--sizes", default="1e5,1e6,1e7", help="elements, comma-separated")
@@ -298,32 +253,50 @@ def main(argv=None):
     measure.add_argument("--json", help="write the rows here")
     measure.add_argument("--plot", help="image of GB/s against size, roofline dashed")
 
-    from ..schedules import NAMES
+    draw = commands.add_parser("schedule", help="print and draw a learning-rate schedule",
+                               description="fastopt schedule NAME --help lists a schedule's arguments.")
+    kinds = draw.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name in NAMES:
+        if name in COMPOSITE_SCHEDULES:
+            continue
+        from ..schedules import _REGISTRY
 
-    draw = commands.add_parser(
-        "schedule", help="print and draw a learning-rate schedule",
-        description="Any other '--name value' pairs are the schedule's arguments.")
-    draw.add_argument("name", choices=NAMES)
-    draw.add_argument("--steps", type=_positive_int, default=100)
-    draw.add_argument("--out", help="image file to draw into (needs matplotlib)")
-    args, extra = parser.parse_known_args(argv)
+        doc = (_REGISTRY[name].__doc__ or "").strip()
+        kind = kinds.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc)
+        for field, default in _schedule_fields(name).items():
+            kind.add_argument(f"--{field}", type=_schedule_value, default=_UNSET,
+                              help="required" if default is _UNSET else f"default {default!r}")
+        kind.add_argument("--warmup", type=int, default=0, help="steps of linear warm-up in front (default 0)")
+        kind.add_argument("--warmup_start", type=float, default=0.0, help="the warm-up's first value (default 0)")
+        kind.add_argument("--steps", type=_positive_int, default=100, help="steps to print and draw (default 100)")
+        kind.add_argument("--out", help="image file to draw into (needs matplotlib)")
+    args = parser.parse_args(argv)
     try:
         if args.command == "schedule":
-            return schedule(args, extra)
+            if args.out:
+                training.check_image_output("--out", args.out)
+            return schedule(args)
         if args.command == "bench":
-            if extra:
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            if args.plot:
+                training.check_image_output("--plot", args.plot)
             return bench(args)
         if args.command == "train":
-            if extra:
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
             if args.resume and not args.checkpoint:
-                parser.error("--resume needs --checkpoint DIR")
-            if args.batch_size < 1:
-                parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-            return train(args)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+                raise ValueError("--resume needs --checkpoint DIR")
+            if args.replan and not args.resume:
+                raise ValueError("--replan goes with --resume")
+            return training.train(args, sys.stdout)
+        if args.command == "predict":
+            return training.predict(args, sys.stdout)
         return demo(args)
-    except (ValueError, TypeError, ImportError) as error:
-        parser.error(str(error))
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        # One line naming the argument or file, and usage's exit status; no traceback.
+        message = " ".join(str(error).split())
+        print(f"fastopt {args.command}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _schedule_value(text):
+    from ..schedules import parse_value
+
+    return parse_value(text)

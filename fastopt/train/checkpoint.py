@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -93,12 +94,23 @@ def _umask():
 
 
 def load_checkpoint(path):
-    """Read a checkpoint written by :func:`save_checkpoint`: ``(arrays, meta)``."""
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        if META not in data.files:
-            raise ValueError(f"{path} is not a fastopt checkpoint (no metadata)")
-        meta = json.loads(bytes(data[META]).decode())
-        arrays = {name: data[name] for name in data.files if name != META}
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(arrays, meta)``. A file that is
+    not one (missing, a folder, empty, truncated, another format) is refused, naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist or is not a file")
+    try:
+        # Our own handle: np.load leaves its file open when the archive is broken.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            if not hasattr(data, "files") or META not in data.files:
+                raise ValueError(f"{path} is not a fastopt checkpoint (no metadata)")
+            meta = json.loads(bytes(data[META]).decode())
+            arrays = {name: data[name] for name in data.files if name != META}
+    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, KeyError,
+            AttributeError) as error:
+        raise ValueError(f"{path} is not a readable fastopt checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a fastopt checkpoint (metadata is not a mapping)")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} has checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     return arrays, meta

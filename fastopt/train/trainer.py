@@ -58,6 +58,31 @@ class Checkpoint:
 DROPOUT_STEPS = 2**32
 
 
+def check_metadata(meta, path):
+    """Refuse checkpoint metadata of the wrong types or ranges, naming the key."""
+    for key in ("model", "optimizer", "epoch", "step", "history", "rng"):
+        if key not in meta:
+            raise ValueError(f"checkpoint {path} lacks {key!r}: not a trainer checkpoint")
+    for key in ("epoch", "step"):
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise ValueError(f"checkpoint {path}: {key} must be an int >= 0, got {value!r}")
+    history = meta["history"]
+    if not isinstance(history, list) or len(history) != meta["epoch"] or not all(
+            isinstance(record, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in record.values()) for record in history):
+        raise ValueError(f"checkpoint {path}: history must be a list of {meta['epoch']} records of numbers "
+                         f"(one per epoch), got {str(history)[:80]}")
+    if not isinstance(meta["rng"], dict) or not isinstance(meta.get("run", {}), (dict, type(None))):
+        raise ValueError(f"checkpoint {path}: rng and run must be mappings")
+
+
+def _checks_positive(name, value):
+    from .. import checks
+
+    return checks.positive(name, value)
+
+
 def is_classification(loss):
     return isinstance(loss, (SoftmaxCrossEntropy, BinaryCrossEntropyWithLogits))
 
@@ -141,7 +166,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss, *, scheduler=None, per_batch=False, plateau=None,
                  plateau_metric="val_loss", callbacks=(), seed=0, progress=None, log=None,
-                 kernel_threads=1):
+                 kernel_threads=1, target_scale=1.0, metadata=None):
         if optimizer.params is not model.params:
             raise ValueError("optimizer must be built over model.params")
         self.model, self.optimizer, self.loss = model, optimizer, loss
@@ -162,6 +187,10 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = []
         self.stop_reason = None
+        self.target_scale = _checks_positive("target_scale", target_scale)
+        #: JSON-compatible data saved with every checkpoint and restored by :meth:`load` (what
+        #: ``fastopt train`` needs to resume and predict: its flags, scalings, label names).
+        self.metadata = {} if metadata is None else dict(metadata)
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -334,18 +363,31 @@ class Trainer:
     def _evaluate(self, x, y, batch_size=1024):
         first, last = len(y) * self.rank // self.size, len(y) * (self.rank + 1) // self.size
         classify = is_classification(self.loss)
-        totals = np.zeros(2)
+        # loss, correct count; for a regression the squared errors and the targets' sums
+        totals = np.zeros(5)
         for start in range(first, last, batch_size):
             stop = min(start + batch_size, last)
             outputs = self.model.forward(x[start:stop])
-            totals[0] += float(self.loss(outputs, y[start:stop]).sum(dtype=np.float64))
-            totals[1] += correct_count(outputs, y[start:stop], self.loss) if classify else 0
+            target = y[start:stop]
+            totals[0] += float(self.loss(outputs, target).sum(dtype=np.float64))
+            if classify:
+                totals[1] += correct_count(outputs, target, self.loss)
+            else:
+                target = target.reshape(outputs.shape)
+                totals[2] += float(((outputs - target) ** 2).sum(dtype=np.float64))
+                totals[3] += float(target.sum(dtype=np.float64))
+                totals[4] += float((target * target).sum(dtype=np.float64))
         if self.comm is not None:
             self.optimizer.sum_over_ranks(totals)
+        n = len(y) * (self.model.sizes[-1] if not classify else 1)
         result = {"loss": totals[0] / len(y) if len(y) else float("nan")}
         result["cost"] = result["loss"] + self.optimizer.l2_penalty()
         if classify:
             result["accuracy"] = totals[1] / len(y) if len(y) else float("nan")
+        elif n:
+            spread = totals[4] - totals[3] ** 2 / n
+            result["r2"] = 1.0 - totals[2] / spread if spread > 0 else float("nan")
+            result["rmse"] = math.sqrt(totals[2] / n) * self.target_scale
         return result
 
     def predict(self, x, batch_size=1024):
@@ -389,13 +431,16 @@ class Trainer:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "plateau": None if self.plateau is None else self.plateau.state_dict(),
             "rng": self.rng.bit_generator.state, "epoch": self.epoch, "step": self.step,
-            "history": self.history,
+            "history": self.history, "run": self.metadata,
         }
         save_checkpoint(path, arrays, meta)
 
     def load(self, path):
-        """Restore the state :meth:`save` wrote; the model must have the same configuration."""
+        """Restore the state :meth:`save` wrote; the model must have the same configuration.
+        Everything is checked first (the file, its metadata's types and ranges); a checkpoint
+        refused in any part changes nothing."""
         arrays, meta = load_checkpoint(path)
+        check_metadata(meta, path)
         if meta.get("model") != self.model.config:
             raise ValueError(f"checkpoint {path} is for a different model: {meta.get('model')} "
                              f"is not {self.model.config}")
@@ -431,3 +476,4 @@ class Trainer:
                 self.plateau.load_state_dict(saved[3])
             raise
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self.metadata = dict(meta.get("run") or {})
