@@ -140,7 +140,7 @@ def test_the_config_read_after_a_fast_change_is_a_new_frozen_object():
     optimizer.set_hyperparameters(betas=(0.5, 0.6))
     after = optimizer.config
     assert before.lr == 0.1 and before.betas == (0.9, 0.999)  # what a user held is unchanged
-    assert after.lr == 0.2 and after.betas == (0.5, 0.6) and after is optimizer.config
+    assert after.lr == 0.2 and after.betas == (0.5, 0.6) and after == optimizer.config  # built when read
     with pytest.raises(AttributeError):
         after.lr = 0.3
 

@@ -26,16 +26,23 @@ def test_configuration_changes_under_running_steps_are_seen_whole():
                    groups=[ParamGroup(["b"], weight_decay=0.7), ParamGroup(["c"], lr_factor=2.0)])
     states = [first.state_dict(), second.state_dict()]
     penalties = set()
-    for state in states:
+    for state in states:  # the exact values: each configuration, with its weight decay or 0.5
         first.load_state_dict(state)
         penalties.add(first.l2_penalty())
-    assert len(penalties) == 2
+        first.step()  # every kernel compiled (or loaded) before the race, not during it
+        first._step_at(1, frozenset({"b"}))
+        first.set_hyperparameters(weight_decay=0.5)
+        penalties.add(first.l2_penalty())
+    assert len(penalties) == 4
     stop, seen, errors = threading.Event(), [], []
 
     def flip():
         try:
             for k in range(3000):
-                first.load_state_dict(states[k % 2])
+                if k % 3 == 2:
+                    first.set_hyperparameters(weight_decay=0.5)  # a new group table and plan
+                else:
+                    first.load_state_dict(states[k % 2])
         except Exception as error:  # noqa: BLE001 (reported by the main thread)
             errors.append(error)
         finally:
@@ -46,6 +53,7 @@ def test_configuration_changes_under_running_steps_are_seen_whole():
     while not stop.is_set():
         seen.append(first.l2_penalty())
         first.step()
+        first._step_at(3, frozenset({"c"}))  # a subset's masked table, built from the plan
     flipper.join()
     assert not errors, errors
     assert len(seen) > 100 and set(seen) <= penalties, set(seen) - penalties
@@ -146,29 +154,28 @@ def test_a_gradient_whose_square_overflows_does_not_freeze_its_parameter(make):
 SAVER = """
 import sys, numpy as np
 from fastopt.train.checkpoint import save_checkpoint
-arrays = {"a": np.zeros(4_000_000)}
-while True:
-    save_checkpoint(sys.argv[1], arrays, {"step": 1})
+save_checkpoint(sys.argv[1], {"a": np.zeros(16_000_000)}, {"step": 1})
 """
 
 
 def test_saves_killed_midway_leave_nothing_after_the_next_save(tmp_path):
-    """Eight saves killed with SIGKILL (32 MB each, so a kill usually lands mid-write), then one
-    normal save: no temporary file is left, and the checkpoint loads."""
-    import random
+    """Eight saves (128 MB each) killed with SIGKILL once their temporary file is being
+    written, then one normal save: no temporary file is left, and the checkpoint loads."""
     import signal
     import time
 
     from fastopt.train.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.npz"
-    rng = random.Random(0)
     for _ in range(8):
         saver = subprocess.Popen([sys.executable, "-c", SAVER, str(path)])
-        time.sleep(1.0 + rng.random() * 0.5)  # past the imports, into the save loop
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(f".checkpoint-{saver.pid}@*.npz.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.005)
         saver.send_signal(signal.SIGKILL)
         saver.wait()
-    assert list(tmp_path.glob(".checkpoint-*.npz.tmp")), "no kill landed mid-save: the test proves nothing"
+    left = list(tmp_path.glob(".checkpoint-*.npz.tmp"))
+    assert len(left) == 8 and not path.exists()  # every kill landed mid-save
     save_checkpoint(path, {"a": np.ones(3)}, {"step": 2})
     assert not list(tmp_path.glob(".checkpoint-*.npz.tmp"))
     arrays, meta = load_checkpoint(path)
@@ -176,14 +183,26 @@ def test_saves_killed_midway_leave_nothing_after_the_next_save(tmp_path):
 
 
 def test_a_save_in_progress_elsewhere_is_left_alone(tmp_path):
-    from fastopt.train.checkpoint import save_checkpoint
+    """A living process's temporary file stays; so does a fresh one of another host or pid
+    namespace (whose process cannot be asked about) or of an older fastopt, until an hour old."""
+    import time
 
-    living = tmp_path / f".checkpoint-{os.getppid()}-abc.npz.tmp"  # the parent process is alive
-    living.write_bytes(b"partial")
+    from fastopt.train.checkpoint import _owner, save_checkpoint
+
+    living = tmp_path / f".checkpoint-{os.getppid()}@{_owner()}-abc.npz.tmp"  # the parent is alive
+    elsewhere = tmp_path / ".checkpoint-1@otherhost.4026531836-abc.npz.tmp"
+    legacy = tmp_path / ".checkpoint-abc123.npz.tmp"
+    stale_elsewhere = tmp_path / ".checkpoint-2@otherhost.4026531836-def.npz.tmp"
+    stale_legacy = tmp_path / ".checkpoint-def456.npz.tmp"
     unrelated = tmp_path / "notes.npz.tmp"
-    unrelated.write_bytes(b"mine")
+    for path in (living, elsewhere, legacy, stale_elsewhere, stale_legacy, unrelated):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in (stale_elsewhere, stale_legacy):
+        os.utime(path, (two_hours_ago, two_hours_ago))
     save_checkpoint(tmp_path / "c.npz", {"a": np.ones(2)}, {})
-    assert living.exists() and unrelated.exists()
+    assert living.exists() and elsewhere.exists() and legacy.exists() and unrelated.exists()
+    assert not stale_elsewhere.exists() and not stale_legacy.exists()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -276,3 +295,25 @@ def test_wrap_refuses_a_masked_array():
     data = np.ma.masked_array(np.zeros(4, np.float32), mask=[0, 1, 0, 0])
     with pytest.raises(TypeError, match="data must be a plain numpy array"):
         FlatParams.wrap(data, np.zeros(4, np.float32), {"w": 4})
+
+
+def test_a_new_weight_decay_leaves_the_running_plan_untouched():
+    """A step running while another thread sets a weight decay holds the old plan: its table
+    must stay as it was (the change publishes a new table in a new plan, never writes the old)."""
+    optimizer = AdamW(FlatParams({"w": 8, "b": 2}), weight_decay=0.1, groups=[ParamGroup(["b"], weight_decay=0.7)])
+    running = optimizer._plan
+    table = running.buffers[5].copy()
+    optimizer.set_hyperparameters(weight_decay=0.4)
+    assert optimizer._plan is not running and np.array_equal(running.buffers[5], table)
+    assert optimizer._plan.buffers[5][:, 1].tolist() == [0.4, 0.7]
+
+
+def test_a_refused_state_dict_leaves_the_lr_bound_of_the_groups_in_use():
+    params = FlatParams({"w": 4, "b": 2})
+    optimizer = SGD(params, lr=1.0, groups=[ParamGroup(["b"], lr_factor=1e30)])
+    other = SGD(FlatParams({"w": 4, "b": 2}), lr=1.0).state_dict()
+    with pytest.raises(ValueError, match="step must be"):
+        optimizer.load_state_dict({**other, "step": -1})
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        optimizer.lr = 1e10  # 1e10 * 1e30 overflows float32 for group b
+    assert optimizer.lr == 1.0

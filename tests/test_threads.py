@@ -34,3 +34,10 @@ def test_under_ci_a_skip_fails(pytester, monkeypatch):
     collecting = pytester.runpytest_subprocess("test_two.py")
     assert collecting.ret != 0
     collecting.stdout.fnmatch_lines(["*no_such_module*FASTOPT_REQUIRE_ALL is set*"])
+
+
+def test_under_ci_an_expected_failure_is_not_a_skip(pytester, monkeypatch):
+    pytester.makeconftest((Path(__file__).parent.parent / "conftest.py").read_text())
+    pytester.makepyfile(test_three="import pytest\n\n@pytest.mark.xfail(strict=True)\ndef test_x():\n    assert False\n")
+    monkeypatch.setenv("FASTOPT_REQUIRE_ALL", "1")
+    pytester.runpytest_subprocess().assert_outcomes(xfailed=1)

@@ -278,6 +278,9 @@ BAD = [
     (lambda ps: ft.AdamW(ps, weight_decay=-0.1), ValueError, "Invalid weight_decay value: -0.1"),
     (lambda ps: ft.RMSprop(ps, alpha=1.5), ValueError, "alpha must lie in"),
     (lambda ps: ft.Adam(ps, capturable=True), ValueError, "capturable=True is not supported"),
+    (lambda ps: ft.SGD(ps, differentiable=True), ValueError, "differentiable=True is not supported"),
+    pytest.param(lambda ps: ft.SGD([list(ps)[0]] * 2), ValueError, "give each parameter once",
+                 marks=pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")),
     (lambda ps: ft.Adam(ps, lr=torch.tensor(0.1)), TypeError, "lr must be a float"),
     (lambda ps: ft.Adam([]), ValueError, "empty parameter list"),
     (lambda ps: ft.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)]), TypeError,
@@ -287,7 +290,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("make, error, message", BAD, ids=[m for _, _, m in BAD])
+@pytest.mark.parametrize("make, error, message", BAD,
+                         ids=[case.values[2] if hasattr(case, "values") else case[2] for case in BAD])
 def test_what_torch_or_fastopt_refuses_is_refused_by_name(make, error, message):
     model, _ = twins()
     before = [p.detach().clone() for p in model.parameters()]
@@ -305,13 +309,148 @@ def test_a_model_converted_after_construction_is_detected_at_the_next_step():
         optimizer.step()
 
 
-def test_a_changed_rule_option_in_a_group_is_refused_naming_it():
-    model, _ = twins()
-    optimizer = ft.Adam(model.parameters())
-    optimizer.param_groups[0]["amsgrad"] = True
-    torch.nn.functional.cross_entropy(model(data()[0][0]), data()[1][0]).backward()
-    with pytest.raises(ValueError, match="needs different state"):
+def both(build, drive, steps=8):
+    """``drive(model, optimizer, t)`` for each step on twin models with fastopt.torch and
+    torch.optim (``build(module, model, extra)`` makes the optimizer); the two models."""
+    runs = []
+    for module in (ft, torch.optim):
+        model, _ = twins()
+        optimizer = build(module, model, {"foreach": False} if module is torch.optim else {})
+        for t in range(steps):
+            drive(model, optimizer, t)
+        runs.append(model)
+    return runs
+
+
+def plain_step(x, y):
+    def drive(model, optimizer, t):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
         optimizer.step()
+    return drive
+
+
+@pytest.mark.parametrize("make", [
+    lambda m, opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=50),
+    lambda m, opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=3),
+])
+@pytest.mark.parametrize("name", ["SGD", "RMSprop"])
+def test_torch_schedulers_cycling_momentum_from_zero_follow_torch(make, name):
+    """OneCycleLR and CyclicLR write a momentum into groups built with momentum 0 (the
+    default): the group's rule changes (a momentum buffer appears) and the step follows."""
+    x, y = data()
+    schedulers = {}
+
+    def build(module, model, extra):
+        optimizer = getattr(module, name)(model.parameters(), lr=0.01, **extra)
+        schedulers[module] = make(model, optimizer)
+        return optimizer
+
+    def drive(model, optimizer, t):
+        plain_step(x, y)(model, optimizer, t)
+        schedulers[ft if isinstance(optimizer, ft._FlatOptimizer) else torch.optim].step()
+
+    assert_close(*both(build, drive))
+
+
+def test_sgd_momentum_switched_on_mid_run_starts_its_buffer_as_torch():
+    x, y = data()
+
+    def drive(model, optimizer, t):
+        if t == 3:
+            optimizer.param_groups[0]["momentum"] = 0.9
+        plain_step(x, y)(model, optimizer, t)
+
+    assert_close(*both(lambda module, model, extra: module.SGD(model.parameters(), lr=0.05, **extra), drive))
+
+
+def test_a_layer_frozen_then_thawed_trains_again():
+    """Train, freeze a layer, add a group (the buffers are laid out again), thaw the layer:
+    its gradients reach the step again, as in torch."""
+    x, y = data()
+
+    def drive(model, optimizer, t):
+        if t == 2:
+            model.hidden.requires_grad_(False)
+        if t == 4:
+            optimizer.add_param_group({"params": [model.unused], "lr": 0.01})
+        if t == 5:
+            model.hidden.requires_grad_(True)
+        plain_step(x, y)(model, optimizer, t)
+
+    build = lambda module, model, extra: module.Adam(  # noqa: E731
+        [p for n, p in model.named_parameters() if n != "unused"], lr=1e-2, **extra)
+    assert_close(*both(build, drive))
+
+
+def test_a_parameter_appended_to_a_groups_list_is_stepped():
+    x, y = data()
+
+    def drive(model, optimizer, t):
+        if t == 3:
+            optimizer.param_groups[0]["params"].append(model.out.weight)
+        plain_step(x, y)(model, optimizer, t)
+
+    build = lambda module, model, extra: module.AdamW([model.conv.weight, model.hidden.weight], lr=1e-2, **extra)  # noqa: E731
+    assert_close(*both(build, drive))
+
+
+@pytest.mark.parametrize("reset", ["clear", "del", "new dict"])
+def test_a_reset_state_starts_afresh_as_torch(reset):
+    from collections import defaultdict
+
+    x, y = data()
+
+    def drive(model, optimizer, t):
+        if t == 4:
+            if reset == "clear":
+                optimizer.state.clear()
+            elif reset == "del":
+                del optimizer.state[model.conv.weight]
+            else:
+                optimizer.state = defaultdict(dict)
+        plain_step(x, y)(model, optimizer, t)
+
+    assert_close(*both(lambda module, model, extra: module.Adam(model.parameters(), lr=1e-2, **extra), drive))
+
+
+def test_a_groups_decoupled_weight_decay_follows_torch():
+    x, y = data()
+
+    def build(module, model, extra):
+        return module.Adam([{"params": list(model.conv.parameters()), "decoupled_weight_decay": True},
+                            {"params": list(model.hidden.parameters())}], lr=1e-2, weight_decay=0.5, **extra)
+
+    assert_close(*both(build, plain_step(x, y)))
+
+
+def test_pending_gradients_survive_a_new_group_and_zero_grad_keeps_assigned_ones():
+    x, y = data()
+
+    def drive(model, optimizer, t):
+        if t == 2:  # backward, then a new group lays the buffers out again, then the step
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
+            optimizer.add_param_group({"params": [model.unused], "lr": 0.1})
+            optimizer.step()
+            return
+        if t == 4:  # an assigned gradient, zeroed (not None) by zero_grad(set_to_none=False)
+            model.out.bias.grad = torch.ones_like(model.out.bias)
+            optimizer.zero_grad(set_to_none=False)
+            optimizer.step()
+            return
+        plain_step(x, y)(model, optimizer, t)
+
+    build = lambda module, model, extra: module.AdamW(  # noqa: E731
+        [p for n, p in model.named_parameters() if n != "unused"], lr=1e-2, weight_decay=0.1, **extra)
+    assert_close(*both(build, drive))
+
+
+def test_shared_parameters_stay_shared():
+    model, _ = twins()
+    model.share_memory()
+    ft.SGD(model.parameters(), lr=0.1)
+    assert all(p.is_shared() for p in model.parameters())
 
 
 def test_a_new_hyperparameter_in_a_group_takes_effect_at_the_next_step():

@@ -15,6 +15,8 @@ from ..params import FlatParams
 STATE_FORMAT = 1
 #: The largest step count a state dict may hold (a step is an int64 on every device).
 MAX_STEP = 2**63 - 1
+#: Masked chunk tables kept per plan (one per set of skipped parameters); past this, built anew.
+MASKED_TABLES = 64
 
 
 class _Plan(NamedTuple):
@@ -29,6 +31,7 @@ class _Plan(NamedTuple):
     launch: object
     penalty: object
     masked: dict  # skipped parameter names -> (bounds, groups), built when first asked for
+    group_index: dict  # parameter name -> its group's row in the table (for masked tables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +129,12 @@ class Optimizer:
     rule (``amsgrad``, ``nesterov``, ``centered``, momentum to or from 0) goes through the config's
     full checks and is refused: the state differs, so build a new optimizer.
 
-    Threads: :meth:`step`, :meth:`l2_penalty` and :meth:`state_dict` may run while another
-    thread changes the configuration; each reads one published plan (rule, buffers, tables,
-    launch) and sees the old configuration or the new one whole. Two threads stepping one
-    optimizer at once race on the parameters: not supported.
+    Threads: :meth:`step` and :meth:`l2_penalty` may run while another thread changes the
+    configuration (``load_state_dict``, groups, hyperparameters); each reads one published plan
+    (rule, buffers, tables, launch) and sees the old configuration or the new one whole, never
+    out of bounds. Scalar changes reach a running step one value at a time. ``state_dict`` and
+    ``load_state_dict`` are not atomic with each other: call them from one thread. Two threads
+    stepping one optimizer at once race on the parameters: not supported.
     """
 
     config_type: ClassVar[type]
@@ -160,6 +165,7 @@ class Optimizer:
         self._rule = self._rule_for(config)
         self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
         self._step_count = 0
+        self._stream = 0
         self._adopt_config(config)
         self._set_groups(self._check_groups(groups))
 
@@ -182,11 +188,10 @@ class Optimizer:
     @property
     def config(self):
         """The hyperparameters, a frozen dataclass; assign a new one to change them."""
-        config = self._config
-        if config is None:  # stale after a fast change: rebuilt from the live values, once
-            config = object.__new__(self.config_type)
-            config.__dict__.update(self._hyper)
-            self._config = config
+        # Built from the live values when read, not cached: a cache written back by a reader
+        # could hide a change another thread made meanwhile (a dict copy is one step).
+        config = object.__new__(self.config_type)
+        config.__dict__.update(dict(self._hyper))
         return config
 
     @config.setter
@@ -203,8 +208,7 @@ class Optimizer:
         self._refreshed()
 
     def _adopt_config(self, config):
-        self._check_representable(config.__dict__, getattr(self, "_groups", ()))
-        self._config = config
+        self._lr_limit = self._check_representable(config.__dict__, getattr(self, "_groups", ()))
         self._hyper = dict(config.__dict__)
 
     def set_hyperparameters(self, **changes):
@@ -222,16 +226,18 @@ class Optimizer:
 
     def _apply_checked(self, values):
         """Take validated ``values`` that keep the rule: the fast path's one place of change."""
-        self._check_representable({**self._hyper, **values}, self._groups)
+        limit = self._check_representable({**self._hyper, **values}, self._groups)
         self._hyper.update(values)
-        self._config = None
+        self._lr_limit = limit
         if "weight_decay" in values:
             self._refresh_table()
         self._refresh()
 
     def _check_representable(self, hyper, groups):
         """Refuse values the kernels would round to inf, or (eps) to zero, in the buffers' dtype,
-        naming the value and the dtype: the kernels take every hyperparameter in that dtype."""
+        naming the value and the dtype: the kernels take every hyperparameter in that dtype.
+        Returns the largest learning rate these groups allow (the ``lr`` setter's bound); changes
+        nothing."""
         dtype = self._params.dtype
         largest = float(np.finfo(dtype).max)
         factors = [1.0] + [g.lr_factor for g in groups]
@@ -248,7 +254,7 @@ class Optimizer:
         if eps is not None and dtype.type(eps) == 0:
             raise ValueError(f"eps={eps!r} rounds to 0 in {dtype} (smallest {np.finfo(dtype).smallest_subnormal:.3g}); "
                              "the kernels add it in that dtype, where 0 would divide by zero")
-        self._lr_limit = largest / max(factors)
+        return largest / max(factors)
 
     def set_momentum(self, value):
         """Set the momentum a schedule cycles: SGD's and RMSProp's ``momentum`` (Adam's ``beta1``),
@@ -269,7 +275,6 @@ class Optimizer:
     def lr(self, value):
         if type(value) is float and 0.0 <= value <= self._lr_limit:  # the common case, checked here
             self._hyper["lr"] = value  # the kernel takes lr as a scalar: nothing else changes
-            self._config = None
         else:
             self.set_hyperparameters(lr=value)
 
@@ -294,26 +299,29 @@ class Optimizer:
 
     def _set_groups(self, groups):
         # Group 0 holds every parameter no ParamGroup names; group k + 1 is groups[k].
-        self._check_representable(self._hyper, groups)
+        limit = self._check_representable(self._hyper, groups)
         self._groups = groups
         index = {name: k + 1 for k, group in enumerate(groups) for name in group.params}
-        self._group_index = {name: index.get(name, 0) for name in self._params}
-        segments = [(*self._params.segment(name), self._group_index[name]) for name in self._params]
+        group_index = {name: index.get(name, 0) for name in self._params}
+        segments = [(*self._params.segment(name), group_index[name]) for name in self._params]
         bounds, chunk_group = self._device.work_table(segments)
         self._host_table = self._group_table()
         table = self._device.resident(self._host_table.copy())
         self._refresh()
-        self._publish((self._params.data, self._state, self._params.grad, bounds, chunk_group, table))
+        self._lr_limit = limit
+        self._publish((self._params.data, self._state, self._params.grad, bounds, chunk_group, table), group_index)
 
-    def _publish(self, buffers, stream=0):
+    def _publish(self, buffers, group_index=None):
         """Build the plan over ``buffers`` (the kernel's launch, specialised for their types on
-        CUDA, and the penalty) and make it the one every step reads."""
+        CUDA and configured for the stream in use, and the penalty) and make it the one every
+        step reads."""
+        group_index = self._plan.group_index if group_index is None else group_index
         # The scalars' types do not change between steps (nor with the config), only their values.
-        launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), stream)
+        launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream)
         penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"))
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])
         sizes = tuple(buffer.size for buffer in buffers[:3])
-        self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {})
+        self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {}, group_index)
 
     def _group_table(self):
         """The float64 group table of the rule: one row per group, its spec's columns."""
@@ -392,15 +400,19 @@ class Optimizer:
         if skipped:
             tables = plan.masked.get(skipped)
             if tables is None:
+                if len(plan.masked) >= MASKED_TABLES:  # another set each step (mixtures of experts)
+                    plan.masked.clear()
                 tables = plan.masked[skipped] = self._device.work_table(
-                    [(*self._params.segment(name), -1 if name in skipped else self._group_index[name])
+                    [(*self._params.segment(name), -1 if name in skipped else plan.group_index[name])
                      for name in self._params])
         self._run(plan, tables, step)
 
     def _on_stream(self, stream):
         """Launch later steps on ``stream`` (a numba CUDA stream; 0: the legacy default), e.g.
-        torch's current stream (``fastopt.torch`` follows it). Only for CUDA buffers."""
-        self._publish(self._plan.buffers, stream)
+        torch's current stream (``fastopt.torch`` follows it), until told otherwise: every plan
+        published later (a new weight decay, new groups) keeps it. Only for CUDA buffers."""
+        self._stream = stream
+        self._publish(self._plan.buffers)
 
     def zero_grad(self):
         """Set every gradient to zero."""

@@ -87,6 +87,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
     #: The fastopt optimizer a group runs, and the group keys it takes, in torch's names.
     _core_class = None
     _keys = ()
+    #: The group keys a step compares with their last values (the fastopt options and any that
+    #: choose the fastopt class).
+    _sync_keys = ()
     #: Whether torch keeps a "step" in each parameter's state.
     _has_step = True
 
@@ -107,14 +110,15 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if self._built:
             self._build()
 
+    def _core_class_for(self, group):
+        """The fastopt optimizer class a group runs."""
+        return self._core_class
+
     def _core_options(self, group):
         """The fastopt config of a group, validated by fastopt (torch's checks ran first)."""
-        options = self._options(group)
-        self._core_class.config_type(**options)
+        options = {key: _plain(key, group[key]) for key in self._keys}
+        self._core_class_for(group).config_type(**options)
         return options
-
-    def _options(self, group):
-        return {key: group[key] for key in self._keys}
 
     def _build(self):
         """Lay every parameter out in flat buffers, one per (dtype, device), group by group, and
@@ -125,8 +129,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._hooks = []
         indexed = [(k, group_index, p) for k, (group_index, p) in
                    enumerate((g, p) for g, group in enumerate(self.param_groups) for p in group["params"])]
+        seen = {}
         for index, _, p in indexed:
             _check_parameter(index, p)
+            if id(p) in seen:  # torch only warns; one flat buffer cannot hold a tensor twice
+                raise ValueError(f"params[{index}] is params[{seen[id(p)]}] again: give each parameter once")
+            seen[id(p)] = index
         previous = {id(e.param): e for e in getattr(self, "_entries", [])}
         buffers = {}
         for index, group_index, p in indexed:
@@ -137,13 +145,18 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._entries.sort(key=lambda entry: entry.index)
         live = _LiveState({id(entry.param): entry for entry in self._entries})
         live.update(self.state)
-        self.state = live
+        self.state = self._live = live
+        # What step() compares to see a group's params list edited or the state reset by the user.
+        self._group_params = [(group["params"], len(group["params"])) for group in self.param_groups]
         self._built = True
 
     def _build_buffer(self, dtype, device, members, previous):
         total = sum(p.numel() for _, _, p in members)
         data = torch.empty(total, dtype=dtype, device=device)
         grad = torch.zeros(total, dtype=dtype, device=device)
+        if device.type == "cpu" and any(p.is_shared() for _, _, p in members):
+            data.share_memory_()  # parameters shared between processes (Hogwild) stay shared
+            grad.share_memory_()
         self._grad_buffers.append(grad)
         offsets, offset = [], 0
         with torch.no_grad():
@@ -159,7 +172,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             shapes = {f"p{index}": tuple(p.shape) for index, p, _ in params}
             flat = FlatParams.wrap(_host_or_device(data[start:stop]), _host_or_device(grad[start:stop]), shapes)
             group = self.param_groups[group_index]
-            core = self._core_class(flat, **self._core_options(group))
+            core = self._core_class_for(group)(flat, **self._core_options(group))
             state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
             entries = []
             for index, p, offset in params:
@@ -169,7 +182,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                                grad[offset:offset + p.numel()].view(p.shape), views)
                 self._adopt(entry, previous.get(id(p)))
                 entries.append(entry)
-            self._slices.append(_Slice(group_index, entries, core, {k: group[k] for k in self._keys}, device))
+            self._slices.append(_Slice(group_index, entries, core, {k: group.get(k) for k in self._sync_keys}, device))
             self._entries.extend(entries)
 
     def _adopt(self, entry, previous):
@@ -185,8 +198,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
             elif previous is not None and old_grad is not None:
                 entry.grad.copy_(previous.grad)
                 entry.fresh = previous.fresh
-            if old_grad is not None:
-                p.grad = entry.grad
+            if not p.requires_grad:
+                entry.fresh = False
+            if old_grad is not None and p.requires_grad:
+                p.grad = entry.grad  # a frozen parameter keeps its own: backward must be seen when it thaws
             saved = self.state.get(p, {})
             for name, view in entry.state.items():
                 if name in saved and saved[name] is not None:
@@ -234,9 +249,41 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._follow_edits()
+        if self.state is not self._live or len(self.state) != self._live.stepped():
+            self._reconcile_state()
         for piece in self._slices:
             self._step_slice(piece)
         return loss
+
+    def _follow_edits(self):
+        """A group's params list edited in place (a parameter appended, say): lay the
+        parameters out again, so that the step and zero_grad see what torch's would."""
+        if len(self.param_groups) != len(self._group_params) or any(
+                group["params"] is not known or len(known) != count
+                for group, (known, count) in zip(self.param_groups, self._group_params)):
+            self._build()
+
+    def _reconcile_state(self):
+        """The user reset or replaced ``optimizer.state`` (``state.clear()``, ``del state[p]``, a
+        new dict): a parameter without state starts afresh (zero moments, step 0), as in torch;
+        tensors put in its place are copied into the flat state."""
+        given = self.state
+        for entry in self._entries:
+            saved = given.get(entry.param) if entry.param in given else None
+            with torch.no_grad():
+                if not saved:
+                    for view in entry.state.values():
+                        view.zero_()
+                    entry.steps = 0
+                else:
+                    for name, view in entry.state.items():
+                        if saved.get(name) is not None and saved[name] is not view:
+                            view.copy_(saved[name])
+        live = _LiveState({id(entry.param): entry for entry in self._entries})
+        self.state = self._live = live
+        for entry in self._entries:
+            self._publish(entry)
 
     def _step_slice(self, piece):
         group = self.param_groups[piece.group_index]
@@ -304,13 +351,45 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if changes.keys() == {"lr"}:
             core.lr = _float("lr", changes["lr"])
         else:
-            core.set_hyperparameters(**{key: _plain(key, value) for key, value in changes.items()})
+            options = self._core_options(group)  # validated whole
+            cls = self._core_class_for(group)
+            if cls is not type(core) or core._rule_for(cls.config_type(**options)) is not core.rule:
+                self._replace_core(piece, cls, options)  # torch's schedulers move momentum off 0
+            else:
+                core.set_hyperparameters(**{key: value for key, value in options.items() if key in changes})
         synced.update(changes)
+
+    def _replace_core(self, piece, cls, options):
+        """A group whose options now select another rule (momentum from 0, amsgrad, centered,
+        nesterov, decoupled decay): a new fastopt optimizer over the same buffers, its state
+        carried over by name and new state zero, as torch creates it. A new momentum buffer
+        starts as torch's does, from the next gradient (the step count restarts for SGD)."""
+        old = piece.core
+        core = cls(old.params, **options)
+        new_buffer = False
+        for name, rows in core.state.items():
+            if name in old.state:
+                _device_copy(rows, old.state[name])
+            else:
+                new_buffer = True
+        piece.core = core
+        device = piece.entries[0].data.device if piece.entries else torch.device("cpu")
+        state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
+        offset = 0
+        for entry in piece.entries:
+            n = entry.param.numel()
+            entry.state = {name: rows[offset:offset + n].view(entry.param.shape) for name, rows in state.items()}
+            offset += n
+            if new_buffer and not self._has_step:
+                entry.steps = 0
+            self._publish(entry)
+        piece.stream = 0 if piece.device is not None else piece.stream
 
     def zero_grad(self, set_to_none=True):
         """Zero the flat gradient buffers, which stay attached. With ``set_to_none`` (torch's
         default) a parameter counts as having no gradient until backward reaches it again, as
         torch's None does; without it, every parameter that had a gradient keeps one (zero)."""
+        self._follow_edits()
         for entry in self._entries:
             grad = entry.param.grad
             if grad is not None and grad is not entry.grad:
@@ -349,6 +428,10 @@ class _LiveState(defaultdict):
         super().__init__(dict)
         self._entries = entries
 
+    def stepped(self):
+        """How many parameters have state (the optimizer's count of stepped parameters)."""
+        return sum(1 for entry in self._entries.values() if entry.steps > 0)
+
     def __getitem__(self, param):
         state = super().__getitem__(param)
         entry = self._entries.get(id(param))
@@ -359,6 +442,14 @@ class _LiveState(defaultdict):
     def get(self, param, default=None):
         return self[param] if param in self else default
 _hooked_step = torch.optim.Optimizer.profile_hook_step(_FlatOptimizer._step)
+
+
+def _device_copy(target, source):
+    """Copy one fastopt state row into another (NumPy arrays, or CUDA arrays on the device)."""
+    if isinstance(target, np.ndarray):
+        target[:] = source
+    else:
+        target.copy_to_device(source)
 
 
 def _mark_fresh(entry):
@@ -429,7 +520,7 @@ class SGD(_FlatOptimizer):
     fastopt. ``foreach`` and ``fused`` are accepted and ignored."""
 
     _core_class = _core.SGD
-    _keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _keys = _sync_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _has_step = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
@@ -449,6 +540,7 @@ class Adam(_FlatOptimizer):
     stepped by fastopt. ``foreach`` and ``fused`` are accepted and ignored."""
 
     _keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+    _sync_keys = _keys + ("decoupled_weight_decay",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
@@ -464,9 +556,9 @@ class Adam(_FlatOptimizer):
                                       differentiable=differentiable, fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
-    @property
-    def _core_class(self):
-        return _core.AdamW if self.defaults.get("decoupled_weight_decay") else _core.Adam
+    def _core_class_for(self, group):
+        """Adam, or AdamW where the group asks for decoupled weight decay (torch's per-group key)."""
+        return _core.AdamW if group.get("decoupled_weight_decay") else _core.Adam
 
 
 class AdamW(Adam):
@@ -484,7 +576,7 @@ class RMSprop(_FlatOptimizer):
     ``foreach`` is accepted and ignored."""
 
     _core_class = _core.RMSProp
-    _keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
+    _keys = _sync_keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
                  capturable=False, foreach=None, maximize=False, differentiable=False):

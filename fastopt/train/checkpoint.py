@@ -4,6 +4,7 @@ unpickled."""
 import glob
 import json
 import os
+import socket
 import tempfile
 import time
 import zipfile
@@ -12,11 +13,13 @@ import numpy as np
 
 META = "__meta__"
 CHECKPOINT_FORMAT = 1
-#: Temporary files are ``.checkpoint-<pid>-<random>.npz.tmp`` in the checkpoint's folder.
+#: Temporary files are ``.checkpoint-<pid>@<host>.<pid namespace>-<random>.npz.tmp`` in the
+#: checkpoint's folder: a process id means something only on its host and in its namespace.
 TEMPORARY_PREFIX = ".checkpoint-"
 TEMPORARY_SUFFIX = ".npz.tmp"
-#: A temporary file without a process id (an older fastopt's) counts as left over after this long.
-LEGACY_TEMPORARY_AGE = 3600.0
+#: A temporary file of another host or namespace (whose process cannot be asked about), or of
+#: an older fastopt (no process id), counts as left over after this long.
+FOREIGN_TEMPORARY_AGE = 3600.0
 
 
 def save_checkpoint(path, arrays, meta):
@@ -32,8 +35,8 @@ def save_checkpoint(path, arrays, meta):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     blob = np.frombuffer(json.dumps({"format": CHECKPOINT_FORMAT, **meta}).encode(), dtype=np.uint8)
-    handle, temporary = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=TEMPORARY_SUFFIX,
-                                         dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}@{_owner()}-",
+                                         suffix=TEMPORARY_SUFFIX, dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays, **{META: blob})
@@ -55,18 +58,32 @@ def save_checkpoint(path, arrays, meta):
 
 def remove_left_over_temporaries(folder):
     """Remove this library's temporary checkpoint files in ``folder`` whose saving process is
-    gone (killed mid-save); a file of a living process, another save in progress, stays."""
+    gone (killed mid-save); a file of a living process, another save in progress, stays. A
+    file of another host or pid namespace (a shared folder) goes only once it is an hour old."""
+    owner = _owner()
     for name in glob.glob(os.path.join(glob.escape(folder), TEMPORARY_PREFIX + "*" + TEMPORARY_SUFFIX)):
-        pid = os.path.basename(name)[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        stem = os.path.basename(name)[len(TEMPORARY_PREFIX):]
+        pid, _, rest = stem.partition("@")
+        mine = pid.isdigit() and rest[:rest.rfind("-")] == owner
         try:
-            if pid.isdigit():
+            if mine:
                 if _alive(int(pid)):
                     continue
-            elif time.time() - os.path.getmtime(name) < LEGACY_TEMPORARY_AGE:
+            elif time.time() - os.path.getmtime(name) < FOREIGN_TEMPORARY_AGE:
                 continue
             os.unlink(name)
         except FileNotFoundError:
             pass  # its save finished, or another cleanup got there first
+
+
+def _owner():
+    """This host and pid namespace, as a name part (process ids mean something only there)."""
+    try:
+        namespace = "".join(ch for ch in os.readlink("/proc/self/ns/pid") if ch.isdigit())
+    except OSError:
+        namespace = "0"
+    host = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in socket.gethostname())
+    return f"{host}.{namespace}"
 
 
 def _alive(pid):
