@@ -178,3 +178,21 @@ def test_torch_dropin(benchmark, kind, implementation):
     case = torch_dropin.Case(kind, implementation)  # kept alive: torch's scheduler holds a weak reference
     benchmark.group = f"torch drop-in: {kind}"
     benchmark.pedantic(case.step, rounds=30, warmup_rounds=5, iterations=20 if kind == "step" else 5)
+
+
+@pytest.mark.parametrize("implementation", ["fastopt", "torch"])
+@pytest.mark.parametrize("problem", ["digits", "synthetic"])
+def test_trainer_epoch(benchmark, problem, implementation):
+    """One training epoch of the same MLP (ReLU, dropout 0.1, AdamW) by fastopt's Trainer and
+    by a torch loop: digits (64-128-10, batch 32) and 20,000 synthetic samples (256-512-512-10,
+    batch 256; bench/trainer_vs_torch.py takes 100,000, the two taking turns, and checks the
+    ratio)."""
+    if implementation == "torch":
+        pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    import trainer_vs_torch as epochs
+
+    x, y, sizes, batch = epochs.problem(problem, samples=20_000)
+    run = (epochs.fastopt_epochs if implementation == "fastopt" else epochs.torch_epochs)(x, y, sizes, batch, "cpu")
+    benchmark.group = f"trainer epoch: {problem}"
+    benchmark.pedantic(lambda: next(run), rounds=5 if problem == "synthetic" else 20, warmup_rounds=1)

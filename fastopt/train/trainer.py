@@ -10,6 +10,7 @@ import numpy as np
 from .. import device as _device
 from ..distributed import DistributedOptimizer
 from ..nn import arrays as _backend
+from ..nn.model import MLP
 from ..nn.losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -145,7 +146,9 @@ class Trainer:
     seed : int, seeds shuffling and the validation split
     progress : bool or None, a tqdm bar with live loss and lr (None: only on a terminal)
     kernel_threads : int
-        Threads for fastopt's kernels (optimizer step, dropout) inside :meth:`fit`; default 1.
+        Threads for fastopt's kernels (the optimizer step, a custom model's) inside
+        :meth:`fit`; default 1. An :class:`~fastopt.MLP` runs its own passes (ReLU, dropout)
+        on one thread whatever this says.
         Between the model's BLAS matrix products, whose threads keep spinning for a while after
         each call, a multi-threaded kernel waits for the cores: measured on 2 cores, dropout
         over 256 x 512 took 5.6 ms right after a matmul and 0.17 ms alone, and an epoch of a
@@ -170,6 +173,8 @@ class Trainer:
         if optimizer.params is not model.params:
             raise ValueError("optimizer must be built over model.params")
         self.model, self.optimizer, self.loss = model, optimizer, loss
+        # An MLP can skip d cost / d input, which training never uses; other models get backward(g).
+        self._params_only = isinstance(model, MLP)
         self.backend = getattr(model, "backend", None) or _backend.for_device(model.params.device)
         self.scheduler, self.per_batch = scheduler, per_batch
         self.plateau, self.plateau_metric = plateau, plateau_metric
@@ -318,7 +323,10 @@ class Trainer:
                     # The optimizer averages over the ranks: scale each rank's sum so that the
                     # average is the mean over the whole batch, however unevenly it was split.
                     gradient = self.loss.gradient(outputs, yb) / (count / self.size)
-                self.model.backward(gradient)
+                if self._params_only:
+                    self.model.backward(gradient, input_grad=False)
+                else:
+                    self.model.backward(gradient)
             self.optimizer.step()
             self.step += 1
             if self.scheduler is not None and self.per_batch:
