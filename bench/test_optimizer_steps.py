@@ -189,7 +189,8 @@ def test_trainer_epoch(benchmark, problem, implementation):
     ratio)."""
     if implementation == "torch":
         pytest.importorskip("torch")
-    pytest.importorskip("sklearn")
+    if problem == "digits":
+        pytest.importorskip("sklearn")
     import trainer_vs_torch as epochs
 
     x, y, sizes, batch = epochs.problem(problem, samples=20_000)

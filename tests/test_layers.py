@@ -1,7 +1,6 @@
 """The fused ReLU passes of the MLP (fastopt.kernels.layers) against their float64 references,
 and the MLP and Trainer with them against the unfused numpy passes they replace."""
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -115,23 +114,57 @@ def test_training_with_fused_passes_is_bitwise_the_unfused(rng):
     assert runs[0][1] == runs[1][1]
 
 
-def test_model_passes_run_on_one_kernel_thread_and_restore_the_setting(rng):
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba has one thread here")
-    model = fastopt.MLP((4, 8, 2), dropout=0.5)
-    seen = []
-    kernel = model._dropouts[0]
+SINGLE_THREADED = """
+import numpy as np, fastopt
+from numba.np.ufunc import parallel
+x, g = np.ones((300, 8), np.float32), np.ones((300, 2), np.float32)
+for activation in ("relu", "tanh"):
+    model = fastopt.MLP((8, 64, 64, 2), activation=activation, dropout=0.5)
+    model.forward(x, training=True, step=1)
+    model.backward(g)
+    model.predict(x)
+print(parallel._is_initialized)
+"""
 
-    class Spy:
-        def forward(self, *args):
-            seen.append(numba.get_num_threads())
-            return kernel.forward(*args)
 
-    model._dropouts[0] = Spy()
-    numba.set_num_threads(2)
-    try:
-        model.forward(rng.normal(size=(3, 4)), training=True, step=1)
-        assert seen == [1]
-        assert numba.get_num_threads() == 2
-    finally:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+def test_model_passes_never_start_numbas_thread_pool():
+    """Only single-threaded builds run inside forward and backward (a parallel one would wait
+    for BLAS's spinning threads, and would start the OpenMP pool, which a later fork() kills)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", SINGLE_THREADED], capture_output=True, text=True,
+                            env={**__import__("os").environ, "NUMBA_NUM_THREADS": "2"}, check=True)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+def test_serial_dropout_layer_draws_the_same_masks(rng):
+    x = rng.normal(size=(300, 129)).astype(np.float32)  # more than one chunk
+    a, b = x.copy(), x.copy()
+    fastopt.Dropout(0.3, seed=5, stream=2).forward(a, step=4, offset=7)
+    fastopt.Dropout(0.3, seed=5, stream=2, serial=True).forward(b, step=4, offset=7)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="serial"):
+        fastopt.Dropout(0.3, seed=5, serial=1)
+
+
+def test_trainer_asks_for_the_input_gradient_only_where_backward_cannot_skip_it(rng):
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    calls = []
+
+    class Logged(fastopt.MLP):  # an override without input_grad still trains
+        def backward(self, grad):
+            calls.append("plain")
+            return super().backward(grad)
+
+    class Skipping(fastopt.MLP):
+        def backward(self, grad, *, input_grad=True):
+            calls.append(input_grad)
+            return super().backward(grad, input_grad=input_grad)
+
+    for cls in (Logged, Skipping):
+        model = cls((4, 8, 2))
+        fastopt.Trainer(model, fastopt.SGD(model.params, lr=0.1), fastopt.losses.softmax_cross_entropy,
+                        progress=False).fit(x, y, epochs=1, batch_size=20)
+    assert calls == ["plain", "plain", False, False]

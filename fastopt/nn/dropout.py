@@ -85,6 +85,10 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
     >>> dropout(x, 0.5, seed=7, step=1)
     array([0., 2., 2., 2., 0., 0., 2., 0.], dtype=float32)
     """
+    return _dropout(x, p, seed, stream, step, offset, False)
+
+
+def _dropout(x, p, seed, stream, step, offset, serial):
     on_gpu = _device.is_cuda_array(x)
     flat = _any_buffer("x", x)
     p = _probability(p)
@@ -97,30 +101,31 @@ def dropout(x, p, *, seed, stream=0, step=0, offset=0):
         else:
             flat.fill(0)
         return x
-    _run(flat, arguments, flat.dtype.type(1.0 / (1.0 - p)), on_gpu)
+    _run(flat, arguments, flat.dtype.type(1.0 / (1.0 - p)), on_gpu, serial)
     return x
 
 
-def _run(flat, arguments, scale, on_gpu):
-    """The dropout kernel of ``flat``'s device over it."""
+def _run(flat, arguments, scale, on_gpu, serial=False):
+    """The dropout kernel of ``flat``'s device over it (on the CPU, the single-threaded build
+    with ``serial``, else the build for its size)."""
     if on_gpu:
         from ..kernels import cuda
 
         cuda.launch_dropout(flat, *arguments, scale)
     else:
-        kernel, for_size = _cpu_kernel()
-        for_size(kernel, flat.size)(flat, *arguments, scale)
+        kernel, for_size, serial_kernel = _cpu_kernel()
+        (serial_kernel if serial else for_size(kernel, flat.size))(flat, *arguments, scale)
 
 
 @functools.cache
 def _cpu_kernel():
-    """The CPU kernel and the chooser of its serial or parallel build, imported once on first
-    use (an import in the function body costs 2 µs a call; ``import fastopt`` does not import
-    Numba)."""
+    """The CPU kernel, the chooser of its serial or parallel build and its serial build,
+    imported once on first use (an import in the function body costs 2 µs a call; ``import
+    fastopt`` does not import Numba)."""
     from ..kernels import dropout
-    from ..kernels.cpu import for_size
+    from ..kernels.cpu import for_size, serial_twin
 
-    return dropout.dropout_step, for_size
+    return dropout.dropout_step, for_size, serial_twin(dropout.dropout_step)
 
 
 def _any_buffer(name, x):
@@ -169,6 +174,10 @@ class Dropout:
     seed : int in [0, 2**64)
     stream : int in [0, 2**32)
         One per layer, so that layers sharing a seed draw independent masks.
+    serial : bool, keyword-only
+        On the CPU, always the single-threaded kernel (the same masks and values). Right
+        between BLAS matrix products, whose threads keep spinning for a while after each call:
+        there a multi-threaded kernel waits for the cores (see :class:`~fastopt.MLP`).
 
     Examples
     --------
@@ -185,11 +194,12 @@ class Dropout:
     array([1., 1., 1.], dtype=float32)
     """
 
-    def __init__(self, p, *, seed, stream=0):
+    def __init__(self, p, *, seed, stream=0, serial=False):
         self.p = _probability(p)
         _uint("seed", seed, 2**64)
         _uint("stream", stream, _U32)
         self.seed, self.stream = int(seed), int(stream)
+        self.serial = _checks.boolean("serial", serial)
         self.training = True
 
     def train(self, mode=True):
@@ -205,7 +215,7 @@ class Dropout:
         if not self.training:
             _any_buffer("x", x)
             return x
-        return dropout(x, self.p, seed=self.seed, stream=self.stream, step=step, offset=offset)
+        return _dropout(x, self.p, self.seed, self.stream, step, offset, self.serial)
 
     __call__ = forward
 
@@ -215,8 +225,8 @@ class Dropout:
         if not self.training:
             _any_buffer("grad", grad)
             return grad
-        return dropout_backward(grad, self.p, seed=self.seed, stream=self.stream, step=step,
-                                offset=offset)
+        return _dropout(grad, self.p, self.seed, self.stream, step, offset, self.serial)
 
     def __repr__(self):
-        return f"Dropout(p={self.p}, seed={self.seed}, stream={self.stream}, training={self.training})"
+        serial = ", serial=True" if self.serial else ""
+        return f"Dropout(p={self.p}, seed={self.seed}, stream={self.stream}{serial}, training={self.training})"

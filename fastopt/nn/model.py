@@ -73,29 +73,6 @@ def _layer_kernels():
 _LAYER_KERNELS = None
 
 
-class _OneKernelThread:
-    """Numba's kernels on one thread (this Python thread's setting) inside a CPU forward or
-    backward pass, restored after. Between BLAS matrix products, whose threads keep spinning
-    for a while after each call, a parallel kernel waits for the cores: measured on 2 cores,
-    a 256-512-512-10 forward over 256 rows took 20.3 ms with two kernel threads and 1.7 ms
-    with one, its backward 16.9 ms and 2.8 ms. The Trainer already runs ``fit`` on one
-    kernel thread (``kernel_threads=1``); this covers a user's own loop."""
-
-    __slots__ = ("_numba", "_threads")
-
-    def __enter__(self):
-        import numba
-
-        self._numba = numba
-        self._threads = numba.get_num_threads()
-        if self._threads != 1:
-            numba.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        if self._threads != 1:
-            self._numba.set_num_threads(self._threads)
-
-
 class MLP:
     """Dense layers with an activation between them and optional dropout after each hidden one.
 
@@ -148,12 +125,16 @@ class MLP:
                         for k in range(len(sizes) - 1)]
         self._grads = [(view(self.params.grad_of(f"layer{k}.weight")), view(self.params.grad_of(f"layer{k}.bias")))
                        for k in range(len(sizes) - 1)]
-        self._dropouts = [Dropout(self.dropout_p, seed=self.seed, stream=k) for k in range(len(sizes) - 2)]
+        # Every Numba kernel of a CPU forward or backward (dropout, the fused ReLU passes) is a
+        # single-threaded build. Between BLAS matrix products, whose threads keep spinning for a
+        # while after each call, a multi-threaded kernel waits for the cores: measured on 2
+        # cores, a 256-512-512-10 forward over 256 rows with dropout took 20.3 ms with two
+        # kernel threads and 1.7 ms with one, its backward 16.9 and 2.8 ms.
+        self._dropouts = [Dropout(self.dropout_p, seed=self.seed, stream=k, serial=True) for k in range(len(sizes) - 2)]
         self._cache = None
         # ReLU on the CPU: the bias, the ReLU and (backward) its derivative and the dropout mask
         # in fused passes (fastopt.kernels.layers); other activations and CuPy take numpy's.
-        self._cpu = self.backend.device == "cpu"
-        self._fused = activation == "relu" and self._cpu
+        self._fused = activation == "relu" and self.backend.device == "cpu"
         self._dropout_scale = self.params.dtype.type(1.0 / (1.0 - self.dropout_p))
 
     @property
@@ -185,12 +166,6 @@ class MLP:
         x = self.backend.asarray(x, dtype=self.params.dtype)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"x must have shape (n, {self.sizes[0]}), got {x.shape}")
-        if self._cpu:
-            with _OneKernelThread():
-                return self._forward(x, training, step, row_offset)
-        return self._forward(x, training, step, row_offset)
-
-    def _forward(self, x, training, step, row_offset):
         cache = [x]
         a = x
         for k, (weight, bias) in enumerate(self._layers):
@@ -219,12 +194,6 @@ class MLP:
         for a 256-512-512-10 MLP, is then not computed)."""
         if self._cache is None:
             raise RuntimeError("backward needs a forward pass first")
-        if self._cpu:
-            with _OneKernelThread():
-                return self._backward(grad_output, input_grad)
-        return self._backward(grad_output, input_grad)
-
-    def _backward(self, grad_output, input_grad):
         cache, training, step, row_offset = self._cache
         xp = self.backend.xp
         delta = self.backend.asarray(grad_output, dtype=self.params.dtype)

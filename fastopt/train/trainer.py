@@ -1,5 +1,6 @@
 """Training loop: seeded mini-batches, optimizer and scheduler, metrics, callbacks, checkpoints."""
 
+import inspect
 import math
 import os
 import sys
@@ -10,7 +11,6 @@ import numpy as np
 from .. import device as _device
 from ..distributed import DistributedOptimizer
 from ..nn import arrays as _backend
-from ..nn.model import MLP
 from ..nn.losses import BinaryCrossEntropyWithLogits, SoftmaxCrossEntropy, cost_gradient
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -131,12 +131,23 @@ class _DeviceSums:
         return float(self._loss), int(self._correct)
 
 
+def _takes_keyword(function, name):
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin, a C extension)
+        return False
+    return name in parameters and parameters[name].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
 class Trainer:
     """Trains a model (e.g. :class:`~fastopt.MLP`) with a fastopt optimizer.
 
     Parameters
     ----------
     model : object with ``params``, ``forward(x, training=, step=)``, ``backward(grad)``, ``config``
+        (``backward(grad, input_grad=False)`` where its backward takes that keyword, as
+        :class:`~fastopt.MLP`'s does: it need not compute d cost / d input)
     optimizer : a fastopt optimizer over ``model.params``
     loss : a :class:`~fastopt.losses.Loss`
     scheduler : Scheduler or None, stepped per epoch, or per batch with ``per_batch=True``
@@ -173,8 +184,9 @@ class Trainer:
         if optimizer.params is not model.params:
             raise ValueError("optimizer must be built over model.params")
         self.model, self.optimizer, self.loss = model, optimizer, loss
-        # An MLP can skip d cost / d input, which training never uses; other models get backward(g).
-        self._params_only = isinstance(model, MLP)
+        # A model whose backward takes input_grad (an MLP) skips d cost / d input, which
+        # training never uses; others get backward(g).
+        self._params_only = _takes_keyword(model.backward, "input_grad")
         self.backend = getattr(model, "backend", None) or _backend.for_device(model.params.device)
         self.scheduler, self.per_batch = scheduler, per_batch
         self.plateau, self.plateau_metric = plateau, plateau_metric
