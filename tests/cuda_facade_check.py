@@ -21,6 +21,11 @@ OPTIMIZERS = {
     "adamw_amsgrad": ("AdamW", dict(lr=1e-2, weight_decay=1e-2, amsgrad=True)),
     "rmsprop": ("RMSProp", dict(lr=1e-3, weight_decay=1e-3)),
     "rmsprop_centered_momentum": ("RMSProp", dict(lr=1e-3, centered=True, momentum=0.9)),
+    "adagrad": ("Adagrad", dict(lr=0.05, lr_decay=1e-3, weight_decay=1e-3, initial_accumulator_value=0.1)),
+    "adamax": ("Adamax", dict(lr=1e-2, weight_decay=1e-3)),
+    "radam": ("RAdam", dict(lr=1e-2, weight_decay=1e-3)),
+    "radamw": ("RAdam", dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True)),
+    "lion": ("Lion", dict(lr=1e-3, weight_decay=0.1)),
 }
 
 

@@ -13,7 +13,7 @@ SIZES = [0, 1, 7, 16411, 2_000_003]
 DTYPES = [np.float32, np.float64]
 
 #: Buffers whose values share the units of a gradient (the rest hold squared gradients).
-GRADIENT_UNITS = {"param", "grad", "exp_avg", "grad_avg", "momentum_buffer"}
+GRADIENT_UNITS = {"param", "grad", "exp_avg", "grad_avg", "momentum_buffer", "exp_inf"}
 
 
 def _scalar_values(rule, rng):
@@ -28,7 +28,7 @@ def _scalar_values(rule, rng):
             values[name] = rng.uniform(0.05, 1)
         elif name == "beta2":
             values[name] = float(rng.choice([0.0, rng.uniform(0, 1), 0.999]))
-        elif name in ("one_minus_beta2", "one_minus_alpha"):
+        elif name in ("one_minus_beta2", "one_minus_alpha") and name[len("one_minus_"):] in values:
             values[name] = 1 - values[name[len("one_minus_"):]]
         elif name == "alpha":
             # alpha = 0 makes the centered variance g**2 - g**2: zero, all rounding (tested apart).
@@ -36,6 +36,10 @@ def _scalar_values(rule, rng):
             values[name] = float(rng.choice([rng.uniform(0.01, 1), 0.99, 1.0] + ([] if centered else [0.0])))
         elif name == "eps":
             values[name] = 10 ** rng.uniform(-12, -2)
+        elif name == "lr_decay_divisor":  # 1 + (t - 1) * lr_decay
+            values[name] = 1 + rng.uniform(0, 100) * float(rng.choice([0.0, 1e-3, 1.0]))
+        elif name == "rect":  # 0 on the first steps (no rectification), else in (0, 1]
+            values[name] = float(rng.choice([0.0, rng.uniform(0.01, 1), 1.0]))
         else:  # one_minus_beta1, bias_correction2_sqrt, momentum, buffer_decay, buffer_grad_scale
             values[name] = rng.uniform(0.01, 1)
     return values
@@ -59,9 +63,11 @@ def state_row(rng, name, scale, grad_avg=None):
     of the test data stays that of real training.
     """
     size = scale.size
-    if name in ("exp_avg_sq", "max_exp_avg_sq", "square_avg"):
+    if name in ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum"):
         second = (0.1 * scale) ** 2 + (rng.standard_normal(size) * scale) ** 2
         return second if grad_avg is None else second + 1.01 * grad_avg**2
+    if name == "exp_inf":  # a running maximum of |g| + eps
+        return 0.1 * scale + np.abs(rng.standard_normal(size) * scale)
     return rng.standard_normal(size) * scale
 
 

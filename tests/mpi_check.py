@@ -38,6 +38,11 @@ CASES = {
     "adamw_amsgrad": (fastopt.AdamW, dict(lr=1e-2, weight_decay=1e-2, amsgrad=True)),
     "rmsprop": (fastopt.RMSProp, dict(lr=1e-3, weight_decay=1e-3)),
     "rmsprop_centered_momentum": (fastopt.RMSProp, dict(lr=1e-3, centered=True, momentum=0.9)),
+    "adagrad": (fastopt.Adagrad, dict(lr=0.05, lr_decay=1e-3, weight_decay=1e-3, initial_accumulator_value=0.1)),
+    "adamax": (fastopt.Adamax, dict(lr=1e-2, weight_decay=1e-3)),
+    "radam": (fastopt.RAdam, dict(lr=1e-2, weight_decay=1e-3)),
+    "radamw": (fastopt.RAdam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True)),
+    "lion": (fastopt.Lion, dict(lr=1e-3, weight_decay=0.1)),
 }
 GROUPS = [ParamGroup(["w1"], lr_factor=0.5), ParamGroup(["scale"], lr_factor=2.0, weight_decay=0.0)]
 

@@ -126,7 +126,9 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch, capsys):
 def test_n_ranks_match_one_process_on_the_whole_batch(equivalence):
     """100 steps of every optimizer family, batch of 37 split unevenly: the issue's bar is 1e-6
     relative; float64 agrees to rounding, float32 to a few float32 ulps."""
-    assert len(equivalence["results"]) == 2 * 2 * 9
+    import mpi_check
+
+    assert len(equivalence["results"]) == 2 * 2 * len(mpi_check.CASES) == 2 * 2 * 14
     for result in equivalence["results"]:
         bound = 1e-12 if result["dtype"] == "float64" else 1e-6
         label = f"{result['optimizer']} {result['mode']} {result['dtype']}"

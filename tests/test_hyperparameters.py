@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fastopt import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
+from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, ParamGroup, RAdam, RMSProp
 
 from test_optimizers import OPTION_IDS, OPTIONS, SHAPES, make_params
 
@@ -20,6 +20,10 @@ NEW_VALUES = {
     Adam: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
     AdamW: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
     RMSProp: dict(lr=0.002, alpha=0.9, eps=1e-5, weight_decay=0.02, momentum=0.6, maximize=True),
+    Adagrad: dict(lr=0.05, lr_decay=0.1, weight_decay=0.02, initial_accumulator_value=2.0, eps=1e-5, maximize=True),
+    Adamax: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
+    RAdam: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
+    Lion: dict(lr=0.003, betas=(0.85, 0.95), weight_decay=0.02, maximize=True),
 }
 
 

@@ -51,11 +51,16 @@ CLASSES = {
     "AdamW-amsgrad-maximize": dict(lr=1e-2, amsgrad=True, maximize=True),
     "RMSprop": dict(lr=1e-3, weight_decay=1e-3),
     "RMSprop-centered-momentum": dict(lr=1e-3, centered=True, momentum=0.5),
+    "Adagrad": dict(lr=0.05, lr_decay=1e-3, weight_decay=1e-3, initial_accumulator_value=0.1),
+    "Adamax": dict(lr=1e-2, weight_decay=1e-3),
+    "Adamax-maximize": dict(lr=1e-2, betas=(0.8, 0.99), maximize=True),
+    "RAdam": dict(lr=1e-2, weight_decay=1e-3),
+    "RAdam-decoupled": dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True),
 }
 
 
 def has_momentum(name, options):
-    return name.startswith("Adam") or options.get("momentum", 0) > 0
+    return name.startswith(("Adam", "RAdam")) or options.get("momentum", 0) > 0
 
 
 def scheduler(kind, optimizer, name, options):
@@ -119,11 +124,14 @@ def test_trajectory_equals_torch_optim_with_its_schedulers(name, kind):
     train(theirs, reference, scheduler(kind, reference, name, options), x, y, STEPS)
     assert_close(ours, theirs)
     assert torch.equal(ours.frozen, frozen) and torch.equal(ours.unused, unused)
-    assert ours.unused.grad is None and ours.unused not in optimizer.state_dict()["state"]
+    assert ours.unused.grad is None
+    # torch's state: every parameter that stepped (Adagrad: every parameter, from construction)
+    assert stateful(optimizer) == stateful(reference)
     assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in reference.param_groups]
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam-amsgrad", "AdamW", "RMSprop-centered-momentum"])
+@pytest.mark.parametrize("name", ["SGD", "Adam-amsgrad", "AdamW", "RMSprop-centered-momentum", "Adagrad", "Adamax",
+                                  "RAdam-decoupled"])
 def test_state_dicts_move_between_torch_and_fastopt(name):
     """torch -> fastopt -> torch, each half-way through, continues as torch alone does."""
     options = CLASSES[name]
@@ -494,3 +502,58 @@ def test_state_shows_the_live_step_count_and_state_views():
     train(model, optimizer, None, x, y, 2)
     assert optimizer.state[model.conv.weight]["step"].item() == 7.0
     assert model.unused not in optimizer.state  # never stepped: no state, as in torch
+
+
+class PaperLion(torch.optim.Optimizer):
+    """Lion as Chen et al. (2023) give it (Program 1), written with torch operations: the
+    reference fastopt.torch.Lion is held to (torch has no Lion)."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                update = torch.sign(beta1 * m + (1 - beta1) * p.grad)
+                p -= group["lr"] * (update + group["weight_decay"] * p)
+                m.mul_(beta2).add_((1 - beta2) * p.grad)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "one_cycle"])
+def test_lion_follows_the_papers_rule(kind):
+    options = dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    ours, theirs = twins()
+    optimizer = ft.Lion(groups(ours, options), **options)
+    reference = PaperLion(groups(theirs, options), **options)
+    x, y = data()
+    train(ours, optimizer, scheduler(kind, optimizer, "Lion", options), x, y, STEPS)
+    train(theirs, reference, scheduler(kind, reference, "Lion", options), x, y, STEPS)
+    assert_close(ours, theirs)
+    assert optimizer.state[ours.conv.weight]["step"] == STEPS
+
+
+def stateful(optimizer):
+    """The indices of the parameters with state in ``optimizer``'s state dict (fastopt.torch's
+    plain SGD lists an empty state for each stepped parameter, torch's none)."""
+    return {index for index, state in optimizer.state_dict()["state"].items() if state}
+
+
+def test_adagrad_state_exists_from_construction_and_a_reset_refills_it():
+    model, twin = twins()
+    optimizer = ft.Adagrad(model.parameters(), lr=0.1, initial_accumulator_value=0.25)
+    reference = torch.optim.Adagrad(twin.parameters(), lr=0.1, initial_accumulator_value=0.25)
+    assert torch.equal(optimizer.state[model.conv.weight]["sum"], reference.state[twin.conv.weight]["sum"])
+    assert stateful(optimizer) == stateful(reference) == set(range(len(list(model.parameters()))))
+    x, y = data()
+    train(model, optimizer, None, x, y, 3)
+    del optimizer.state[model.out.bias]
+    train(model, optimizer, None, x, y, 1)
+    assert optimizer.state[model.out.bias]["step"] == 1
+    bias_grad = model.out.bias.grad
+    expected = 0.25 + bias_grad * bias_grad  # refilled at the initial value, then one step
+    assert torch.allclose(optimizer.state[model.out.bias]["sum"], expected, rtol=1e-12)

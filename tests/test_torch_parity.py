@@ -8,11 +8,16 @@ import dataclasses
 import numpy as np
 import pytest
 
+import fastopt
 from test_optimizers import GROUPS, OPTION_IDS, OPTIONS, Quadratic, make_params
 
 torch = pytest.importorskip("torch")
 
-TORCH_CLASS = {"SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSProp": "RMSprop"}
+TORCH_CLASS = {"SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSProp": "RMSprop", "Adagrad": "Adagrad",
+               "Adamax": "Adamax", "RAdam": "RAdam"}
+#: The options of every rule torch.optim has (Lion it has not: see test_optimizers.py).
+TORCH_OPTIONS = [(cls, options) for cls, options in OPTIONS if cls.__name__ in TORCH_CLASS]
+TORCH_OPTION_IDS = [OPTION_IDS[OPTIONS.index(entry)] for entry in TORCH_OPTIONS]
 
 
 def torch_optimizer(opt, tensors):
@@ -29,12 +34,28 @@ def torch_optimizer(opt, tensors):
     return cls(param_groups, foreach=False, **config)
 
 
-@pytest.mark.parametrize("cls, options", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("cls, options", TORCH_OPTIONS, ids=TORCH_OPTION_IDS)
 @pytest.mark.parametrize("dtype, tolerance", [(np.float32, 2e-5), (np.float64, 1e-10)])
 def test_trajectory_matches_torch_optim(cls, options, dtype, tolerance):
-    steps = 200
-    params = make_params(dtype)
-    opt = cls(params, **options, groups=GROUPS)
+    run_against_torch(cls, options, make_params(dtype), GROUPS, 200, tolerance)
+
+
+#: Tensors of three ranks, for the rules added on the one-source spec (issue 20).
+RANKS = {"conv.weight": (4, 3, 5), "fc.weight": (9, 7), "fc.bias": (7,)}
+ADDED = [(cls, options) for cls, options in TORCH_OPTIONS if cls.__name__ in ("Adagrad", "Adamax", "RAdam")]
+
+
+@pytest.mark.parametrize("cls, options", ADDED, ids=[OPTION_IDS[OPTIONS.index(entry)] for entry in ADDED])
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-10)])
+def test_added_rules_match_torch_over_three_ranks(cls, options, dtype, tolerance):
+    rng = np.random.default_rng(2)
+    params = fastopt.FlatParams.from_arrays({n: rng.standard_normal(s) for n, s in RANKS.items()}, dtype=dtype)
+    groups = [fastopt.ParamGroup(["fc.bias"], weight_decay=0.0), fastopt.ParamGroup(["conv.weight"], lr_factor=0.5)]
+    run_against_torch(cls, options, params, groups, 300, tolerance)
+
+
+def run_against_torch(cls, options, params, groups, steps, tolerance):
+    opt = cls(params, **options, groups=groups)
     tensors = {name: torch.tensor(params[name].copy(), requires_grad=True) for name in params}
     reference = torch_optimizer(opt, tensors)
     problem = Quadratic(params.size, steps, opt.config.maximize)

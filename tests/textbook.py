@@ -62,4 +62,55 @@ def rmsprop(config, p, g, state, t, lr, wd):
     return p - lr * g / denominator
 
 
-RULES = {"SGD": sgd, "Adam": adam, "AdamW": adamw, "RMSProp": rmsprop}
+def adagrad(config, p, g, state, t, lr, wd):
+    if config.maximize:
+        g = -g
+    g = g + wd * p
+    clr = lr / (1 + (t - 1) * config.lr_decay)
+    state["sum"] = state.get("sum", config.initial_accumulator_value) + g**2
+    return p - clr * g / (np.sqrt(state["sum"]) + config.eps)
+
+
+def adamax(config, p, g, state, t, lr, wd):
+    beta1, beta2 = config.betas
+    if config.maximize:
+        g = -g
+    g = g + wd * p
+    state["m"] = beta1 * state.get("m", 0.0) + (1 - beta1) * g
+    state["u"] = np.maximum(beta2 * state.get("u", 0.0), np.abs(g) + config.eps)
+    return p - lr / (1 - beta1**t) * state["m"] / state["u"]
+
+
+def radam(config, p, g, state, t, lr, wd):
+    beta1, beta2 = config.betas
+    if config.maximize:
+        g = -g
+    if config.decoupled_weight_decay:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    m = state["m"] = beta1 * state.get("m", 0.0) + (1 - beta1) * g
+    v = state["v"] = beta2 * state.get("v", 0.0) + (1 - beta2) * g**2
+    m_hat = m / (1 - beta1**t)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+    if rho_t <= 5:
+        return p - lr * m_hat
+    l_t = np.sqrt(1 - beta2**t) / (np.sqrt(v) + config.eps)
+    r_t = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    return p - lr * m_hat * l_t * r_t
+
+
+def lion(config, p, g, state, t, lr, wd):
+    """Chen et al. (2023), Program 1, with sign(0) = 0."""
+    beta1, beta2 = config.betas
+    if config.maximize:
+        g = -g
+    m = state.get("m", 0.0)
+    update = np.sign(beta1 * m + (1 - beta1) * g)
+    state["m"] = beta2 * m + (1 - beta2) * g
+    return p - lr * (update + wd * p)
+
+
+RULES = {"SGD": sgd, "Adam": adam, "AdamW": adamw, "RMSProp": rmsprop, "Adagrad": adagrad, "Adamax": adamax,
+         "RAdam": radam, "Lion": lion}

@@ -14,7 +14,7 @@ import fastopt
 #: Bytes moved per element and step (reads + writes), float32.
 BYTES_PER_ELEMENT = {
     "sgd": 12, "sgd_nesterov": 20, "adam": 28, "adamw": 28, "adam_amsgrad": 36,
-    "rmsprop": 20, "rmsprop_centered_momentum": 36,
+    "rmsprop": 20, "rmsprop_centered_momentum": 36, "adagrad": 20, "adamax": 28, "radam": 28, "lion": 20,
 }
 
 FASTOPT = {
@@ -25,6 +25,10 @@ FASTOPT = {
     "adam_amsgrad": (fastopt.Adam, dict(lr=1e-3, amsgrad=True)),
     "rmsprop": (fastopt.RMSProp, dict(lr=1e-3)),
     "rmsprop_centered_momentum": (fastopt.RMSProp, dict(lr=1e-3, centered=True, momentum=0.9)),
+    "adagrad": (fastopt.Adagrad, dict(lr=1e-2)),
+    "adamax": (fastopt.Adamax, dict(lr=2e-3)),
+    "radam": (fastopt.RAdam, dict(lr=1e-3)),
+    "lion": (fastopt.Lion, dict(lr=1e-4)),
 }
 
 
@@ -63,7 +67,8 @@ class NumpyStep:
         self.rule = rule
         self.p, self.g = random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3)
         self.a = np.zeros(n, np.float32)
-        self.b = np.zeros(n, np.float32) if rule in ("adam", "adamw", "adam_amsgrad", "rmsprop_centered_momentum") else None
+        self.b = np.zeros(n, np.float32) if rule in ("adam", "adamw", "adam_amsgrad", "rmsprop_centered_momentum",
+                                                     "adamax", "radam") else None
         self.c = np.zeros(n, np.float32) if rule in ("adam_amsgrad", "rmsprop_centered_momentum") else None
         self.tmp = np.empty(n, np.float32)
         self.t = 0
@@ -138,6 +143,65 @@ class NumpyStep:
     def _rmsprop_centered_momentum(self):
         self._rmsprop(centered_momentum=True)
 
+    def _adagrad(self):
+        f, total, tmp = np.float32, self.a, self.tmp
+        np.multiply(self.g, self.g, out=tmp)
+        total += tmp
+        np.sqrt(total, out=tmp)
+        tmp += f(1e-10)
+        np.divide(self.g, tmp, out=tmp)
+        tmp *= f(-1e-2)
+        self.p += tmp
+
+    def _adamax(self):
+        f, m, u, tmp = np.float32, self.a, self.b, self.tmp
+        self.t += 1
+        m *= f(0.9)
+        np.multiply(self.g, f(0.1), out=tmp)
+        m += tmp
+        u *= f(0.999)
+        np.abs(self.g, out=tmp)
+        tmp += f(1e-8)
+        np.maximum(u, tmp, out=u)
+        np.divide(m, u, out=tmp)
+        tmp *= f(-2e-3 / (1 - 0.9**self.t))
+        self.p += tmp
+
+    def _radam(self):
+        from fastopt.optim.radam import rectification
+
+        f, m, v, tmp = np.float32, self.a, self.b, self.tmp
+        self.t += 1
+        m *= f(0.9)
+        np.multiply(self.g, f(0.1), out=tmp)
+        m += tmp
+        v *= f(0.999)
+        np.multiply(self.g, self.g, out=tmp)
+        tmp *= f(0.001)
+        v += tmp
+        bc2_sqrt, rect = rectification(0.999, self.t)
+        step_size = -1e-3 / (1 - 0.9**self.t)
+        if rect > 0:
+            np.sqrt(v, out=tmp)
+            tmp += f(1e-8)
+            np.divide(m, tmp, out=tmp)
+            tmp *= f(step_size * bc2_sqrt * rect)
+        else:
+            np.multiply(m, f(step_size), out=tmp)
+        self.p += tmp
+
+    def _lion(self):
+        f, m, tmp = np.float32, self.a, self.tmp
+        np.subtract(self.g, m, out=tmp)
+        tmp *= f(0.1)
+        tmp += m
+        np.sign(tmp, out=tmp)
+        tmp *= f(-1e-4)
+        self.p += tmp
+        np.subtract(self.g, m, out=tmp)
+        tmp *= f(0.01)
+        m += tmp
+
 
 class TorchStep:
     """``torch.optim`` at its fastest on the CPU: fused where it has it, else foreach."""
@@ -150,7 +214,12 @@ class TorchStep:
         "adam_amsgrad": ("Adam", dict(lr=1e-3, amsgrad=True)),
         "rmsprop": ("RMSprop", dict(lr=1e-3)),
         "rmsprop_centered_momentum": ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.9)),
+        "adagrad": ("Adagrad", dict(lr=1e-2)),
+        "adamax": ("Adamax", dict(lr=2e-3)),
+        "radam": ("RAdam", dict(lr=1e-3)),
     }
+    #: Where torch has a fused CPU kernel (the rest run foreach, its fastest there).
+    FUSED = ("SGD", "Adam", "AdamW", "Adagrad")
 
     def __init__(self, rule, n, *, tensors=1, mode=None):
         import torch
@@ -163,7 +232,7 @@ class TorchStep:
             p.grad = torch.from_numpy(random_buffer(size, 20000 + k) * np.float32(1e-3))
             self.params.append(p)
         if mode is None:
-            mode = "foreach" if name == "RMSprop" else "fused"
+            mode = "fused" if name in self.FUSED else "foreach"
         self.mode = mode
         flag = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[mode]
         self.optimizer = getattr(torch.optim, name)(self.params, **options, **flag)

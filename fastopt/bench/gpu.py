@@ -17,7 +17,8 @@ from .. import device as _device
 from . import cpu as _bench
 
 #: torch.optim on CUDA at its fastest: fused where it has it (SGD, Adam, AdamW), else foreach.
-TORCH_MODE = {"SGD": "fused", "Adam": "fused", "AdamW": "fused", "RMSprop": "foreach"}
+TORCH_MODE = {"SGD": "fused", "Adam": "fused", "AdamW": "fused", "RMSprop": "foreach", "Adagrad": "fused",
+              "Adamax": "foreach", "RAdam": "foreach"}
 
 
 def gpu_available():

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .. import SGD, Adam, AdamW, FlatParams, ParamGroup, RMSProp
+from .. import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, ParamGroup, RAdam, RMSProp
 
 #: Per optimizer, the options it takes beyond ``lr``, ``weight_decay`` and ``groups``.
 OPTIMIZERS = {
@@ -36,6 +36,10 @@ OPTIMIZERS = {
     "adam": (Adam, lambda a: {}),
     "adamw": (AdamW, lambda a: {}),
     "rmsprop": (RMSProp, lambda a: dict(momentum=a.momentum)),
+    "adagrad": (Adagrad, lambda a: {}),
+    "adamax": (Adamax, lambda a: {}),
+    "radam": (RAdam, lambda a: {}),
+    "lion": (Lion, lambda a: {}),
 }
 
 

@@ -1,10 +1,15 @@
 """The optimizers: each reads its update rule's spec (``fastopt.kernels.rules``) and launches
 the rule's kernel once per step, on the CPU or the GPU."""
 
+from .adagrad import Adagrad, AdagradConfig
 from .adam import Adam, AdamConfig, AdamW
+from .adamax import Adamax, AdamaxConfig
+from .lion import Lion, LionConfig
 from .optimizer import Optimizer, ParamGroup
+from .radam import RAdam, RAdamConfig
 from .rmsprop import RMSProp, RMSPropConfig
 from .sgd import SGD, SGDConfig
 
-__all__ = ["SGD", "Adam", "AdamConfig", "AdamW", "Optimizer", "ParamGroup", "RMSProp", "RMSPropConfig",
+__all__ = ["SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "Lion",
+           "LionConfig", "Optimizer", "ParamGroup", "RAdam", "RAdamConfig", "RMSProp", "RMSPropConfig",
            "SGDConfig"]

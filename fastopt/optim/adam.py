@@ -4,11 +4,11 @@ import dataclasses
 import math
 
 from .. import checks as _checks
-from .optimizer import Optimizer
+from .optimizer import Config, Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AdamConfig:
+class AdamConfig(Config):
     """Adam/AdamW hyperparameters, PyTorch's names; defaults are Adam's."""
 
     lr: float = 1e-3
@@ -17,14 +17,6 @@ class AdamConfig:
     weight_decay: float = 0.0
     amsgrad: bool = False
     maximize: bool = False
-
-    def __post_init__(self):
-        _checks.check_fields(self)
-
-    @classmethod
-    def check_field(cls, name, value):
-        """``value`` for field ``name``, validated (the error names both)."""
-        return _CHECKS[name](name, value)
 
 
 def _betas(name, value):
@@ -36,9 +28,19 @@ def _betas(name, value):
 
 _CHECKS = {"lr": _checks.nonnegative, "betas": _betas, "eps": _checks.positive,
            "weight_decay": _checks.nonnegative, "amsgrad": _checks.boolean, "maximize": _checks.boolean}
+AdamConfig.FIELD_CHECKS = _CHECKS
 
 
-class Adam(Optimizer):
+class Beta1Momentum:
+    """``set_momentum`` for the optimizers with ``betas``: a momentum schedule drives ``beta1``."""
+
+    def set_momentum(self, value):
+        """Set ``beta1``, the momentum a schedule cycles (validated, on the fast path)."""
+        beta1 = _checks.in_range("beta1", value, 0.0, 1.0, high_inclusive=False)
+        self._apply_checked({"betas": (beta1, self._hyper["betas"][1])})
+
+
+class Adam(Beta1Momentum, Optimizer):
     r"""Adam (Kingma & Ba, 2015), optionally AMSGrad, as ``torch.optim.Adam``.
 
     .. math::
@@ -96,11 +98,6 @@ class Adam(Optimizer):
         from ..kernels.rules import RULES
 
         return RULES[self._rule_names[config.amsgrad]]
-
-    def set_momentum(self, value):
-        """Set ``beta1``, the momentum a schedule cycles (validated, on the fast path)."""
-        beta1 = _checks.in_range("beta1", value, 0.0, 1.0, high_inclusive=False)
-        self._apply_checked({"betas": (beta1, self._hyper["betas"][1])})
 
     def _refresh(self):
         beta1, beta2 = betas = self._hyper["betas"]

@@ -34,6 +34,22 @@ class _Plan(NamedTuple):
     group_index: dict  # parameter name -> its group's row in the table (for masked tables)
 
 
+class Config:
+    """Base of the optimizers' hyperparameter dataclasses (frozen, keyword-only): every field is
+    validated when a config is built, by ``FIELD_CHECKS[name](name, value)`` (the error names
+    both), and stored as checked (floats as Python floats, pairs as tuples)."""
+
+    FIELD_CHECKS: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        _checks.check_fields(self)
+
+    @classmethod
+    def check_field(cls, name, value):
+        """``value`` for field ``name``, validated (the error names both)."""
+        return cls.FIELD_CHECKS[name](name, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamGroup:
     """Parameters that share a learning-rate factor and a weight decay.
@@ -164,6 +180,7 @@ class Optimizer:
         self._dtype = params.dtype.type
         self._rule = self._rule_for(config)
         self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
+        self._fill_initial_state(config)
         self._step_count = 0
         self._stream = 0
         self._adopt_config(config)
@@ -518,6 +535,10 @@ class Optimizer:
     def _rule_for(self, config):
         """The :class:`~fastopt.kernels.rule.Rule` that ``config`` runs."""
         raise NotImplementedError
+
+    def _fill_initial_state(self, config):
+        """Give the state buffers (zeros) their values before the first step, where a rule's
+        start is not zero (Adagrad's ``initial_accumulator_value``)."""
 
     def _refresh(self):
         """Recompute the scalars that change only with the hyperparameters (from ``_hyper``)."""

@@ -3,11 +3,11 @@
 import dataclasses
 
 from .. import checks as _checks
-from .optimizer import Optimizer
+from .optimizer import Config, Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RMSPropConfig:
+class RMSPropConfig(Config):
     """RMSProp hyperparameters, PyTorch's names and defaults."""
 
     lr: float = 1e-2
@@ -18,14 +18,6 @@ class RMSPropConfig:
     centered: bool = False
     maximize: bool = False
 
-    def __post_init__(self):
-        _checks.check_fields(self)
-
-    @classmethod
-    def check_field(cls, name, value):
-        """``value`` for field ``name``, validated (the error names both)."""
-        return _CHECKS[name](name, value)
-
 
 def _alpha(name, value):
     return _checks.in_range(name, value, 0.0, 1.0, high_inclusive=True)
@@ -34,6 +26,7 @@ def _alpha(name, value):
 _CHECKS = {"lr": _checks.nonnegative, "alpha": _alpha, "eps": _checks.positive,
            "weight_decay": _checks.nonnegative, "momentum": _checks.nonnegative, "centered": _checks.boolean,
            "maximize": _checks.boolean}
+RMSPropConfig.FIELD_CHECKS = _CHECKS
 
 
 class RMSProp(Optimizer):

@@ -3,11 +3,11 @@
 import dataclasses
 
 from .. import checks as _checks
-from .optimizer import Optimizer
+from .optimizer import Config, Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SGDConfig:
+class SGDConfig(Config):
     """SGD hyperparameters, PyTorch's names and defaults."""
 
     lr: float = 1e-3
@@ -18,17 +18,12 @@ class SGDConfig:
     maximize: bool = False
 
     def __post_init__(self):
-        _checks.check_fields(self)
+        super().__post_init__()
         if not nesterov_allows(self.nesterov, self.momentum, self.dampening):
             raise ValueError(
                 "nesterov=True needs momentum > 0 and dampening = 0, got "
                 f"momentum={self.momentum!r}, dampening={self.dampening!r}"
             )
-
-    @classmethod
-    def check_field(cls, name, value):
-        """``value`` for field ``name``, validated (the error names both)."""
-        return _CHECKS[name](name, value)
 
 
 def _dampening(name, value):
@@ -41,6 +36,7 @@ def nesterov_allows(nesterov, momentum, dampening):
 
 _CHECKS = {"lr": _checks.nonnegative, "momentum": _checks.nonnegative, "dampening": _dampening,
            "weight_decay": _checks.nonnegative, "nesterov": _checks.boolean, "maximize": _checks.boolean}
+SGDConfig.FIELD_CHECKS = _CHECKS
 
 
 class SGD(Optimizer):

@@ -8,8 +8,9 @@
 >>> optimizer.step()
 >>> optimizer.zero_grad()
 
-:class:`SGD`, :class:`Adam`, :class:`AdamW` and :class:`RMSprop` have torch.optim's names,
-signatures, defaults and update rules, and are :class:`torch.optim.Optimizer` subclasses, so
+:class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop`, :class:`Adagrad`,
+:class:`Adamax` and :class:`RAdam` have torch.optim's names, signatures, defaults and update
+rules (and :class:`Lion`, which torch lacks, the paper's), and are :class:`torch.optim.Optimizer` subclasses, so
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``, ``clip_grad_norm_`` and training
 frameworks take them. What differs is where the parameters live:
 
@@ -52,7 +53,7 @@ from torch.optim import optimizer as _torch_optimizer
 from .. import optim as _core
 from ..params import FlatParams
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "RAdam", "RMSprop"]
 
 _FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -82,7 +83,7 @@ class _Entry:
 
 
 class _FlatOptimizer(torch.optim.Optimizer):
-    """What the four classes share; see the module docstring."""
+    """What the classes share; see the module docstring."""
 
     #: The fastopt optimizer a group runs, and the group keys it takes, in torch's names.
     _core_class = None
@@ -92,6 +93,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
     _sync_keys = ()
     #: Whether torch keeps a "step" in each parameter's state.
     _has_step = True
+    #: Whether torch gives every parameter its state at construction (Adagrad), not at its first step.
+    _eager_state = False
 
     def __init__(self, params, defaults):
         self._built = False
@@ -113,6 +116,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def _core_class_for(self, group):
         """The fastopt optimizer class a group runs."""
         return self._core_class
+
+    def _initial_state(self, group, name, view):
+        """Give a state tensor the value torch starts it at (zero, but Adagrad's sum)."""
+        view.zero_()
 
     def _core_options(self, group):
         """The fastopt config of a group, validated by fastopt (torch's checks ran first)."""
@@ -143,9 +150,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for (dtype, device), members in buffers.items():
             self._build_buffer(dtype, device, members, previous)
         self._entries.sort(key=lambda entry: entry.index)
-        live = _LiveState({id(entry.param): entry for entry in self._entries})
+        live = _LiveState({id(entry.param): entry for entry in self._entries}, self._eager_state)
         live.update(self.state)
         self.state = self._live = live
+        if self._eager_state:
+            for entry in self._entries:
+                self._publish(entry)
         # What step() compares to see a group's params list edited or the state reset by the user.
         self._group_params = [(group["params"], len(group["params"])) for group in self.param_groups]
         self._built = True
@@ -221,7 +231,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def _publish(self, entry):
         """Put a parameter's torch-format state in ``self.state``: views of the flat state
         (live) and its step count; none before its first step, as torch."""
-        if entry.steps == 0:
+        if entry.steps == 0 and not self._eager_state:
             dict.pop(self.state, entry.param, None)
             return
         state = dict(entry.state)
@@ -269,18 +279,20 @@ class _FlatOptimizer(torch.optim.Optimizer):
         new dict): a parameter without state starts afresh (zero moments, step 0), as in torch;
         tensors put in its place are copied into the flat state."""
         given = self.state
+        groups = {entry.index: self.param_groups[piece.group_index] for piece in self._slices
+                  for entry in piece.entries}
         for entry in self._entries:
             saved = given.get(entry.param) if entry.param in given else None
             with torch.no_grad():
                 if not saved:
-                    for view in entry.state.values():
-                        view.zero_()
+                    for name, view in entry.state.items():
+                        self._initial_state(groups[entry.index], name, view)
                     entry.steps = 0
                 else:
                     for name, view in entry.state.items():
                         if saved.get(name) is not None and saved[name] is not view:
                             view.copy_(saved[name])
-        live = _LiveState({id(entry.param): entry for entry in self._entries})
+        live = _LiveState({id(entry.param): entry for entry in self._entries}, self._eager_state)
         self.state = self._live = live
         for entry in self._entries:
             self._publish(entry)
@@ -424,12 +436,15 @@ class _LiveState(defaultdict):
     its live step count (the step tensors are not updated at every step: that would cost a
     tensor operation per parameter and step)."""
 
-    def __init__(self, entries):
+    def __init__(self, entries, eager=False):
         super().__init__(dict)
         self._entries = entries
+        self._eager = eager
 
     def stepped(self):
-        """How many parameters have state (the optimizer's count of stepped parameters)."""
+        """How many parameters have state (those stepped, or with ``eager`` state all)."""
+        if self._eager:
+            return len(self._entries)
         return sum(1 for entry in self._entries.values() if entry.steps > 0)
 
     def __getitem__(self, param):
@@ -498,7 +513,7 @@ def _check_flags(options):
         if options.get(flag):
             raise ValueError(f"{flag}=True is not supported by fastopt.torch (its steps are fastopt's "
                              f"kernels, outside autograd and CUDA graphs); got {flag}=True")
-    for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "dampening"):
+    for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "dampening", "lr_decay", "initial_accumulator_value"):
         if isinstance(options.get(key), torch.Tensor):
             raise TypeError(f"{key} must be a float for fastopt.torch, got a Tensor ({key}={options[key]!r})")
 
@@ -587,6 +602,85 @@ class RMSprop(_FlatOptimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                                       weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                                       maximize=maximize, differentiable=differentiable))
+
+
+class Adagrad(_FlatOptimizer):
+    """``torch.optim.Adagrad`` (learning-rate decay, initial accumulator value, weight decay,
+    maximize; dense gradients), stepped by fastopt. As in torch, each parameter has its state
+    (``sum`` at ``initial_accumulator_value``, ``step`` 0) from construction. ``foreach`` and
+    ``fused`` are accepted and ignored."""
+
+    _core_class = _core.Adagrad
+    _keys = _sync_keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
+    _eager_state = True
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        for name, value in (("lr_decay", lr_decay), ("initial_accumulator_value", initial_accumulator_value),
+                            ("epsilon", eps)):
+            if not 0.0 <= value:
+                raise ValueError(f"Invalid {name} value: {value}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, fused=fused))
+
+    def _initial_state(self, group, name, view):
+        view.fill_(group["initial_accumulator_value"])
+
+
+def _check_betas(betas):
+    for k, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {k}: {beta}")
+
+
+class Adamax(_FlatOptimizer):
+    """``torch.optim.Adamax`` (weight decay, maximize), stepped by fastopt. ``foreach`` is
+    accepted and ignored."""
+
+    _core_class = _core.Adamax
+    _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
+                 maximize=False, differentiable=False, capturable=False):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        _check_betas(betas)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, capturable=capturable))
+
+
+class RAdam(_FlatOptimizer):
+    """``torch.optim.RAdam`` (weight decay, ``decoupled_weight_decay``, maximize), stepped by
+    fastopt. ``foreach`` is accepted and ignored."""
+
+    _core_class = _core.RAdam
+    _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False,
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        _check_betas(betas)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+                                      maximize=maximize, capturable=capturable, differentiable=differentiable))
+
+
+class Lion(_FlatOptimizer):
+    """Lion (Chen et al., 2023; see :class:`fastopt.Lion`) as a ``torch.optim.Optimizer``:
+    torch has none. State per parameter: ``exp_avg`` and ``step``."""
+
+    _core_class = _core.Lion
+    _keys = _sync_keys = ("lr", "betas", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        _check_betas(betas)
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
 
 
 def _check_common(lr, weight_decay):
