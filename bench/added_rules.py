@@ -2,7 +2,7 @@
 
     python bench/added_rules.py [--json results.json]
 
-Adagrad, Adamax, RAdam and Lion over one float32 buffer: at 1e6 elements against torch.optim's
+Adagrad, Adamax, NAdam, RAdam and Lion over one float32 buffer: at 1e6 elements against torch.optim's
 best CPU implementation of the rule (fused where torch has one: Adagrad; else the faster of
 foreach and the for-loop), bar >= 1.5x; at 1e7, the share of the in-place roofline
 (``x *= s``, every thread, measured in the same process) at least Adam's share in this run.
@@ -18,7 +18,7 @@ import numpy as np
 from bars import compare, roofline_gbps
 from fastopt.bench import cpu as cases
 
-RULES = ("adagrad", "adamax", "radam", "lion")
+RULES = ("adagrad", "adamax", "nadam", "radam", "lion")
 
 
 def numpy_compare(rule, n, repeats, rounds=5):

@@ -20,7 +20,8 @@ from .nn import losses
 from .nn.dropout import Dropout, dropout, dropout_backward, dropout_mask
 from .nn.model import MLP
 from .optim import (SGD, Adagrad, AdagradConfig, Adam, AdamConfig, Adamax, AdamaxConfig, AdamW, Lion, LionConfig,
-                    Optimizer, ParamGroup, RAdam, RAdamConfig, RMSProp, RMSPropConfig, SGDConfig)
+                    NAdam, NAdamConfig, Optimizer, ParamGroup, RAdam, RAdamConfig, RMSProp, RMSPropConfig,
+                    SGDConfig)
 from .params import FlatParams
 from . import schedules
 from .schedules.scheduler import ReduceLROnPlateau, Scheduler
@@ -33,8 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "Lion",
-    "LionConfig", "RAdam", "RAdamConfig", "Checkpoint", "Dropout", "EarlyStopping", "FlatParams",
-    "MLP", "StopTraining", "Trainer", "losses", "Optimizer", "ParamGroup", "RMSProp",
+    "LionConfig", "NAdam", "NAdamConfig", "RAdam", "RAdamConfig", "Checkpoint", "Dropout", "EarlyStopping",
+    "FlatParams", "MLP", "StopTraining", "Trainer", "losses", "Optimizer", "ParamGroup", "RMSProp",
     "RMSPropConfig", "ReduceLROnPlateau", "SGDConfig", "Scheduler", "__version__", "dropout", "dropout_backward",
     "dropout_mask", "schedules",
 ]

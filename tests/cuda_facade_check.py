@@ -25,6 +25,8 @@ OPTIMIZERS = {
     "adamax": ("Adamax", dict(lr=1e-2, weight_decay=1e-3)),
     "radam": ("RAdam", dict(lr=1e-2, weight_decay=1e-3)),
     "radamw": ("RAdam", dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True)),
+    "nadam": ("NAdam", dict(lr=1e-2, weight_decay=1e-3, momentum_decay=0.02)),
+    "nadamw": ("NAdam", dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, maximize=True)),
     "lion": ("Lion", dict(lr=1e-3, weight_decay=0.1)),
 }
 

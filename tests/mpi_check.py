@@ -42,6 +42,8 @@ CASES = {
     "adamax": (fastopt.Adamax, dict(lr=1e-2, weight_decay=1e-3)),
     "radam": (fastopt.RAdam, dict(lr=1e-2, weight_decay=1e-3)),
     "radamw": (fastopt.RAdam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True)),
+    "nadam": (fastopt.NAdam, dict(lr=1e-2, weight_decay=1e-3, momentum_decay=0.02)),
+    "nadamw": (fastopt.NAdam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, maximize=True)),
     "lion": (fastopt.Lion, dict(lr=1e-3, weight_decay=0.1)),
 }
 GROUPS = [ParamGroup(["w1"], lr_factor=0.5), ParamGroup(["scale"], lr_factor=2.0, weight_decay=0.0)]

@@ -53,8 +53,16 @@ def test_bench_command_prints_a_table_and_writes_json_and_png(tmp_path, capsys):
     assert out_png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_command_times_the_added_rules_on_request(capsys):
+    assert cli.main(["bench", "--sizes", "1e4", "--kernels", "nadam,lion"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.startswith(("nadam", "lion"))]
+    assert sorted((row[0], row[3]) for row in rows) == [
+        ("lion", "fastopt"), ("lion", "numpy"), ("nadam", "fastopt"), ("nadam", "numpy"), ("nadam", "torch")]
+
+
 @pytest.mark.parametrize("arguments, message", [(["--sizes", "abc"], "--sizes"), (["--sizes", "0"], "--sizes"),
-                                                (["--kernels", "lion"], "unknown ['lion']")])
+                                                (["--kernels", "nosuch"], "unknown ['nosuch']")])
 def test_bench_command_refuses_bad_arguments(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", *arguments])

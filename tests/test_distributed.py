@@ -128,7 +128,7 @@ def test_n_ranks_match_one_process_on_the_whole_batch(equivalence):
     relative; float64 agrees to rounding, float32 to a few float32 ulps."""
     import mpi_check
 
-    assert len(equivalence["results"]) == 2 * 2 * len(mpi_check.CASES) == 2 * 2 * 14
+    assert len(equivalence["results"]) == 2 * 2 * len(mpi_check.CASES) == 2 * 2 * 16
     for result in equivalence["results"]:
         bound = 1e-12 if result["dtype"] == "float64" else 1e-6
         label = f"{result['optimizer']} {result['mode']} {result['dtype']}"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, ParamGroup, RAdam, RMSProp
+from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
 
 from test_optimizers import OPTION_IDS, OPTIONS, SHAPES, make_params
 
@@ -23,6 +23,7 @@ NEW_VALUES = {
     Adagrad: dict(lr=0.05, lr_decay=0.1, weight_decay=0.02, initial_accumulator_value=2.0, eps=1e-5, maximize=True),
     Adamax: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
     RAdam: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
+    NAdam: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, momentum_decay=0.05, maximize=True),
     Lion: dict(lr=0.003, betas=(0.85, 0.95), weight_decay=0.02, maximize=True),
 }
 

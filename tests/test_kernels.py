@@ -228,7 +228,10 @@ both_builds = pytest.mark.parametrize("parallel", [True, False], ids=["parallel"
 
 #: The float64 operations besides multiplication each rule's prologue makes, per chunk.
 PROLOGUE_OPS = {"adam": {"vdivsd", "vsubsd"}, "adamw": {"vdivsd", "vsubsd"}, "adamax": {"vdivsd"},
-                "adagrad": {"vdivsd"}, "radamw": {"vsubsd"}}
+                "adagrad": {"vdivsd"}, "radamw": {"vsubsd"}, "nadam": {"vdivsd"}, "nadamw": {"vdivsd", "vsubsd"}}
+#: How many float64 operations a prologue makes at most (NAdamW: lr_k, two coefficients of two
+#: operations each, and 1 - lr_k * lambda).
+PROLOGUE_COUNT = {"nadamw": 7}
 
 
 @needs_avx2_fma
@@ -239,10 +242,11 @@ def test_float32_kernels_do_no_float64_arithmetic(name, parallel, rng):
     double_ops = re.findall(r"\bv?(?:add|sub|mul|div|sqrt|fmadd\w*|cvtss2)(?:sd|pd)\b", asm)
     # Once per chunk, outside the element loop (a handful, none packed): each group's lr *
     # lr_factor, and Adam's step size lr_k / (1 - beta1**t) (Adamax's, Adagrad's lr_k /
-    # divisor) and AdamW's (RAdam's) 1 - lr_k * lambda, in float64 as the host would, each
-    # rounded once to float32.
-    allowed = {"vmulsd"} | PROLOGUE_OPS.get(name.split("_")[0], set())
-    assert set(double_ops) <= allowed and len(double_ops) <= 6, double_ops
+    # divisor, NAdam's two coefficients) and AdamW's (RAdam's, NAdamW's) 1 - lr_k * lambda, in
+    # float64 as the host would, each rounded once to float32.
+    rule = name.split("_")[0]
+    allowed = {"vmulsd"} | PROLOGUE_OPS.get(rule, set())
+    assert set(double_ops) <= allowed and len(double_ops) <= PROLOGUE_COUNT.get(rule, 6), double_ops
     assert re.search(r"\bvfmadd\w*ps\b|\bvfmadd\w*ss\b", asm), "expected single-precision FMAs"
 
 

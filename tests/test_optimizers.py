@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies
 
 import fastopt
-from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, ParamGroup, RAdam, RMSProp
+from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
 
 from textbook import RULES
 
@@ -38,6 +38,9 @@ OPTIONS = [
     (RAdam, dict(lr=1e-2)),
     (RAdam, dict(lr=1e-2, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.01, maximize=True)),  # rho_6 = 5.39
     (RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    (NAdam, dict(lr=1e-2)),
+    (NAdam, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01, momentum_decay=0.1, maximize=True)),
+    (NAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     (Lion, dict(lr=1e-3)),
     (Lion, dict(lr=1e-3, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
 ]
@@ -316,9 +319,27 @@ def test_bad_state_dict_is_refused_and_changes_nothing(make, message):
         assert np.array_equal(after["state"][name], before["state"][name])
 
 
+@pytest.mark.parametrize("mu_product", [None, 1.5, -0.1, float("nan"), "0.5", True])
+def test_nadam_refuses_a_bad_mu_product_and_changes_nothing(mu_product):
+    params = FlatParams({"w": 3})
+    opt = NAdam(params, lr=0.1)
+    params.grad[:] = 1.0
+    opt.step()
+    saved = opt.state_dict()
+    before = (opt.mu_product, opt.step_count, params.data.copy())
+    saved["step"] = 7
+    if mu_product is None:
+        del saved["mu_product"]
+    else:
+        saved["mu_product"] = mu_product
+    with pytest.raises(ValueError, match="mu_product"):
+        opt.load_state_dict(saved)
+    assert (opt.mu_product, opt.step_count) == before[:2] and np.array_equal(params.data, before[2])
+
+
 def test_public_api_is_explicit():
     assert set(fastopt.__all__) >= {"FlatParams", "SGD", "Adam", "AdamW", "RMSProp", "ParamGroup", "Adagrad",
-                                    "Adamax", "RAdam", "Lion"}
+                                    "Adamax", "NAdam", "RAdam", "Lion"}
 
 
 def _options(draw, cls):
@@ -339,13 +360,15 @@ def _options(draw, cls):
                     betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.9, 0.9999))),
                     eps=draw(st.sampled_from([1e-8, 1e-6, 1e-3])), weight_decay=weight_decay,
                     amsgrad=draw(st.booleans()), maximize=maximize)
-    if cls in (Adamax, RAdam, Lion):
+    if cls in (Adamax, NAdam, RAdam, Lion):
         options = dict(lr=draw(st.floats(1e-4, 0.05)), betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.9, 0.9999))),
                        weight_decay=weight_decay, maximize=maximize)
         if cls is not Lion:
             options["eps"] = draw(st.sampled_from([1e-8, 1e-6, 1e-3]))
-        if cls is RAdam:
+        if cls in (NAdam, RAdam):
             options["decoupled_weight_decay"] = draw(st.booleans())
+        if cls is NAdam:
+            options["momentum_decay"] = draw(st.sampled_from([0.0, 4e-3, 0.1]))
         return options
     if cls is Adagrad:
         return dict(lr=draw(st.floats(1e-3, 0.1)), lr_decay=draw(st.sampled_from([0.0, 1e-3, 0.1])),
@@ -360,7 +383,7 @@ def _options(draw, cls):
 @given(data=strategies.data())
 def test_any_option_combination_follows_the_textbook_rule(data):
     draw = data.draw
-    cls = draw(strategies.sampled_from([SGD, Adam, AdamW, RMSProp, Adagrad, Adamax, RAdam, Lion]))
+    cls = draw(strategies.sampled_from([SGD, Adam, AdamW, RMSProp, Adagrad, Adamax, NAdam, RAdam, Lion]))
     options = _options(draw, cls)
     sizes = draw(strategies.lists(strategies.integers(0, 40), min_size=1, max_size=4))
     shapes = {f"p{k}": size for k, size in enumerate(sizes)}

@@ -56,11 +56,13 @@ CLASSES = {
     "Adamax-maximize": dict(lr=1e-2, betas=(0.8, 0.99), maximize=True),
     "RAdam": dict(lr=1e-2, weight_decay=1e-3),
     "RAdam-decoupled": dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True),
+    "NAdam": dict(lr=1e-2, weight_decay=1e-3, momentum_decay=0.02),
+    "NAdam-decoupled-maximize": dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True, maximize=True),
 }
 
 
 def has_momentum(name, options):
-    return name.startswith(("Adam", "RAdam")) or options.get("momentum", 0) > 0
+    return name.startswith(("Adam", "RAdam", "NAdam")) or options.get("momentum", 0) > 0
 
 
 def scheduler(kind, optimizer, name, options):
@@ -131,7 +133,7 @@ def test_trajectory_equals_torch_optim_with_its_schedulers(name, kind):
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam-amsgrad", "AdamW", "RMSprop-centered-momentum", "Adagrad", "Adamax",
-                                  "RAdam-decoupled"])
+                                  "RAdam-decoupled", "NAdam"])
 def test_state_dicts_move_between_torch_and_fastopt(name):
     """torch -> fastopt -> torch, each half-way through, continues as torch alone does."""
     options = CLASSES[name]
@@ -199,6 +201,40 @@ def test_a_parameter_without_a_gradient_for_a_while_keeps_its_own_step_count():
             optimizer.step()
         runs.append(model)
     assert_close(*runs)
+
+
+@pytest.mark.parametrize("default_dtype", [torch.float32, torch.float64])
+def test_nadam_keeps_each_parameters_mu_product_as_torch(default_dtype):
+    """NAdam's product of momentum factors is per parameter in torch: one that skips steps, or
+    is stepped while beta1 changes, has its own, kept in torch's scalar dtype (float32 unless
+    the default dtype is float64) and rounded there at each step."""
+    x, y = data()
+    runs, products = [], []
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default_dtype)
+    try:
+        for module in (ft, torch.optim):
+            model, _ = twins()
+            extra = {"foreach": False} if module is torch.optim else {}
+            optimizer = module.NAdam(model.parameters(), lr=1e-2, momentum_decay=0.05, **extra)
+            for t in range(16):
+                optimizer.zero_grad()
+                # hidden skips step 3 and conv step 9: from step 10 on both have the same step count
+                # but products of different momentum factors (beta1 changes at step 7)
+                model.hidden.requires_grad_(t != 3)
+                model.conv.requires_grad_(t != 9)
+                if t == 7:
+                    optimizer.param_groups[0]["betas"] = (0.6, 0.999)
+                torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
+                optimizer.step()
+            runs.append(model)
+            products.append([optimizer.state[p]["mu_product"] for p in (model.conv.weight, model.hidden.weight)])
+    finally:
+        torch.set_default_dtype(previous)
+    assert_close(*runs)
+    for ours, theirs in zip(*products):
+        assert ours.dtype == theirs.dtype == default_dtype and ours.item() == theirs.item()
+    assert products[0][0].item() != products[0][1].item()
 
 
 def test_grad_scaler_clip_grad_norm_and_closure():

@@ -101,6 +101,23 @@ def radam(config, p, g, state, t, lr, wd):
     return p - lr * m_hat * l_t * r_t
 
 
+def nadam(config, p, g, state, t, lr, wd):
+    beta1, beta2 = config.betas
+    if config.maximize:
+        g = -g
+    if config.decoupled_weight_decay:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    mu = beta1 * (1 - 0.5 * 0.96 ** (t * config.momentum_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * config.momentum_decay))
+    mu_product = state["mu_product"] = state.get("mu_product", 1.0) * mu
+    m = state["m"] = beta1 * state.get("m", 0.0) + (1 - beta1) * g
+    v = state["v"] = beta2 * state.get("v", 0.0) + (1 - beta2) * g**2
+    denom = np.sqrt(v / (1 - beta2**t)) + config.eps
+    return p - lr * (1 - mu) / (1 - mu_product) * g / denom - lr * mu_next / (1 - mu_product * mu_next) * m / denom
+
+
 def lion(config, p, g, state, t, lr, wd):
     """Chen et al. (2023), Program 1, with sign(0) = 0."""
     beta1, beta2 = config.betas
@@ -113,4 +130,4 @@ def lion(config, p, g, state, t, lr, wd):
 
 
 RULES = {"SGD": sgd, "Adam": adam, "AdamW": adamw, "RMSProp": rmsprop, "Adagrad": adagrad, "Adamax": adamax,
-         "RAdam": radam, "Lion": lion}
+         "NAdam": nadam, "RAdam": radam, "Lion": lion}

@@ -14,7 +14,8 @@ import fastopt
 #: Bytes moved per element and step (reads + writes), float32.
 BYTES_PER_ELEMENT = {
     "sgd": 12, "sgd_nesterov": 20, "adam": 28, "adamw": 28, "adam_amsgrad": 36,
-    "rmsprop": 20, "rmsprop_centered_momentum": 36, "adagrad": 20, "adamax": 28, "radam": 28, "lion": 20,
+    "rmsprop": 20, "rmsprop_centered_momentum": 36, "adagrad": 20, "adamax": 28, "nadam": 28, "radam": 28,
+    "lion": 20,
 }
 
 FASTOPT = {
@@ -27,6 +28,7 @@ FASTOPT = {
     "rmsprop_centered_momentum": (fastopt.RMSProp, dict(lr=1e-3, centered=True, momentum=0.9)),
     "adagrad": (fastopt.Adagrad, dict(lr=1e-2)),
     "adamax": (fastopt.Adamax, dict(lr=2e-3)),
+    "nadam": (fastopt.NAdam, dict(lr=2e-3)),
     "radam": (fastopt.RAdam, dict(lr=1e-3)),
     "lion": (fastopt.Lion, dict(lr=1e-4)),
 }
@@ -68,9 +70,11 @@ class NumpyStep:
         self.p, self.g = random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3)
         self.a = np.zeros(n, np.float32)
         self.b = np.zeros(n, np.float32) if rule in ("adam", "adamw", "adam_amsgrad", "rmsprop_centered_momentum",
-                                                     "adamax", "radam") else None
-        self.c = np.zeros(n, np.float32) if rule in ("adam_amsgrad", "rmsprop_centered_momentum") else None
+                                                     "adamax", "nadam", "radam") else None
+        self.c = (np.zeros(n, np.float32) if rule in ("adam_amsgrad", "rmsprop_centered_momentum", "nadam")
+                  else None)
         self.tmp = np.empty(n, np.float32)
+        self.tmp2 = np.empty(n, np.float32) if rule == "nadam" else None
         self.t = 0
         self.step = getattr(self, "_" + rule)
 
@@ -167,6 +171,32 @@ class NumpyStep:
         tmp *= f(-2e-3 / (1 - 0.9**self.t))
         self.p += tmp
 
+    def _nadam(self):
+        from fastopt.optim.nadam import momentum_factor
+
+        f, m, v, tmp = np.float32, self.a, self.b, self.tmp
+        self.t += 1
+        if self.t == 1:
+            self.mu_product = 1.0
+        mu, mu_next = momentum_factor(0.9, 4e-3, self.t), momentum_factor(0.9, 4e-3, self.t + 1)
+        self.mu_product *= mu
+        m *= f(0.9)
+        np.multiply(self.g, f(0.1), out=tmp)
+        m += tmp
+        v *= f(0.999)
+        np.multiply(self.g, self.g, out=tmp)
+        tmp *= f(0.001)
+        v += tmp
+        denom = self.c
+        np.multiply(v, f(1 / (1 - 0.999**self.t)), out=denom)
+        np.sqrt(denom, out=denom)
+        denom += f(1e-8)
+        np.multiply(self.g, f(-2e-3 * (1 - mu) / (1 - self.mu_product)), out=tmp)
+        np.multiply(m, f(-2e-3 * mu_next / (1 - self.mu_product * mu_next)), out=self.tmp2)
+        tmp += self.tmp2
+        np.divide(tmp, denom, out=tmp)
+        self.p += tmp
+
     def _radam(self):
         from fastopt.optim.radam import rectification
 
@@ -216,6 +246,7 @@ class TorchStep:
         "rmsprop_centered_momentum": ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.9)),
         "adagrad": ("Adagrad", dict(lr=1e-2)),
         "adamax": ("Adamax", dict(lr=2e-3)),
+        "nadam": ("NAdam", dict(lr=2e-3)),
         "radam": ("RAdam", dict(lr=1e-3)),
     }
     #: Where torch has a fused CPU kernel (the rest run foreach, its fastest there).
@@ -318,6 +349,13 @@ REPORT_KERNELS = {
     "dropout": (DropoutStep.BYTES_PER_ELEMENT, {
         name: (lambda n, name=name: DropoutStep(name, n)) for name in ("fastopt", "numpy", "torch")}),
 }
+#: What ``fastopt bench`` times unless told (``--kernels``): the rules above and dropout.
+DEFAULT_KERNELS = tuple(REPORT_KERNELS)
+#: The rules added on the one-source spec, on request (torch has no Lion: numpy is its peer).
+for _rule in ("adagrad", "adamax", "nadam", "radam", "lion"):
+    REPORT_KERNELS[_rule] = (BYTES_PER_ELEMENT[_rule], {
+        "fastopt": lambda n, rule=_rule: FastoptStep(rule, n), "numpy": lambda n, rule=_rule: NumpyStep(rule, n),
+        **({"torch": lambda n, rule=_rule: TorchStep(rule, n)} if _rule in TorchStep.TORCH else {})})
 
 
 def _torch_available():
@@ -340,7 +378,7 @@ def report(sizes, kernels=None, rounds=3):
     (``x *= s`` over the same size, measured in this run) and, for fastopt, the speed-up
     against each peer. GPU rows come from :func:`fastopt.bench.gpu.gpu_report`.
     """
-    kernels = list(REPORT_KERNELS) if kernels is None else list(kernels)
+    kernels = list(DEFAULT_KERNELS) if kernels is None else list(kernels)
     implementations = ["fastopt", "numpy"] + (["torch"] if _torch_available() else [])
     rows = []
     for n in sizes:
@@ -349,7 +387,7 @@ def report(sizes, kernels=None, rounds=3):
         del roof_step
         for kernel in kernels:
             bytes_per_element, factories = REPORT_KERNELS[kernel]
-            steps = {name: factories[name](n).step for name in implementations}
+            steps = {name: factories[name](n).step for name in implementations if name in factories}
             times = {name: [] for name in steps}
             for _ in range(rounds):
                 for name, step in steps.items():

@@ -18,7 +18,7 @@ from . import cpu as _bench
 
 #: torch.optim on CUDA at its fastest: fused where it has it (SGD, Adam, AdamW), else foreach.
 TORCH_MODE = {"SGD": "fused", "Adam": "fused", "AdamW": "fused", "RMSprop": "foreach", "Adagrad": "fused",
-              "Adamax": "foreach", "RAdam": "foreach"}
+              "Adamax": "foreach", "NAdam": "foreach", "RAdam": "foreach"}
 
 
 def gpu_available():
@@ -175,7 +175,10 @@ GPU_KERNELS = {
     "sgd_nesterov": _bench.BYTES_PER_ELEMENT["sgd_nesterov"],
     "rmsprop": _bench.BYTES_PER_ELEMENT["rmsprop"],
     "dropout": CudaDropoutStep.BYTES_PER_ELEMENT,
+    **{rule: _bench.BYTES_PER_ELEMENT[rule] for rule in ("adagrad", "adamax", "nadam", "radam", "lion")},
 }
+#: What the GPU report times unless told: the first five.
+DEFAULT_GPU_KERNELS = ("adam", "adamw", "sgd_nesterov", "rmsprop", "dropout")
 
 
 def _case(kernel, implementation, n):
@@ -188,14 +191,15 @@ def gpu_report(sizes, kernels=None, repeats=50):
     """Rows like :func:`fastopt.bench.cpu.report`'s, with ``device`` "cuda": fastopt's CUDA kernel
     and torch on the same card (when torch has CUDA), GB/s and % of the copy bandwidth measured
     at the same size in this run."""
-    kernels = [k for k in (kernels or GPU_KERNELS) if k in GPU_KERNELS]
+    kernels = [k for k in (kernels or DEFAULT_GPU_KERNELS) if k in GPU_KERNELS]
     implementations = ["fastopt"] + (["torch"] if _torch_cuda() else [])
     rows = []
     for n in sizes:
         copy_ms = event_ms(CudaCopyStep(n), repeats)
         roofline = 8 * n / (copy_ms / 1e3) / 1e9
         for kernel in kernels:
-            medians = {name: event_ms(_case(kernel, name, n), repeats) / 1e3 for name in implementations}
+            medians = {name: event_ms(_case(kernel, name, n), repeats) / 1e3 for name in implementations
+                       if name == "fastopt" or kernel in _bench.TorchStep.TORCH or kernel == "dropout"}
             rows += _bench.report_rows(kernel, n, "cuda", GPU_KERNELS[kernel], medians, roofline)
     return rows
 

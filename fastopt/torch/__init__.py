@@ -9,7 +9,7 @@
 >>> optimizer.zero_grad()
 
 :class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop`, :class:`Adagrad`,
-:class:`Adamax` and :class:`RAdam` have torch.optim's names, signatures, defaults and update
+:class:`Adamax`, :class:`NAdam` and :class:`RAdam` have torch.optim's names, signatures, defaults and update
 rules (and :class:`Lion`, which torch lacks, the paper's), and are :class:`torch.optim.Optimizer` subclasses, so
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``, ``clip_grad_norm_`` and training
 frameworks take them. What differs is where the parameters live:
@@ -53,7 +53,7 @@ from torch.optim import optimizer as _torch_optimizer
 from .. import optim as _core
 from ..params import FlatParams
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "RAdam", "RMSprop"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop"]
 
 _FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -72,12 +72,13 @@ class _Slice:
 class _Entry:
     """One parameter: its views of the flat buffers and state, and its step count."""
 
-    __slots__ = ("index", "param", "data", "grad", "data_ptr", "state", "steps", "fresh", "hooked")
+    __slots__ = ("index", "param", "data", "grad", "data_ptr", "state", "steps", "carried", "fresh", "hooked")
 
-    def __init__(self, index, param, data, grad, state):
+    def __init__(self, index, param, data, grad, state, carried):
         self.index, self.param, self.data, self.grad, self.state = index, param, data, grad, state
         self.data_ptr = data.data_ptr()
         self.steps = 0
+        self.carried = carried
         self.fresh = False
         self.hooked = False
 
@@ -95,6 +96,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
     _has_step = True
     #: Whether torch gives every parameter its state at construction (Adagrad), not at its first step.
     _eager_state = False
+    #: Scalars torch keeps per parameter beside ``"step"`` (NAdam's ``"mu_product"``), with their
+    #: values before the first step: the fastopt optimizer carries them as attributes ``_<name>``,
+    #: set from a parameter's values before its step and read back after.
+    _carried = {}
 
     def __init__(self, params, defaults):
         self._built = False
@@ -120,6 +125,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def _initial_state(self, group, name, view):
         """Give a state tensor the value torch starts it at (zero, but Adagrad's sum)."""
         view.zero_()
+
+    def _configured(self, core):
+        """A new fastopt optimizer, set up as this class needs (NAdam's rounding): returned."""
+        return core
 
     def _core_options(self, group):
         """The fastopt config of a group, validated by fastopt (torch's checks ran first)."""
@@ -182,14 +191,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
             shapes = {f"p{index}": tuple(p.shape) for index, p, _ in params}
             flat = FlatParams.wrap(_host_or_device(data[start:stop]), _host_or_device(grad[start:stop]), shapes)
             group = self.param_groups[group_index]
-            core = self._core_class_for(group)(flat, **self._core_options(group))
+            core = self._configured(self._core_class_for(group)(flat, **self._core_options(group)))
             state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
             entries = []
             for index, p, offset in params:
                 lo, hi = offset - start, offset - start + p.numel()
                 views = {name: rows[lo:hi].view(p.shape) for name, rows in state.items()}
                 entry = _Entry(index, p, data[offset:offset + p.numel()].view(p.shape),
-                               grad[offset:offset + p.numel()].view(p.shape), views)
+                               grad[offset:offset + p.numel()].view(p.shape), views, dict(self._carried))
                 self._adopt(entry, previous.get(id(p)))
                 entries.append(entry)
             self._slices.append(_Slice(group_index, entries, core, {k: group.get(k) for k in self._sync_keys}, device))
@@ -217,6 +226,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 if name in saved and saved[name] is not None:
                     view.copy_(saved[name])
             entry.steps = _saved_steps(saved, self._has_step)
+            for name in self._carried:
+                if saved.get(name) is not None:
+                    entry.carried[name] = float(saved[name])
         self._publish(entry)
         self._watch(entry)
 
@@ -237,6 +249,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
         state = dict(entry.state)
         if self._has_step:
             state["step"] = torch.tensor(float(entry.steps), dtype=_scalar_dtype())
+        for name, value in entry.carried.items():
+            state[name] = torch.tensor(value, dtype=_scalar_dtype())
         dict.__setitem__(self.state, entry.param, state)
 
     # -- the step ------------------------------------------------------------------------------
@@ -288,10 +302,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     for name, view in entry.state.items():
                         self._initial_state(groups[entry.index], name, view)
                     entry.steps = 0
+                    entry.carried = dict(self._carried)
                 else:
                     for name, view in entry.state.items():
                         if saved.get(name) is not None and saved[name] is not view:
                             view.copy_(saved[name])
+                    for name in self._carried:
+                        if saved.get(name) is not None:
+                            entry.carried[name] = float(saved[name])
         live = _LiveState({id(entry.param): entry for entry in self._entries}, self._eager_state)
         self.state = self._live = live
         for entry in self._entries:
@@ -322,21 +340,35 @@ class _FlatOptimizer(torch.optim.Optimizer):
             elif not entry.fresh:
                 continue
             stepping.append(entry)
-            steps.add(entry.steps)
+            steps.add((entry.steps, *entry.carried.values()) if self._carried else entry.steps)
         if not stepping:
             return
         if piece.device is not None:
             self._follow_stream(piece)
         if len(stepping) == len(piece.entries) and len(steps) == 1:  # the usual case: one call
-            piece.core._step_at(stepping[0].steps + 1)
+            self._step_cohort(piece, stepping, frozenset())
         else:  # some skip this step, or step counts differ: one call per step count
-            for count in sorted(steps):
-                cohort = {f"p{e.index}" for e in stepping if e.steps == count}
-                piece.core._step_at(count + 1, frozenset(n for n in piece.names if n not in cohort))
+            for key in sorted(steps):
+                cohort = [e for e in stepping if (e.steps if not self._carried else (e.steps, *e.carried.values()))
+                          == key]
+                names = {f"p{e.index}" for e in cohort}
+                self._step_cohort(piece, cohort, frozenset(n for n in piece.names if n not in names))
         for entry in stepping:
             entry.steps += 1
             if entry.steps == 1:
                 self._publish(entry)
+
+    def _step_cohort(self, piece, cohort, skipped):
+        """One kernel call for parameters that share a step count (and carried scalars)."""
+        core, first = piece.core, cohort[0]
+        if not self._carried:
+            core._step_at(first.steps + 1, skipped)
+            return
+        for name, value in first.carried.items():
+            setattr(core, "_" + name, value)
+        core._step_at(first.steps + 1, skipped)
+        for entry in cohort:
+            entry.carried = {name: getattr(core, "_" + name) for name in self._carried}
 
     @staticmethod
     def _follow_stream(piece):
@@ -377,7 +409,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         carried over by name and new state zero, as torch creates it. A new momentum buffer
         starts as torch's does, from the next gradient (the step count restarts for SGD)."""
         old = piece.core
-        core = cls(old.params, **options)
+        core = self._configured(cls(old.params, **options))
         new_buffer = False
         for name, rows in core.state.items():
             if name in old.state:
@@ -452,6 +484,9 @@ class _LiveState(defaultdict):
         entry = self._entries.get(id(param))
         if entry is not None and "step" in state:
             state["step"].fill_(entry.steps)
+            for name, value in entry.carried.items():
+                if name in state:
+                    state[name].fill_(value)
         return state
 
     def get(self, param, default=None):
@@ -513,7 +548,8 @@ def _check_flags(options):
         if options.get(flag):
             raise ValueError(f"{flag}=True is not supported by fastopt.torch (its steps are fastopt's "
                              f"kernels, outside autograd and CUDA graphs); got {flag}=True")
-    for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "dampening", "lr_decay", "initial_accumulator_value"):
+    for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "dampening", "lr_decay", "initial_accumulator_value",
+                "momentum_decay"):
         if isinstance(options.get(key), torch.Tensor):
             raise TypeError(f"{key} must be a float for fastopt.torch, got a Tensor ({key}={options[key]!r})")
 
@@ -668,6 +704,37 @@ class RAdam(_FlatOptimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
                                       maximize=maximize, capturable=capturable, differentiable=differentiable))
+
+
+class NAdam(_FlatOptimizer):
+    """``torch.optim.NAdam`` (``momentum_decay``, weight decay, ``decoupled_weight_decay``,
+    maximize), stepped by fastopt. As torch, each parameter keeps its ``mu_product`` (a tensor
+    of torch's scalar dtype, float32 unless the default dtype is float64, rounded as torch
+    rounds it at every step). ``foreach`` is accepted and ignored."""
+
+    _core_class = _core.NAdam
+    _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
+                          "maximize")
+    _carried = {"mu_product": 1.0}
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        _check_betas(betas)
+        if not 0.0 <= momentum_decay:
+            raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                      foreach=foreach, maximize=maximize, capturable=capturable,
+                                      differentiable=differentiable))
+
+    def _configured(self, core):
+        # torch multiplies its mu_product tensor (float32 unless the default dtype is float64) in place
+        core._mu_product_type = np.float64 if _scalar_dtype() == torch.float64 else np.float32
+        return core
 
 
 class Lion(_FlatOptimizer):
