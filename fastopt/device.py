@@ -127,19 +127,29 @@ class Cpu:
         return np.zeros(shape, dtype)
 
     @staticmethod
-    def work_table(segments):
-        from .kernels.chunks import chunk_table
+    def work_table(segments, tensors=False):
+        from .kernels.chunks import TENSOR_TILE, chunk_table
 
-        return chunk_table(segments)
+        return chunk_table(segments, TENSOR_TILE, merge=False) if tensors else chunk_table(segments)
+
+    @staticmethod
+    def tensor_table(segments):
+        from .kernels.chunks import tensor_tiles
+
+        return tensor_tiles(segments)
 
     @staticmethod
     def resident(array):
         return array
 
     @staticmethod
-    def rule_step(rule, arguments, stream=0):
+    def rule_step(rule, arguments, stream=0, tensors=None):
         from .kernels import cpu
 
+        if rule.tensorwise is not None:
+            from .kernels import tensorwise
+
+            return tensorwise.CpuLaunch(rule, arguments[0].size, tensors)
         return cpu.rule_kernel_for_size(rule, arguments[0].size)
 
     @staticmethod
@@ -164,17 +174,27 @@ class Cuda:
     zeros = staticmethod(zeros)
 
     @staticmethod
-    def work_table(segments):
+    def work_table(segments, tensors=False):
         from .kernels import cuda as kernels
+        from .kernels.chunks import TENSOR_TILE, chunk_table
 
-        return tuple(to_device(table) for table in kernels.tile_table(segments))
+        tables = chunk_table(segments, TENSOR_TILE, merge=False) if tensors else kernels.tile_table(segments)
+        return tuple(to_device(table) for table in tables)
+
+    @staticmethod
+    def tensor_table(segments):
+        from .kernels.chunks import tensor_tiles
+
+        return tuple(to_device(table) for table in tensor_tiles(segments))
 
     resident = staticmethod(to_device)
 
     @staticmethod
-    def rule_step(rule, arguments, stream=0):
+    def rule_step(rule, arguments, stream=0, tensors=None):
         from .kernels import cuda as kernels
 
+        if rule.tensorwise is not None:
+            return kernels.TensorwiseLaunch(rule, arguments, tensors, stream)
         return kernels.rule_launch(rule, arguments, stream)
 
     @staticmethod

@@ -20,7 +20,12 @@ import numpy as np
 CHUNK_SIZE = 16384
 
 
-def chunk_table(segments, chunk_size=CHUNK_SIZE):
+#: Elements per tile of a rule with per-tensor sums (LAMB's norms), on every target: tiles start
+#: at each tensor's first element, so the sums do not depend on the target or on the groups.
+TENSOR_TILE = 2048
+
+
+def chunk_table(segments, chunk_size=CHUNK_SIZE, merge=True):
     """Build the chunk table from ``(start, stop, group)`` segments covering a buffer in order.
 
     Parameters
@@ -31,6 +36,9 @@ def chunk_table(segments, chunk_size=CHUNK_SIZE):
         empty segments are skipped.
     chunk_size : int
         The largest number of elements in one chunk.
+    merge : bool
+        ``False``: every segment is cut on its own, so a chunk never straddles two segments
+        and the chunks are the same whatever the groups (rules with per-tensor sums).
 
     Returns
     -------
@@ -48,7 +56,7 @@ def chunk_table(segments, chunk_size=CHUNK_SIZE):
                 f"after an end of {expected_start}"
             )
         expected_start = stop
-        if runs and runs[-1][2] == group:
+        if merge and runs and runs[-1][2] == group:
             runs[-1][1] = stop
         else:
             runs.append([start, stop, group])
@@ -59,3 +67,18 @@ def chunk_table(segments, chunk_size=CHUNK_SIZE):
             bounds.append(min(chunk_start + chunk_size, stop))
             groups.append(group)
     return np.asarray(bounds, dtype=np.uint64), np.asarray(groups, dtype=np.int64)
+
+
+def tensor_tiles(segments, tile_size=None):
+    """For ``chunk_table(segments, tile_size, merge=False)``: ``(tile_tensor, tensor_tiles)``,
+    the tensor (non-empty segment, counted in order) of each tile, and each tensor's first tile
+    with the tile count appended (int64). ``tile_size`` defaults to :data:`TENSOR_TILE` (read
+    when called)."""
+    tile_size = TENSOR_TILE if tile_size is None else tile_size
+    tile_tensor, tensor_tiles = [], [0]
+    for start, stop, _ in segments:
+        if stop > start:
+            count = -(-(stop - start) // tile_size)
+            tile_tensor += [len(tensor_tiles) - 1] * count
+            tensor_tiles.append(tensor_tiles[-1] + count)
+    return np.asarray(tile_tensor, dtype=np.int64), np.asarray(tensor_tiles, dtype=np.int64)

@@ -103,6 +103,8 @@ def rule_kernel(rule, parallel=True):
 
 @functools.cache
 def _rule_kernel(rule, parallel):
+    if rule.tensorwise is not None:
+        raise ValueError(f"rule {rule.name!r} sums over tensors: its kernel is kernels.tensorwise.kernel")
     names = TARGET.names(chunked_step, {"prologue": rule.prologue,
                                         "apply": TARGET.element(apply, **rule.element_bindings())})
     name = f"{rule.name}{'' if parallel else '_serial'}_{_source_digest()}"

@@ -31,7 +31,8 @@ from .dropout import drop
 from .elements import Target, rebound
 from .penalty import square
 from .philox import MASK32, SHIFT32, philox_source
-from .rule import apply
+from .rule import apply, finish, measure
+from .tensorwise import LANES
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -146,6 +147,8 @@ def tiled_step(param, state, grad, bounds, groups, table, scalars):
 def rule_kernel(rule):
     """The CUDA kernel of ``rule`` (compiled on first launch for the argument types).
     Unchecked: it trusts its arguments, which the optimizers check."""
+    if rule.tensorwise is not None:
+        raise ValueError(f"rule {rule.name!r} sums over tensors: launch it with TensorwiseLaunch")
     names = TARGET.names(tiled_step, {"prologue": rule.prologue,
                                       "apply": TARGET.element(apply, **rule.element_bindings())})
     return cuda.jit(rebound(tiled_step, names, rule.name))
@@ -159,6 +162,103 @@ def rule_launch(rule, arguments, stream=0):
     if not SIMULATOR:
         kernel = kernel.specialize(*arguments)
     return configure(kernel, blocks_for(arguments[4].size), stream=stream)
+
+
+# -- rules with per-tensor sums (see kernels/tensorwise.py for the order the sums take) ----------
+
+
+def tensorwise_norms(param, state, grad, bounds, groups, table, scalars, partial):
+    """The first pass: a block of ``LANES`` threads per tile; thread ``j`` adds the squares of
+    elements ``j, j + LANES, ...`` of the tile in order, then the block adds by the fixed tree."""
+    lanes = cuda.shared.array((2, LANES), float64)
+    tid = cuda.threadIdx.x
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            param_squares = float64(0.0)
+            direction_squares = float64(0.0)
+            for i in range(bounds[t] + uint64(tid), bounds[t + 1], uint64(LANES)):
+                p, u = measure(param, state, grad, i, chunk)  # noqa: F821
+                param_squares += square(p)  # noqa: F821
+                direction_squares += square(u)  # noqa: F821
+            lanes[0, tid] = param_squares
+            lanes[1, tid] = direction_squares
+            cuda.syncthreads()
+            half = LANES // 2
+            while half > 0:
+                if tid < half:
+                    lanes[0, tid] += lanes[0, tid + half]
+                    lanes[1, tid] += lanes[1, tid + half]
+                cuda.syncthreads()
+                half //= 2
+            if tid == 0:
+                partial[t, 0] = lanes[0, 0]
+                partial[t, 1] = lanes[1, 0]
+            cuda.syncthreads()
+
+
+@cuda.jit
+def tensorwise_sums(groups, tensor_tiles, partial, sums):
+    """Per tensor (a thread each), its tiles' sums added in tile order."""
+    k = cuda.grid(1)
+    if k < tensor_tiles.size - 1:
+        param_squares = float64(0.0)
+        direction_squares = float64(0.0)
+        for t in range(tensor_tiles[k], tensor_tiles[k + 1]):
+            if groups[t] >= 0:
+                param_squares += partial[t, 0]
+                direction_squares += partial[t, 1]
+        sums[k, 0] = param_squares
+        sums[k, 1] = direction_squares
+
+
+def tensorwise_apply(param, state, bounds, groups, table, scalars, tile_tensor, sums):
+    """The second pass: per tile its tensor's ratio and step size, then every element."""
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            k = tile_tensor[t]
+            step_size = scale(param, table[groups[t]], scalars, ratio(sums[k, 0], sums[k, 1]))  # noqa: F821
+            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+                finish(param, state, i, chunk, step_size)  # noqa: F821
+
+
+@functools.cache
+def tensorwise_kernels(rule):
+    """The first and second pass of a rule with per-tensor sums, compiled from its source."""
+    norms = TARGET.names(tensorwise_norms, {"prologue": rule.prologue, "square": square,
+                                            "measure": TARGET.element(measure, **rule.element_bindings())})
+    steps = TARGET.names(tensorwise_apply, {"prologue": rule.prologue, "ratio": rule.tensorwise.ratio,
+                                            "scale": rule.tensorwise.scale,
+                                            "finish": TARGET.element(finish, **rule.finish_bindings())})
+    return (cuda.jit(rebound(tensorwise_norms, norms, rule.name + "_norms")),
+            cuda.jit(rebound(tensorwise_apply, steps, rule.name + "_apply")))
+
+
+class TensorwiseLaunch:
+    """A step of a per-tensor rule over fixed buffers: three launches (the first pass, the
+    per-tensor sums, the second pass) with the tensor tables and scratch sums on the device,
+    allocated once; called as ``launch(*buffers, scalars)``."""
+
+    def __init__(self, rule, arguments, tensors, stream=0):
+        import numpy as np
+
+        self._tile_tensor, self._tensor_tiles = tensors
+        tiles, tensors_count = arguments[4].size, self._tensor_tiles.size - 1
+        self.partial = cuda.device_array((max(1, tiles), 2), np.float64)
+        self.sums = cuda.device_array((max(1, tensors_count), 2), np.float64)
+        norms, steps = tensorwise_kernels(rule)
+        self._norms = configure(norms, blocks_for(tiles), LANES, stream)
+        self._sums = configure(tensorwise_sums, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
+        self._steps = configure(steps, blocks_for(tiles), stream=stream)
+        self._empty = tiles == 0
+
+    def __call__(self, param, state, grad, bounds, groups, table, scalars):
+        if self._empty:
+            return
+        self._norms(param, state, grad, bounds, groups, table, scalars, self.partial)
+        self._sums(groups, self._tensor_tiles, self.partial, self.sums)
+        self._steps(param, state, bounds, groups, table, scalars, self._tile_tensor, self.sums)
 
 
 # -- the L2 penalty -------------------------------------------------------------------------------

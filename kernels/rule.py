@@ -28,9 +28,14 @@ and every scalar, each rounded once; per element, ``update(p, state_values, g, c
 returns ``(p, state_values)``. Chunks never straddle a group, so the result does not depend
 on how a target cuts the buffer.
 
-State that is not one value per element (factored moments, per-tensor norms) is not declared
-yet: such a rule adds a kind of state here and a pass to each target, not special cases in the
-façade.
+A rule whose step depends on sums over each parameter tensor (LAMB's trust ratio) declares
+:class:`Tensorwise` as well and runs in two passes over tiles that start at each tensor's first
+element (:data:`~.chunks.TENSOR_TILE`): the first stores the new state and sums two squares per
+tensor (``update`` returns the direction ``u`` in place of the parameter), the second
+recomputes ``u`` from the new state and takes the step, scaled per tensor. The sums are made
+in one fixed order on every target (see :mod:`.tensorwise`), so CPU and CUDA agree bit for bit.
+State that is still not one value per element (factored moments) would add a kind of state
+here and a pass to each target, not special cases in the façade.
 """
 
 import dataclasses
@@ -43,6 +48,20 @@ from .elements import element
 GROUP_COLUMNS = ("lr_factor", "weight_decay")
 
 @dataclasses.dataclass(frozen=True)
+class Tensorwise:
+    """The second pass of a rule with per-tensor sums: per element ``direction(p, state_values,
+    chunk) -> u`` from the new state (what the first pass's ``update`` computed), per tensor
+    ``ratio(param_squares, direction_squares) -> float64`` from the sums of ``p**2`` and
+    ``u**2``, per tile ``scale(param, group_row, scalars, ratio)`` (the step size, rounded
+    once to the buffer's dtype) and per element ``step(p, u, scale) -> p``."""
+
+    direction: Callable
+    ratio: Callable
+    scale: Callable
+    step: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
     """One update rule. See the module docstring for the kernel arguments it implies."""
 
@@ -53,6 +72,8 @@ class Rule:
     prologue: Callable
     update: Callable
     reference: Callable
+    #: Set for rules with per-tensor sums (see the module docstring); None for element-wise rules.
+    tensorwise: Tensorwise = None
 
     def __post_init__(self):
         unknown = [column for column in self.group if column not in GROUP_COLUMNS]
@@ -66,6 +87,11 @@ class Rule:
         n = len(self.state)
         return {"update": self.update, "load": _LOADS[n], "store": _STORES[n]}
 
+    def finish_bindings(self):
+        """What :func:`finish` means for this rule (a rule with :attr:`tensorwise`)."""
+        return {"direction": self.tensorwise.direction, "step": self.tensorwise.step,
+                "load": _LOADS[len(self.state)]}
+
 
 @element
 def apply(param, state, grad, i, chunk):
@@ -73,6 +99,23 @@ def apply(param, state, grad, i, chunk):
     p, values = update(param[i], load(state, i), grad[i], chunk)  # noqa: F821
     param[i] = p
     store(state, i, values)  # noqa: F821
+
+
+@element
+def measure(param, state, grad, i, chunk):
+    """The first pass of a per-tensor rule at one element: the new state stored; returns the
+    parameter (unchanged) and the direction ``u``."""
+    p = param[i]
+    u, values = update(p, load(state, i), grad[i], chunk)  # noqa: F821
+    store(state, i, values)  # noqa: F821
+    return p, u
+
+
+@element
+def finish(param, state, i, chunk, scale):
+    """The second pass at one element: the direction again from the new state, and the step."""
+    p = param[i]
+    param[i] = step(p, direction(p, load(state, i), chunk), scale)  # noqa: F821
 
 
 @element

@@ -28,6 +28,7 @@ OPTIMIZERS = {
     "nadam": ("NAdam", dict(lr=1e-2, weight_decay=1e-3, momentum_decay=0.02)),
     "nadamw": ("NAdam", dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, maximize=True)),
     "lion": ("Lion", dict(lr=1e-3, weight_decay=0.1)),
+    "lamb": ("LAMB", dict(lr=1e-2, weight_decay=1e-2, maximize=True)),
 }
 
 
@@ -36,9 +37,11 @@ def patch_simulator():
     loops over Philox counters, all turn over at test sizes. (The simulator needs nothing else:
     under it the CUDA target binds the plain-Python primitives of fastopt.kernels.primitives,
     a correctly rounded fma and a dtype-preserving square root.)"""
-    from fastopt.kernels import cuda
+    from fastopt.kernels import chunks, cuda
 
     cuda.THREADS_PER_BLOCK, cuda.MAX_BLOCKS, cuda.TILE_SIZE = 8, 3, 16
+    # LAMB's tiles: more than one per tensor, and more elements than a tile has lanes (256)
+    chunks.TENSOR_TILE = 300
 
 
 def host(array):
@@ -60,13 +63,16 @@ def check(simulator):
         return np.array_equal(host(a), host(b), equal_nan=True)
 
     # Sizes: 16,411 elements span two chunks of the chunk table; the groups cut inside them.
-    shapes = {"w": (121, 131), "b": 131, "scale": (11, 9)} if not simulator else {"w": (7, 9), "b": 9, "s": 5}
-    last = list(shapes)[-1]
+    common = {"w": (121, 131), "b": 131, "scale": (11, 9)} if not simulator else {"w": (7, 9), "b": 9, "s": 5}
+    # LAMB sums per tensor: under the simulator, a tensor of two tiles, one of 300 elements
+    tensorwise = common if not simulator else {"w": (20, 16), "b": 31, "s": 5}
+    last = list(common)[-1]
     groups = [fastopt.ParamGroup(["b"], lr_factor=0.5, weight_decay=0.0), fastopt.ParamGroup([last], lr_factor=2.0)]
     steps = 4 if simulator else 20
     for dtype in (np.float32, np.float64):
         for name, (cls_name, options) in OPTIMIZERS.items():
             cls = getattr(fastopt, cls_name)
+            shapes = tensorwise if name == "lamb" else common
             rng = np.random.default_rng(1)
             cpu = fastopt.FlatParams(shapes, dtype=dtype)
             cpu.data[:] = rng.standard_normal(cpu.size)

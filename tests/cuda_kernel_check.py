@@ -22,22 +22,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cuda_facade_check import patch_simulator  # noqa: E402
-from kernel_cases import make_case  # noqa: E402
+from kernel_cases import ELEMENTWISE, TENSORWISE, make_case, make_tensor_case  # noqa: E402
 
-from fastopt.kernels import cpu, cuda, dropout, penalty  # noqa: E402
-from fastopt.kernels.rules import RULES  # noqa: E402
+from fastopt.kernels import cpu, cuda, dropout, penalty, tensorwise  # noqa: E402
 
 
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
-    failures = rule_failures() + dropout_failures() + penalty_failures()
+    failures = rule_failures() + tensorwise_failures() + dropout_failures() + penalty_failures()
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
 
 
 def rule_failures():
     failures = []
-    for name in sorted(RULES):
+    for name in ELEMENTWISE:
         for dtype in (np.float32, np.float64):
             for size, seed in ((0, 0), (1, 1), (7, 2), (133, 3)):
                 rng = np.random.default_rng(seed)
@@ -54,6 +53,28 @@ def rule_failures():
                     b = on_gpu.mutated()[buffer]
                     if not np.array_equal(a, b, equal_nan=True):
                         failures.append(f"{name} {dtype.__name__} size {size} {buffer}: {np.flatnonzero(a != b)[:5]}")
+    return failures
+
+
+def tensorwise_failures():
+    """Rules with per-tensor sums: the CPU kernel and the three CUDA launches, on tiles of
+    TENSOR_TILE (small under the simulator: several per tensor, more elements than lanes),
+    with a tensor skipped (group -1) and an empty one."""
+    failures = []
+    for name in TENSORWISE:
+        for dtype in (np.float32, np.float64):
+            for sizes, skipped in (([0], ()), ([1, 700, 0, 5], (3,)), ([301, 7, 2, 650], ())):
+                case, _ = make_tensor_case(name, sizes, dtype, np.random.default_rng(len(sizes)), skipped)
+                on_gpu = case.copy()
+                arguments = [device(a) if isinstance(a, np.ndarray) else a for a in on_gpu.arguments()[:7]]
+                tensors = (device(case.tile_tensor), device(case.tensor_tiles))
+                tensorwise.kernel(case.rule)(*case.arguments())
+                cuda.TensorwiseLaunch(case.rule, arguments, tensors)(*arguments)
+                on_gpu.param, on_gpu.state = arguments[0].copy_to_host(), arguments[1].copy_to_host()
+                for buffer, a in case.mutated().items():
+                    b = on_gpu.mutated()[buffer]
+                    if not np.array_equal(a, b, equal_nan=True):
+                        failures.append(f"{name} {dtype.__name__} sizes {sizes} {buffer}: {np.flatnonzero(a != b)[:5]}")
     return failures
 
 

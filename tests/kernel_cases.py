@@ -16,6 +16,12 @@ DTYPES = [np.float32, np.float64]
 GRADIENT_UNITS = {"param", "grad", "exp_avg", "grad_avg", "momentum_buffer", "exp_inf"}
 
 
+#: The rules whose kernels are element-wise (the usual kernel arguments), and those with
+#: per-tensor sums (kernels.tensorwise: tensor tables and scratch as well).
+ELEMENTWISE = sorted(name for name, rule in RULES.items() if rule.tensorwise is None)
+TENSORWISE = sorted(name for name, rule in RULES.items() if rule.tensorwise is not None)
+
+
 def _scalar_values(rule, rng):
     """A value for each of ``rule``'s scalars, by name, over the ranges training reaches."""
     values = {}
@@ -38,6 +44,8 @@ def _scalar_values(rule, rng):
             values[name] = 10 ** rng.uniform(-12, -2)
         elif name == "lr_decay_divisor":  # 1 + (t - 1) * lr_decay
             values[name] = 1 + rng.uniform(0, 100) * float(rng.choice([0.0, 1e-3, 1.0]))
+        elif name == "bias_correction2":
+            values[name] = rng.uniform(0.001, 1)
         elif name == "rect":  # 0 on the first steps (no rectification), else in (0, 1]
             values[name] = float(rng.choice([0.0, rng.uniform(0.01, 1), 1.0]))
         else:  # one_minus_beta1, bias_correction2_sqrt, momentum, buffer_decay, buffer_grad_scale
@@ -116,4 +124,40 @@ def make_case(name, size, dtype, rng, n_groups=1, chunk_size=CHUNK_SIZE):
     state = np.array(rows, dtype=dtype).reshape(len(rule.state), size)
     case = Case(rule, param.astype(dtype), state, grad.astype(dtype), bounds, groups, table,
                 scalars_of(rule, _scalar_values(rule, rng)))
+    return case, segments
+
+
+@dataclasses.dataclass
+class TensorCase(Case):
+    """One call of a rule with per-tensor sums: the kernel arguments, then the tensor tables
+    and the scratch sums (``kernels.tensorwise.kernel(rule)(*case.arguments())``)."""
+
+    tile_tensor: np.ndarray = None
+    tensor_tiles: np.ndarray = None
+    partial: np.ndarray = None
+    sums: np.ndarray = None
+
+    def arguments(self):
+        return (*super().arguments(), self.tile_tensor, self.tensor_tiles, self.partial, self.sums)
+
+    def copy(self):
+        return dataclasses.replace(super().copy(), partial=self.partial.copy(), sums=self.sums.copy())
+
+
+def make_tensor_case(name, sizes, dtype, rng, skipped=()):
+    """Random data for rule ``name`` over tensors of ``sizes`` (each its own group, but for
+    tensors 1 and 2 which share one, and the tensors in ``skipped``, of group -1): ``(case,
+    segments)``, its tiles of ``TENSOR_TILE`` (read when called) starting at each tensor."""
+    from fastopt.kernels import chunks
+
+    base, _ = make_case(name, int(sum(sizes)), dtype, rng)
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    group_of = [min(k, 1) if k <= 2 else k - 1 for k in range(len(sizes))]
+    segments = [(int(edges[k]), int(edges[k + 1]), -1 if k in skipped else group_of[k]) for k in range(len(sizes))]
+    bounds, groups = chunks.chunk_table(segments, chunks.TENSOR_TILE, merge=False)
+    tile_tensor, tensor_tiles = chunks.tensor_tiles(segments)
+    n_groups = max(group_of) + 1
+    table = np.stack([rng.uniform(0.2, 2, n_groups), rng.choice([0.0, 1e-2, 0.5], n_groups)], axis=1)
+    case = TensorCase(base.rule, base.param, base.state, base.grad, bounds, groups, table, base.scalars,
+                      tile_tensor, tensor_tiles, np.zeros((tile_tensor.size, 2)), np.zeros((tensor_tiles.size - 1, 2)))
     return case, segments

@@ -9,7 +9,9 @@ from fastopt import cli
 @pytest.mark.parametrize("optimizer, extra", [("adamw", []), ("adam", []),
                                               ("sgd", ["--momentum", "0.9"]),
                                               ("rmsprop", ["--lr", "0.01"]), ("adagrad", ["--lr", "1.0"]),
-                                              ("adamax", []), ("nadam", ["--lr", "0.03"]), ("radam", [])])
+                                              ("adamax", []), ("nadam", ["--lr", "0.03"]), ("radam", []),
+                                              # LAMB's steps are lr * ||w||: it nears the floor slowly
+                                              ("lamb", ["--lr", "0.01", "--steps", "1000"])])
 def test_demo_fits_the_model(optimizer, extra, capsys):
     assert cli.main(["demo", "--optimizer", optimizer, "--steps", "300", *extra]) == 0
     output = capsys.readouterr().out

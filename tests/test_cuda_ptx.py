@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import pytest
 
-from kernel_cases import make_case
+from kernel_cases import TENSORWISE, make_case, make_tensor_case
 
 
 def _missing_tools():
@@ -52,9 +52,9 @@ DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float3
 
 
 def rule_names():
-    from fastopt.kernels.rules import RULES
+    from kernel_cases import ELEMENTWISE
 
-    return sorted(RULES)
+    return ELEMENTWISE
 
 
 def compile_twice(function, args, cc):
@@ -155,6 +155,25 @@ def test_rule_kernel_rounds_as_written(name, dtype, cc, tmp_path):
         assert set(others) <= {"mul.f64", "mul.rn.f64", "div.rn.f64", "sub.f64"}, arithmetic
         assert len(others) <= PROLOGUE_COUNT.get(name.split("_")[0], 4), arithmetic
 
+
+
+@CCS
+@DTYPES
+@pytest.mark.parametrize("name", TENSORWISE)
+def test_tensorwise_kernels_round_as_written(name, dtype, cc, tmp_path):
+    """The two passes and the per-tensor sums of a rule with per-tensor sums (LAMB)."""
+    from fastopt.kernels import cuda
+
+    case, _ = make_tensor_case(name, [64, 300], dtype, np.random.default_rng(0))
+    norms, steps = cuda.tensorwise_kernels(case.rule)
+    body = check_kernel(norms.py_func, (*case.arguments()[:7], case.partial), cc, tmp_path)
+    width = "32" if dtype == np.float32 else "64"
+    assert re.search(rf"\bfma\.rn\.f{width}\b", body), "the rule's explicit fmas are missing"
+    assert re.search(r"\bbar\.sync\b", body), "the block's tree needs its barriers"
+    check_kernel(steps.py_func, (case.param, case.state, case.bounds, case.groups, case.table, case.scalars,
+                                 case.tile_tensor, case.sums), cc, tmp_path)
+    check_kernel(cuda.tensorwise_sums.py_func, (case.groups, case.tensor_tiles, case.partial, case.sums), cc,
+                 tmp_path)
 
 
 @CCS

@@ -4,10 +4,12 @@ config and loaded with the state gives, and a refused value must change nothing.
 
 import math
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
+from fastopt import LAMB, SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
 
 from test_optimizers import OPTION_IDS, OPTIONS, SHAPES, make_params
 
@@ -24,6 +26,7 @@ NEW_VALUES = {
     Adamax: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
     RAdam: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
     NAdam: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, momentum_decay=0.05, maximize=True),
+    LAMB: dict(lr=0.003, betas=(0.85, 0.95), eps=1e-5, weight_decay=0.02, maximize=True),
     Lion: dict(lr=0.003, betas=(0.85, 0.95), weight_decay=0.02, maximize=True),
 }
 
@@ -73,6 +76,29 @@ def test_each_change_equals_a_fresh_optimizer_with_the_new_config(cls, options, 
         assert np.array_equal(fresh.params.data, params.data), f"{name}={value!r}"
         for state_name, buffer in optimizer.state.items():
             assert np.array_equal(fresh.state[state_name], buffer), (name, state_name)
+
+
+@pytest.mark.parametrize("cls, options, change", [
+    (NAdam, dict(lr=1e-2, weight_decay=0.1), dict(decoupled_weight_decay=True)),
+    (RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True), dict(decoupled_weight_decay=False)),
+    (SGD, dict(lr=0.02, momentum=0.9), dict(nesterov=True)),
+])
+def test_a_rule_over_the_same_state_is_switched_as_a_fresh_optimizer(cls, options, change):
+    params = make_params(np.float64)
+    optimizer = cls(params, groups=GROUPS, **options)
+    g = grads(params.size, 6)
+    for t in range(3):
+        step(optimizer, g[t])
+    saved = optimizer.state_dict()
+    optimizer.set_hyperparameters(**change)
+    fresh = cls(FlatParams.wrap(params.data.copy(), np.zeros_like(params.data), dict(params.layout)),
+                groups=GROUPS, **{**options, **change})
+    fresh.load_state_dict({**saved, "config": dataclasses.asdict(fresh.config)})
+    assert optimizer.rule is fresh.rule
+    for t in range(3, 6):
+        step(optimizer, g[t])
+        step(fresh, g[t])
+    assert np.array_equal(fresh.params.data, params.data)
 
 
 def test_a_change_that_selects_another_rule_takes_the_full_path():

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies
 
 import fastopt
-from fastopt import SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
+from fastopt import LAMB, SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
 
 from textbook import RULES
 
@@ -43,6 +43,8 @@ OPTIONS = [
     (NAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     (Lion, dict(lr=1e-3)),
     (Lion, dict(lr=1e-3, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
+    (LAMB, dict(lr=1e-2)),
+    (LAMB, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.01, maximize=True)),
 ]
 OPTION_IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for cls, kw in OPTIONS]
 
@@ -91,9 +93,55 @@ def run_textbook(cls, config, params, groups, problem, steps):
 # Lion's step is sign(c): in float32, rounding flips the sign where c is near zero (as it is
 # near the optimum) and the trajectory leaves a float64 one by 2 * lr a flip; its float32
 # kernel is checked against the reference one step at a time (tests/test_kernels.py).
+# LAMB's rule is per tensor: its paper transcription is test_lamb_follows_the_papers_rule.
 TRAJECTORIES = [(cls, options, dtype, tolerance) for cls, options in OPTIONS
                 for dtype, tolerance in [(np.float32, 1e-5), (np.float64, 1e-12)]
-                if not (cls is Lion and dtype == np.float32)]
+                if not (cls is Lion and dtype == np.float32) and cls is not LAMB]
+
+
+def lamb_paper(arrays, grads, config, lr_factor, weight_decay):
+    """You et al. (2020), Algorithm 2 with bias correction, per tensor, in float64: ``arrays``
+    and each step's ``grads`` as ``{name: array}``; a group's lr factor and weight decay by name."""
+    beta1, beta2 = config.betas
+    p = {k: v.astype(np.float64) for k, v in arrays.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    for t, g in enumerate(grads, 1):
+        for k in p:
+            gk = -g[k] if config.maximize else g[k]
+            m[k] = beta1 * m[k] + (1 - beta1) * gk
+            v[k] = beta2 * v[k] + (1 - beta2) * gk * gk
+            u = (m[k] / (1 - beta1**t)) / (np.sqrt(v[k] / (1 - beta2**t)) + config.eps)
+            u = u + weight_decay.get(k, config.weight_decay) * p[k]
+            theta_norm, u_norm = np.linalg.norm(p[k]), np.linalg.norm(u)
+            ratio = theta_norm / u_norm if theta_norm > 0 and u_norm > 0 else 1.0
+            p[k] = p[k] - config.lr * lr_factor.get(k, 1.0) * ratio * u
+    return p
+
+
+@pytest.mark.parametrize("options", [options for cls, options in OPTIONS if cls is LAMB])
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-10)])
+def test_lamb_follows_the_papers_rule(options, dtype, tolerance):
+    """Tensors of three ranks, one of them zero (ratio 1) and one across several tiles, in
+    groups, over 300 steps."""
+    rng = np.random.default_rng(4)
+    shapes = {"conv.weight": (4, 3, 5), "fc.weight": (90, 70), "fc.bias": (7,), "zero": (3,)}
+    arrays = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    arrays["zero"][:] = 0.0
+    params = FlatParams.from_arrays(arrays, dtype=dtype)
+    groups = [ParamGroup(["fc.bias"], weight_decay=0.0), ParamGroup(["conv.weight"], lr_factor=0.5)]
+    opt = LAMB(params, **options, groups=groups)
+    grads = []
+    for _ in range(300):
+        g = {name: rng.standard_normal(shape).astype(dtype) for name, shape in shapes.items()}
+        grads.append(g)
+        for name in shapes:
+            params.grad_of(name)[...] = g[name]
+        opt.step()
+    expected = lamb_paper({k: v.astype(dtype) for k, v in arrays.items()}, grads, opt.config,
+                          {"conv.weight": 0.5}, {"fc.bias": 0.0})
+    flat = np.concatenate([expected[name].ravel() for name in shapes])
+    assert np.max(np.abs(params.data - flat)) / np.max(np.abs(flat)) <= tolerance
 
 
 @pytest.mark.parametrize("cls, options, dtype, tolerance", TRAJECTORIES,
@@ -337,9 +385,28 @@ def test_nadam_refuses_a_bad_mu_product_and_changes_nothing(mu_product):
     assert (opt.mu_product, opt.step_count) == before[:2] and np.array_equal(params.data, before[2])
 
 
+def test_nadam_stores_the_product_its_step_used():
+    """A momentum change landing between the launch scalars and the end of the step (another
+    thread's schedule) does not make the stored product differ from the one the kernel used."""
+    from fastopt.optim.nadam import momentum_factor
+
+    params = FlatParams({"w": 3})
+    opt = NAdam(params, lr=0.1)
+    run = opt._run
+
+    def interrupted(*arguments):
+        opt.set_momentum(0.5)
+        return run(*arguments)
+
+    opt._run = interrupted
+    params.grad[:] = 1.0
+    opt.step()
+    assert opt.mu_product == momentum_factor(0.9, 4e-3, 1) and opt.config.betas[0] == 0.5
+
+
 def test_public_api_is_explicit():
     assert set(fastopt.__all__) >= {"FlatParams", "SGD", "Adam", "AdamW", "RMSProp", "ParamGroup", "Adagrad",
-                                    "Adamax", "NAdam", "RAdam", "Lion"}
+                                    "Adamax", "NAdam", "RAdam", "Lion", "LAMB"}
 
 
 def _options(draw, cls):

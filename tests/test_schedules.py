@@ -193,7 +193,7 @@ def test_reduce_on_plateau_matches_torch(options):
 @pytest.mark.parametrize("make", [
     lambda p: SGD(p, lr=1.0, momentum=0.9), lambda p: Adam(p, lr=1.0), lambda p: AdamW(p, lr=1.0),
     lambda p: RMSProp(p, lr=1.0, momentum=0.5), lambda p: fastopt.Adamax(p, lr=1.0), lambda p: fastopt.RAdam(p, lr=1.0),
-    lambda p: fastopt.Lion(p, lr=1.0), lambda p: fastopt.NAdam(p, lr=1.0),
+    lambda p: fastopt.Lion(p, lr=1.0), lambda p: fastopt.NAdam(p, lr=1.0), lambda p: fastopt.LAMB(p, lr=1.0),
 ])
 def test_scheduler_drives_each_optimizer(make):
     params = FlatParams({"w": 5, "b": 2})

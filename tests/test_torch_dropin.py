@@ -573,6 +573,57 @@ def test_lion_follows_the_papers_rule(kind):
     assert optimizer.state[ours.conv.weight]["step"] == STEPS
 
 
+class PaperLAMB(torch.optim.Optimizer):
+    """LAMB as You et al. (2020) give it (Algorithm 2, with bias correction), written with torch
+    operations per parameter tensor: the reference fastopt.torch.LAMB is held to."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_((1 - beta1) * p.grad)
+                v.mul_(beta2).add_((1 - beta2) * p.grad * p.grad)
+                u = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + group["eps"]) + group["weight_decay"] * p
+                theta_norm, u_norm = p.norm().item(), u.norm().item()
+                ratio = theta_norm / u_norm if theta_norm > 0 and u_norm > 0 else 1.0
+                p -= group["lr"] * ratio * u
+
+
+@pytest.mark.parametrize("kind", ["cosine", "one_cycle"])
+def test_lamb_follows_the_papers_rule(kind):
+    """Per torch parameter, with three groups, a frozen and an unused parameter, and one
+    parameter left without a gradient for a few steps (its own step count and norms)."""
+    options = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01)
+    runs = []
+    for module in (ft, None):
+        model, _ = twins()
+        optimizer = (ft.LAMB if module is ft else PaperLAMB)(groups(model, options), **options)
+        sched = scheduler(kind, optimizer, "LAMB", options)
+        x, y = data()
+        for t in range(STEPS):
+            optimizer.zero_grad()
+            model.hidden.requires_grad_(not 10 <= t < 14)
+            torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
+            optimizer.step()
+            sched.step()
+        runs.append((model, optimizer))
+    (ours, optimizer), (theirs, _) = runs
+    assert_close(ours, theirs)
+    assert optimizer.state[ours.conv.weight]["step"] == STEPS
+    assert optimizer.state[ours.hidden.weight]["step"] == STEPS - 4
+
+
 def stateful(optimizer):
     """The indices of the parameters with state in ``optimizer``'s state dict (fastopt.torch's
     plain SGD lists an empty state for each stepped parameter, torch's none)."""
@@ -593,3 +644,71 @@ def test_adagrad_state_exists_from_construction_and_a_reset_refills_it():
     bias_grad = model.out.bias.grad
     expected = 0.25 + bias_grad * bias_grad  # refilled at the initial value, then one step
     assert torch.allclose(optimizer.state[model.out.bias]["sum"], expected, rtol=1e-12)
+
+
+def test_a_refused_state_dict_changes_nothing():
+    """fastopt's checks run before torch's load replaces the groups and state: the optimizer
+    goes on as before (it once kept the bad values and stepped nothing)."""
+    model, twin = twins()
+    optimizer, reference = ft.NAdam(model.parameters(), lr=1e-2), ft.NAdam(twin.parameters(), lr=1e-2)
+    x, y = data()
+    train(model, optimizer, None, x, y, 2)
+    train(twin, reference, None, x, y, 2)
+    for change, message in ((("param_groups", "momentum_decay", -1.0), "momentum_decay"),
+                            (("param_groups", "betas", (1.5, 0.9)), "beta"),
+                            (("state", "mu_product", "x"), "mu_product"),
+                            (("state", "mu_product", torch.tensor(5.0)), "mu_product")):
+        saved = copy.deepcopy(optimizer.state_dict())
+        where, key, value = change
+        if where == "param_groups":
+            saved["param_groups"][0][key] = value
+        else:
+            saved["state"][next(iter(saved["state"]))][key] = value
+        with pytest.raises(ValueError, match=message):
+            optimizer.load_state_dict(saved)
+    train(model, optimizer, None, x[2:], y[2:], 3)
+    train(twin, reference, None, x[2:], y[2:], 3)
+    assert_close(model, twin, rtol=0.0)
+    assert optimizer.state[model.conv.weight]["step"] == 5
+
+
+def test_nadam_resumed_from_torch_keeps_mu_product_in_the_parameters_dtype():
+    """torch casts a loaded mu_product to the parameter's dtype and multiplies it there; so
+    does fastopt.torch, resumed from the same state dict."""
+    x, y = data()
+    source, _ = twins()
+    options = dict(lr=1e-2, momentum_decay=0.05)
+    first = torch.optim.NAdam(source.parameters(), foreach=False, **options)
+    train(source, first, None, x, y, 2)
+    runs = []
+    for module in (ft, torch.optim):
+        model, _ = twins()
+        model.load_state_dict(source.state_dict())
+        extra = {"foreach": False} if module is torch.optim else {}
+        optimizer = module.NAdam(model.parameters(), **options, **extra)
+        optimizer.load_state_dict(copy.deepcopy(first.state_dict()))
+        train(model, optimizer, None, x[2:], y[2:], 40)
+        runs.append((model, optimizer.state[model.conv.weight]["mu_product"]))
+    (ours, our_product), (theirs, their_product) = runs
+    assert_close(ours, theirs)
+    assert our_product.dtype == their_product.dtype == torch.float64 and our_product.item() == their_product.item()
+
+
+def test_adagrad_state_follows_torch_for_groups_added_later_and_after_a_reset():
+    model, twin = twins()
+    runs = []
+    for module, net in ((ft, model), (torch.optim, twin)):
+        optimizer = module.Adagrad([{"params": [net.conv.weight], "initial_accumulator_value": 0.5},
+                                    {"params": [net.conv.bias]}], lr=0.1, initial_accumulator_value=0.1)
+        optimizer.add_param_group({"params": [net.hidden.weight]})
+        keys = [sorted(optimizer.state_dict()["state"])]
+        train(net, optimizer, None, *data(), 2)
+        optimizer.state.clear()
+        keys.append(sorted(optimizer.state_dict()["state"]))  # the reset shows at once
+        net.conv.requires_grad_(False)
+        train(net, optimizer, None, *data(), 1)
+        keys.append(sorted(optimizer.state_dict()["state"]))
+        runs.append((net, keys, optimizer.state[net.hidden.weight]["step"].item()))
+    (ours, our_keys, our_step), (theirs, their_keys, their_step) = runs
+    assert our_keys == their_keys and our_step == their_step == 1.0
+    assert_close(ours, theirs)

@@ -10,11 +10,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kernel_cases import make_case  # noqa: E402
+from kernel_cases import ELEMENTWISE, TENSORWISE, make_case, make_tensor_case  # noqa: E402
 
-from fastopt.kernels import cpu, dropout, penalty  # noqa: E402
+from fastopt.kernels import cpu, dropout, penalty, tensorwise  # noqa: E402
 from fastopt.kernels.chunks import CHUNK_SIZE, chunk_table  # noqa: E402
-from fastopt.kernels.rules import RULES  # noqa: E402
 
 
 def on_threads(threads, action):
@@ -29,11 +28,18 @@ def main():
     assert numba.config.NUMBA_NUM_THREADS >= 2, "run with NUMBA_NUM_THREADS=4"
     failures = []
     size = 9 * CHUNK_SIZE + 3
-    for name in sorted(RULES):
+    for name in ELEMENTWISE:
         results = []
         for threads in (1, 4):
             case, _ = make_case(name, size, np.float32, np.random.default_rng(0), n_groups=3)
             on_threads(threads, lambda: cpu.rule_kernel(case.rule)(*case.arguments()))
+            results.append(case.mutated())
+        failures += [f"{name} {k}" for k in results[0] if not np.array_equal(results[0][k], results[1][k], equal_nan=True)]
+    for name in TENSORWISE:
+        results = []
+        for threads in (1, 4):
+            case, _ = make_tensor_case(name, [size // 3, 5, size // 2], np.float32, np.random.default_rng(0))
+            on_threads(threads, lambda: tensorwise.kernel(case.rule)(*case.arguments()))
             results.append(case.mutated())
         failures += [f"{name} {k}" for k in results[0] if not np.array_equal(results[0][k], results[1][k], equal_nan=True)]
     x = np.random.default_rng(1).standard_normal(size).astype(np.float32)

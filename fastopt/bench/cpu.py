@@ -15,7 +15,7 @@ import fastopt
 BYTES_PER_ELEMENT = {
     "sgd": 12, "sgd_nesterov": 20, "adam": 28, "adamw": 28, "adam_amsgrad": 36,
     "rmsprop": 20, "rmsprop_centered_momentum": 36, "adagrad": 20, "adamax": 28, "nadam": 28, "radam": 28,
-    "lion": 20,
+    "lion": 20, "lamb": 40,
 }
 
 FASTOPT = {
@@ -31,6 +31,7 @@ FASTOPT = {
     "nadam": (fastopt.NAdam, dict(lr=2e-3)),
     "radam": (fastopt.RAdam, dict(lr=1e-3)),
     "lion": (fastopt.Lion, dict(lr=1e-4)),
+    "lamb": (fastopt.LAMB, dict(lr=1e-3)),
 }
 
 
@@ -70,7 +71,7 @@ class NumpyStep:
         self.p, self.g = random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3)
         self.a = np.zeros(n, np.float32)
         self.b = np.zeros(n, np.float32) if rule in ("adam", "adamw", "adam_amsgrad", "rmsprop_centered_momentum",
-                                                     "adamax", "nadam", "radam") else None
+                                                     "adamax", "nadam", "radam", "lamb") else None
         self.c = (np.zeros(n, np.float32) if rule in ("adam_amsgrad", "rmsprop_centered_momentum", "nadam")
                   else None)
         self.tmp = np.empty(n, np.float32)
@@ -220,6 +221,26 @@ class NumpyStep:
             np.multiply(m, f(step_size), out=tmp)
         self.p += tmp
 
+    def _lamb(self):
+        f, m, v, tmp = np.float32, self.a, self.b, self.tmp
+        self.t += 1
+        m *= f(0.9)
+        np.multiply(self.g, f(0.1), out=tmp)
+        m += tmp
+        v *= f(0.999)
+        np.multiply(self.g, self.g, out=tmp)
+        tmp *= f(0.001)
+        v += tmp
+        np.multiply(v, f(1 / (1 - 0.999**self.t)), out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += f(1e-6)
+        np.divide(m, tmp, out=tmp)
+        tmp *= f(1 / (1 - 0.9**self.t))
+        theta_norm, u_norm = float(np.linalg.norm(self.p)), float(np.linalg.norm(tmp))
+        ratio = theta_norm / u_norm if theta_norm > 0 and u_norm > 0 else 1.0
+        tmp *= f(-1e-3 * ratio)
+        self.p += tmp
+
     def _lion(self):
         f, m, tmp = np.float32, self.a, self.tmp
         np.subtract(self.g, m, out=tmp)
@@ -352,7 +373,7 @@ REPORT_KERNELS = {
 #: What ``fastopt bench`` times unless told (``--kernels``): the rules above and dropout.
 DEFAULT_KERNELS = tuple(REPORT_KERNELS)
 #: The rules added on the one-source spec, on request (torch has no Lion: numpy is its peer).
-for _rule in ("adagrad", "adamax", "nadam", "radam", "lion"):
+for _rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb"):
     REPORT_KERNELS[_rule] = (BYTES_PER_ELEMENT[_rule], {
         "fastopt": lambda n, rule=_rule: FastoptStep(rule, n), "numpy": lambda n, rule=_rule: NumpyStep(rule, n),
         **({"torch": lambda n, rule=_rule: TorchStep(rule, n)} if _rule in TorchStep.TORCH else {})})

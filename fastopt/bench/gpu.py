@@ -175,7 +175,7 @@ GPU_KERNELS = {
     "sgd_nesterov": _bench.BYTES_PER_ELEMENT["sgd_nesterov"],
     "rmsprop": _bench.BYTES_PER_ELEMENT["rmsprop"],
     "dropout": CudaDropoutStep.BYTES_PER_ELEMENT,
-    **{rule: _bench.BYTES_PER_ELEMENT[rule] for rule in ("adagrad", "adamax", "nadam", "radam", "lion")},
+    **{rule: _bench.BYTES_PER_ELEMENT[rule] for rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb")},
 }
 #: What the GPU report times unless told: the first five.
 DEFAULT_GPU_KERNELS = ("adam", "adamw", "sgd_nesterov", "rmsprop", "dropout")

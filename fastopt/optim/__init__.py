@@ -5,12 +5,13 @@ from .adagrad import Adagrad, AdagradConfig
 from .adam import Adam, AdamConfig, AdamW
 from .adamax import Adamax, AdamaxConfig
 from .lion import Lion, LionConfig
+from .lamb import LAMB, LAMBConfig
 from .nadam import NAdam, NAdamConfig
 from .optimizer import Optimizer, ParamGroup
 from .radam import RAdam, RAdamConfig
 from .rmsprop import RMSProp, RMSPropConfig
 from .sgd import SGD, SGDConfig
 
-__all__ = ["SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "Lion",
-           "LionConfig", "NAdam", "NAdamConfig", "Optimizer", "ParamGroup", "RAdam", "RAdamConfig", "RMSProp",
-           "RMSPropConfig", "SGDConfig"]
+__all__ = ["SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "LAMB",
+           "LAMBConfig", "Lion", "LionConfig", "NAdam", "NAdamConfig", "Optimizer", "ParamGroup", "RAdam",
+           "RAdamConfig", "RMSProp", "RMSPropConfig", "SGDConfig"]

@@ -142,8 +142,9 @@ class Optimizer:
     ``momentum``, ``eps``, ``weight_decay``, ...) validates those values alone and updates what
     depends on them: no config rebuilt, no kernel selected again, nothing allocated or copied to a
     GPU (but a new weight decay, which copies the group table). A change that selects another
-    rule (``amsgrad``, ``nesterov``, ``centered``, momentum to or from 0) goes through the config's
-    full checks and is refused: the state differs, so build a new optimizer.
+    rule goes through the config's full checks: over the same state (``nesterov``,
+    ``decoupled_weight_decay``) it takes effect at the next step; where the state differs
+    (``amsgrad``, ``centered``, momentum to or from 0) it is refused: build a new optimizer.
 
     Threads: :meth:`step` and :meth:`l2_penalty` may run while another thread changes the
     configuration (``load_state_dict``, groups, hyperparameters); each reads one published plan
@@ -180,11 +181,11 @@ class Optimizer:
         self._dtype = params.dtype.type
         self._rule = self._rule_for(config)
         self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
-        self._fill_initial_state(config)
         self._step_count = 0
         self._stream = 0
         self._adopt_config(config)
         self._set_groups(self._check_groups(groups))
+        self._fill_initial_state(config)  # once the config passed every check
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -217,10 +218,16 @@ class Optimizer:
             raise TypeError(f"config must be a {self.config_type.__name__}, got {type(config).__name__}")
         rule = self._rule_for(config)
         if rule is not self._rule:
-            raise ValueError(
-                f"{config} needs different state ({', '.join(rule.state) or 'none'}) than this "
-                f"optimizer was built with ({', '.join(self._rule.state) or 'none'}); build a new one"
-            )
+            if rule.state != self._rule.state:
+                raise ValueError(
+                    f"{config} needs different state ({', '.join(rule.state) or 'none'}) than this "
+                    f"optimizer was built with ({', '.join(self._rule.state) or 'none'}); build a new one"
+                )
+            # Another rule over the same state (decoupled decay, Nesterov): a new plan, whole.
+            self._rule = rule
+            self._adopt_config(config)
+            self._set_groups(self._groups)
+            return
         self._adopt_config(config)
         self._refreshed()
 
@@ -321,7 +328,11 @@ class Optimizer:
         index = {name: k + 1 for k, group in enumerate(groups) for name in group.params}
         group_index = {name: index.get(name, 0) for name in self._params}
         segments = [(*self._params.segment(name), group_index[name]) for name in self._params]
-        bounds, chunk_group = self._device.work_table(segments)
+        # A rule with per-tensor sums (LAMB) gets tiles that start at each tensor, and the tables
+        # that say which tiles make a tensor.
+        tensorwise = self._rule.tensorwise is not None
+        bounds, chunk_group = self._device.work_table(segments, tensors=tensorwise)
+        self._tensors = self._device.tensor_table(segments) if tensorwise else None
         self._host_table = self._group_table()
         table = self._device.resident(self._host_table.copy())
         self._refresh()
@@ -334,7 +345,8 @@ class Optimizer:
         step reads."""
         group_index = self._plan.group_index if group_index is None else group_index
         # The scalars' types do not change between steps (nor with the config), only their values.
-        launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream)
+        launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
+                                        self._tensors)
         penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"))
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])
         sizes = tuple(buffer.size for buffer in buffers[:3])
@@ -378,14 +390,14 @@ class Optimizer:
         self._run(self._plan, None, step)
         self._step_count = step
 
-    def _run(self, plan, tables, step):
+    def _run(self, plan, tables, step, scalars=None):
         buffers, sizes = plan.buffers, plan.sizes
         if buffers[0].size != sizes[0] or buffers[1].size != sizes[1] or buffers[2].size != sizes[2]:
             raise ValueError(self._layout_change(plan))
         if tables is not None:
             buffers = (*buffers[:3], *tables, buffers[5])
         try:
-            plan.launch(*buffers, self._scalars(step))
+            plan.launch(*buffers, self._scalars(step) if scalars is None else scalars)
         except Exception as error:  # a dtype, contiguity or writeability changed in place?
             change = self._layout_change(plan)
             if change:
@@ -408,10 +420,11 @@ class Optimizer:
                     return f"{name} is no longer writeable"
         return ""
 
-    def _step_at(self, step, skipped=frozenset()):
+    def _step_at(self, step, skipped=frozenset(), scalars=None):
         """One step as step number ``step``, leaving the parameters named in ``skipped`` (and
         their state) alone; :attr:`step_count` does not change. For wrappers that keep a step
-        count per parameter (``fastopt.torch``: torch skips a parameter whose gradient is None)."""
+        count per parameter (``fastopt.torch``: torch skips a parameter whose gradient is None).
+        ``scalars``: the launch scalars, where the caller made them (else :meth:`_scalars`)."""
         plan = self._plan
         tables = None
         if skipped:
@@ -421,8 +434,8 @@ class Optimizer:
                     plan.masked.clear()
                 tables = plan.masked[skipped] = self._device.work_table(
                     [(*self._params.segment(name), -1 if name in skipped else plan.group_index[name])
-                     for name in self._params])
-        self._run(plan, tables, step)
+                     for name in self._params], tensors=plan.rule.tensorwise is not None)
+        self._run(plan, tables, step, scalars)
 
     def _on_stream(self, stream):
         """Launch later steps on ``stream`` (a numba CUDA stream; 0: the legacy default), e.g.

@@ -10,7 +10,7 @@
 
 :class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop`, :class:`Adagrad`,
 :class:`Adamax`, :class:`NAdam` and :class:`RAdam` have torch.optim's names, signatures, defaults and update
-rules (and :class:`Lion`, which torch lacks, the paper's), and are :class:`torch.optim.Optimizer` subclasses, so
+rules (and :class:`Lion` and :class:`LAMB`, which torch lacks, the papers'), and are :class:`torch.optim.Optimizer` subclasses, so
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``, ``clip_grad_norm_`` and training
 frameworks take them. What differs is where the parameters live:
 
@@ -53,7 +53,7 @@ from torch.optim import optimizer as _torch_optimizer
 from .. import optim as _core
 from ..params import FlatParams
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop"]
+__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop"]
 
 _FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -72,13 +72,20 @@ class _Slice:
 class _Entry:
     """One parameter: its views of the flat buffers and state, and its step count."""
 
-    __slots__ = ("index", "param", "data", "grad", "data_ptr", "state", "steps", "carried", "fresh", "hooked")
+    __slots__ = ("index", "param", "data", "grad", "data_ptr", "state", "steps", "carried", "carried_dtype",
+                 "initial", "fresh", "hooked")
 
     def __init__(self, index, param, data, grad, state, carried):
         self.index, self.param, self.data, self.grad, self.state = index, param, data, grad, state
         self.data_ptr = data.data_ptr()
         self.steps = 0
         self.carried = carried
+        #: The torch dtype of the carried scalars' tensors (torch's scalar dtype when it creates
+        #: them, the parameter's after a state dict is loaded); None before either.
+        self.carried_dtype = None
+        #: Whether torch lists state for the parameter before its first step (Adagrad's, for the
+        #: parameters given at construction).
+        self.initial = False
         self.fresh = False
         self.hooked = False
 
@@ -126,10 +133,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """Give a state tensor the value torch starts it at (zero, but Adagrad's sum)."""
         view.zero_()
 
-    def _configured(self, core):
-        """A new fastopt optimizer, set up as this class needs (NAdam's rounding): returned."""
-        return core
-
     def _core_options(self, group):
         """The fastopt config of a group, validated by fastopt (torch's checks ran first)."""
         options = {key: _plain(key, group[key]) for key in self._keys}
@@ -159,7 +162,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for (dtype, device), members in buffers.items():
             self._build_buffer(dtype, device, members, previous)
         self._entries.sort(key=lambda entry: entry.index)
-        live = _LiveState({id(entry.param): entry for entry in self._entries}, self._eager_state)
+        live = _LiveState({id(entry.param): entry for entry in self._entries})
         live.update(self.state)
         self.state = self._live = live
         if self._eager_state:
@@ -191,7 +194,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             shapes = {f"p{index}": tuple(p.shape) for index, p, _ in params}
             flat = FlatParams.wrap(_host_or_device(data[start:stop]), _host_or_device(grad[start:stop]), shapes)
             group = self.param_groups[group_index]
-            core = self._configured(self._core_class_for(group)(flat, **self._core_options(group)))
+            core = self._core_class_for(group)(flat, **self._core_options(group))
             state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
             entries = []
             for index, p, offset in params:
@@ -226,9 +229,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 if name in saved and saved[name] is not None:
                     view.copy_(saved[name])
             entry.steps = _saved_steps(saved, self._has_step)
-            for name in self._carried:
-                if saved.get(name) is not None:
-                    entry.carried[name] = float(saved[name])
+            self._adopt_carried(entry, saved)
+            # torch gives state at construction (Adagrad) to the parameters it is built with
+            entry.initial = self._eager_state and (not self._built or (previous is not None and previous.initial)
+                                                   or bool(saved))
         self._publish(entry)
         self._watch(entry)
 
@@ -240,17 +244,27 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 lambda _, entry=entry: _mark_fresh(entry)))
             entry.hooked = True
 
+    def _adopt_carried(self, entry, saved):
+        """Take the carried scalars (NAdam's ``mu_product``) from a parameter's saved state,
+        and their dtype (torch casts them to the parameter's when it loads a state dict)."""
+        for name in self._carried:
+            value = saved.get(name)
+            if value is not None:
+                entry.carried[name] = _carried_value(name, value)
+                if torch.is_tensor(value):
+                    entry.carried_dtype = value.dtype
+
     def _publish(self, entry):
         """Put a parameter's torch-format state in ``self.state``: views of the flat state
-        (live) and its step count; none before its first step, as torch."""
-        if entry.steps == 0 and not self._eager_state:
+        (live) and its step count; none before its first step (but Adagrad's), as torch."""
+        if entry.steps == 0 and not entry.initial:
             dict.pop(self.state, entry.param, None)
             return
         state = dict(entry.state)
         if self._has_step:
             state["step"] = torch.tensor(float(entry.steps), dtype=_scalar_dtype())
         for name, value in entry.carried.items():
-            state[name] = torch.tensor(value, dtype=_scalar_dtype())
+            state[name] = torch.tensor(value, dtype=entry.carried_dtype or _scalar_dtype())
         dict.__setitem__(self.state, entry.param, state)
 
     # -- the step ------------------------------------------------------------------------------
@@ -298,19 +312,17 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for entry in self._entries:
             saved = given.get(entry.param) if entry.param in given else None
             with torch.no_grad():
-                if not saved:
+                if not saved:  # torch creates it afresh at the parameter's next step
                     for name, view in entry.state.items():
                         self._initial_state(groups[entry.index], name, view)
                     entry.steps = 0
-                    entry.carried = dict(self._carried)
+                    entry.carried, entry.carried_dtype, entry.initial = dict(self._carried), None, False
                 else:
                     for name, view in entry.state.items():
                         if saved.get(name) is not None and saved[name] is not view:
                             view.copy_(saved[name])
-                    for name in self._carried:
-                        if saved.get(name) is not None:
-                            entry.carried[name] = float(saved[name])
-        live = _LiveState({id(entry.param): entry for entry in self._entries}, self._eager_state)
+                    self._adopt_carried(entry, saved)
+        live = _LiveState({id(entry.param): entry for entry in self._entries})
         self.state = self._live = live
         for entry in self._entries:
             self._publish(entry)
@@ -340,7 +352,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             elif not entry.fresh:
                 continue
             stepping.append(entry)
-            steps.add((entry.steps, *entry.carried.values()) if self._carried else entry.steps)
+            steps.add(self._cohort_key(entry) if self._carried else entry.steps)
         if not stepping:
             return
         if piece.device is not None:
@@ -349,8 +361,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             self._step_cohort(piece, stepping, frozenset())
         else:  # some skip this step, or step counts differ: one call per step count
             for key in sorted(steps):
-                cohort = [e for e in stepping if (e.steps if not self._carried else (e.steps, *e.carried.values()))
-                          == key]
+                cohort = [e for e in stepping if (self._cohort_key(e) if self._carried else e.steps) == key]
                 names = {f"p{e.index}" for e in cohort}
                 self._step_cohort(piece, cohort, frozenset(n for n in piece.names if n not in names))
         for entry in stepping:
@@ -358,17 +369,27 @@ class _FlatOptimizer(torch.optim.Optimizer):
             if entry.steps == 1:
                 self._publish(entry)
 
+    @staticmethod
+    def _cohort_key(entry):
+        return entry.steps, str(entry.carried_dtype), *entry.carried.values()
+
     def _step_cohort(self, piece, cohort, skipped):
         """One kernel call for parameters that share a step count (and carried scalars)."""
         core, first = piece.core, cohort[0]
         if not self._carried:
             core._step_at(first.steps + 1, skipped)
             return
+        dtype = first.carried_dtype or _scalar_dtype()  # torch creates them at the first step
+        self._round_carried(core, dtype)
         for name, value in first.carried.items():
             setattr(core, "_" + name, value)
         core._step_at(first.steps + 1, skipped)
         for entry in cohort:
             entry.carried = {name: getattr(core, "_" + name) for name in self._carried}
+            entry.carried_dtype = dtype
+
+    def _round_carried(self, core, dtype):
+        """Make ``core`` round its carried scalars as torch rounds tensors of ``dtype``."""
 
     @staticmethod
     def _follow_stream(piece):
@@ -409,7 +430,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         carried over by name and new state zero, as torch creates it. A new momentum buffer
         starts as torch's does, from the next gradient (the step count restarts for SGD)."""
         old = piece.core
-        core = self._configured(cls(old.params, **options))
+        core = cls(old.params, **options)
         new_buffer = False
         for name, rows in core.state.items():
             if name in old.state:
@@ -446,6 +467,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
     # -- state dicts ---------------------------------------------------------------------------
 
     def state_dict(self):
+        self._follow_edits()
+        if self.state is not self._live or len(self.state) != self._live.stepped():
+            self._reconcile_state()  # a reset since the last step shows as torch's would
         for entry in self._entries:
             self._publish(entry)
         return super().state_dict()
@@ -453,8 +477,25 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """torch.optim's format, e.g. from ``torch.optim.AdamW``; torch checks it, then the
         values are copied into the flat buffers (the groups' hyperparameters too)."""
+        self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
         self._build()
+
+    def _check_loadable(self, state_dict):
+        """What fastopt would refuse in ``state_dict`` (a group's hyperparameters, a carried
+        scalar), refused before torch's load changes anything."""
+        if not isinstance(state_dict, dict):
+            return  # torch says what is wrong
+        for group, saved in zip(self.param_groups, state_dict.get("param_groups", ())):
+            if isinstance(saved, dict):
+                merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+                _check_flags(merged)
+                self._core_options(merged)
+        states = state_dict.get("state", {})
+        for saved in states.values() if isinstance(states, dict) else ():
+            for name in self._carried:
+                if isinstance(saved, dict) and saved.get(name) is not None:
+                    _carried_value(name, saved[name])
 
     def __getstate__(self):
         raise TypeError("a fastopt.torch optimizer cannot be pickled; save optimizer.state_dict() instead")
@@ -468,16 +509,13 @@ class _LiveState(defaultdict):
     its live step count (the step tensors are not updated at every step: that would cost a
     tensor operation per parameter and step)."""
 
-    def __init__(self, entries, eager=False):
+    def __init__(self, entries):
         super().__init__(dict)
         self._entries = entries
-        self._eager = eager
 
     def stepped(self):
-        """How many parameters have state (those stepped, or with ``eager`` state all)."""
-        if self._eager:
-            return len(self._entries)
-        return sum(1 for entry in self._entries.values() if entry.steps > 0)
+        """How many parameters have state (those stepped, and Adagrad's from construction)."""
+        return sum(1 for entry in self._entries.values() if entry.steps > 0 or entry.initial)
 
     def __getitem__(self, param):
         state = super().__getitem__(param)
@@ -508,6 +546,17 @@ def _mark_fresh(entry):
 
 def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _carried_value(name, value):
+    """A carried scalar of a saved state (a number or a one-element tensor) as a float in [0, 1]."""
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(f"state {name} must hold one value, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"state {name} must be a float in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _saved_steps(saved, has_step):
@@ -642,12 +691,14 @@ class RMSprop(_FlatOptimizer):
 
 class Adagrad(_FlatOptimizer):
     """``torch.optim.Adagrad`` (learning-rate decay, initial accumulator value, weight decay,
-    maximize; dense gradients), stepped by fastopt. As in torch, each parameter has its state
-    (``sum`` at ``initial_accumulator_value``, ``step`` 0) from construction. ``foreach`` and
-    ``fused`` are accepted and ignored."""
+    maximize; dense gradients), stepped by fastopt. As in torch, the parameters given at
+    construction have their state (``sum`` at ``initial_accumulator_value``, ``step`` 0) from
+    then on; others (a group added later, a reset state) get it at their first step. As in
+    torch, the accumulator starts at the constructor's ``initial_accumulator_value`` whatever a
+    group says. ``foreach`` and ``fused`` are accepted and ignored."""
 
     _core_class = _core.Adagrad
-    _keys = _sync_keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
+    _keys = _sync_keys = ("lr", "lr_decay", "weight_decay", "eps", "maximize")
     _eager_state = True
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
@@ -661,8 +712,15 @@ class Adagrad(_FlatOptimizer):
                                       initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                                       maximize=maximize, differentiable=differentiable, fused=fused))
 
+    def _core_options(self, group):
+        options = {**super()._core_options(group),
+                   "initial_accumulator_value": _float("initial_accumulator_value",
+                                                       self.defaults["initial_accumulator_value"])}
+        self._core_class.config_type(**options)
+        return options
+
     def _initial_state(self, group, name, view):
-        view.fill_(group["initial_accumulator_value"])
+        view.fill_(self.defaults["initial_accumulator_value"])
 
 
 def _check_betas(betas):
@@ -731,10 +789,9 @@ class NAdam(_FlatOptimizer):
                                       foreach=foreach, maximize=maximize, capturable=capturable,
                                       differentiable=differentiable))
 
-    def _configured(self, core):
-        # torch multiplies its mu_product tensor (float32 unless the default dtype is float64) in place
-        core._mu_product_type = np.float64 if _scalar_dtype() == torch.float64 else np.float32
-        return core
+    def _round_carried(self, core, dtype):
+        # torch multiplies its mu_product tensor in place, in that tensor's dtype
+        core._mu_product_type = np.float64 if dtype == torch.float64 else np.float32
 
 
 class Lion(_FlatOptimizer):
@@ -748,6 +805,22 @@ class Lion(_FlatOptimizer):
         _check_common(lr=lr, weight_decay=weight_decay)
         _check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+
+
+class LAMB(_FlatOptimizer):
+    """LAMB (You et al., 2020; see :class:`fastopt.LAMB`) as a ``torch.optim.Optimizer``: torch
+    has none. Each torch parameter is a tensor of the trust ratio. State per parameter:
+    ``exp_avg``, ``exp_avg_sq`` and ``step``."""
+
+    _core_class = _core.LAMB
+    _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        _check_betas(betas)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
 
 def _check_common(lr, weight_decay):
