@@ -36,14 +36,14 @@ LANES = 256
 
 
 @element
-def tile_sums(lanes):
-    """Add ``lanes`` (shape ``(2, LANES)``) by the fixed tree, into ``lanes[:, 0]``."""
+def tile_sum(lanes):
+    """The sum of ``lanes`` (``LANES`` values) by the fixed tree (in place)."""
     half = LANES // 2
     while half > 0:
         for j in range(half):
-            lanes[0, j] += lanes[0, j + half]
-            lanes[1, j] += lanes[1, j + half]
+            lanes[j] += lanes[j + half]
         half //= 2
+    return lanes[0]
 
 
 def tensorwise_step(param, state, grad, bounds, groups, table, scalars, tile_tensor, tensor_tiles, partial, sums):
@@ -53,16 +53,20 @@ def tensorwise_step(param, state, grad, bounds, groups, table, scalars, tile_ten
     for t in prange(groups.size):
         if groups[t] >= 0:
             chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
-            lanes = np.zeros((2, LANES))
+            param_lanes, direction_lanes = np.zeros(LANES), np.zeros(LANES)
+            directions = np.empty(LANES, param.dtype)
             stop = bounds[t + 1]
             for base in range(bounds[t], stop, width):
-                for j in range(min(width, stop - base)):
-                    p, u = measure(param, state, grad, base + j, chunk)
-                    lanes[0, j] += square(p)
-                    lanes[1, j] += square(u)
-            tile_sums(lanes)
-            partial[t, 0] = lanes[0, 0]
-            partial[t, 1] = lanes[1, 0]
+                n = min(width, stop - base)
+                # Two loops, so that each vectorises: the update (state stored, u kept), then the
+                # squares into the lanes (the parameter is not changed by the first pass).
+                for j in range(n):
+                    p, directions[j] = measure(param, state, grad, base + j, chunk)
+                for j in range(n):
+                    param_lanes[j] += square(param[base + j])
+                    direction_lanes[j] += square(directions[j])
+            partial[t, 0] = tile_sum(param_lanes)
+            partial[t, 1] = tile_sum(direction_lanes)
     for k in range(tensor_tiles.size - 1):
         param_squares = 0.0
         direction_squares = 0.0

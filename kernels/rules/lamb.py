@@ -12,7 +12,8 @@ minutes", Algorithm 2, with bias correction), per parameter tensor.
 The norms are of each parameter tensor (a name of the :class:`~fastopt.FlatParams`), summed in
 float64 in the fixed order of :mod:`..tensorwise`. The first pass stores ``m`` and ``v`` and
 sums :math:`\theta^2` and :math:`u^2`; the second computes ``u`` again from the stored state
-(the same bits) and steps by ``lr_k * ratio``, formed in float64 and rounded once.
+(the same bits) and steps by ``lr_k * ratio``, formed in float64 and rounded once. The bias
+corrections are applied as reciprocals, so each pass divides once per element.
 """
 
 import math
@@ -28,21 +29,23 @@ from .adam import _moments
 SCALARS = ("lr", "grad_sign", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "bias_correction1",
            "bias_correction2")
 
-# chunk = (unused, weight_decay, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1,
-#          bias_correction2), as Adam's from index 1 to 6
+# chunk = (unused, weight_decay, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps,
+#          1 / bias_correction1, 1 / bias_correction2), as Adam's from index 1 to 6
 
 
 @element
 def lamb_chunk(param, group, scalars):
+    """The scalars in the buffer's dtype, the bias corrections as their reciprocals (formed in
+    float64 and rounded once): the direction, computed in both passes, then divides once."""
     t = param.dtype.type
     return (t(0.0), t(group[1]), t(scalars[1]), t(scalars[2]), t(scalars[3]), t(scalars[4]), t(scalars[5]),
-            t(scalars[6]), t(scalars[7]))
+            t(1.0 / scalars[6]), t(1.0 / scalars[7]))
 
 
 @element
 def _direction(p, m, v, chunk):
-    weight_decay, eps, bias_correction1, bias_correction2 = chunk[1], chunk[6], chunk[7], chunk[8]
-    return fma(weight_decay, p, (m / bias_correction1) / (sqrt(v / bias_correction2) + eps))
+    weight_decay, eps, inverse_correction1, inverse_correction2 = chunk[1], chunk[6], chunk[7], chunk[8]
+    return fma(weight_decay, p, (m * inverse_correction1) / (sqrt(v * inverse_correction2) + eps))
 
 
 @element
@@ -79,13 +82,13 @@ def reference(param, state, grad, bounds, groups, table, scalars, tensors=None):
     tensor indices of the tile table). Tiles of group -1 are left alone."""
     dtype = param.dtype
     lr = float(scalars[0])
-    grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1, bias_correction2 = (
-        float(np.asarray(s).astype(dtype)) for s in scalars[1:])
+    grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps = (float(np.asarray(s).astype(dtype)) for s in scalars[1:6])
+    inverse1, inverse2 = (float(np.asarray(1.0 / s).astype(dtype)) for s in scalars[6:8])
     p, m, v, g = as_float64(param, state[0], state[1], grad)
     decay = expand(table[:, 1].astype(dtype), bounds, groups)
     m_new = m + one_minus_beta1 * (grad_sign * g - m)
     v_new = beta2 * v + one_minus_beta2 * (grad_sign * g) ** 2
-    u = m_new / bias_correction1 / (np.sqrt(v_new / bias_correction2) + eps) + decay * p
+    u = m_new * inverse1 / (np.sqrt(v_new * inverse2) + eps) + decay * p
     tile_tensor = np.zeros(len(groups), dtype=np.int64) if tensors is None else tensors
     out_p, out_m, out_v = p.copy(), m.copy(), v.copy()
     for k in np.unique(tile_tensor):
