@@ -32,7 +32,7 @@ from .elements import Target, rebound
 from .penalty import square
 from .philox import MASK32, SHIFT32, philox_source
 from .rule import apply, finish, measure
-from .tensorwise import LANES
+from .tensorwise import LANES, add_tiles
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -89,6 +89,7 @@ TARGET = Target("cuda", _PRIMITIVES, _compile_element)
 _square = TARGET.element(square)
 _drop = TARGET.element(drop)
 _philox = TARGET.element(philox_source)
+_add_tiles = TARGET.element(add_tiles)
 
 
 # -- launch shapes --------------------------------------------------------------------------------
@@ -202,14 +203,7 @@ def tensorwise_sums(groups, tensor_tiles, partial, sums):
     """Per tensor (a thread each), its tiles' sums added in tile order."""
     k = cuda.grid(1)
     if k < tensor_tiles.size - 1:
-        param_squares = float64(0.0)
-        direction_squares = float64(0.0)
-        for t in range(tensor_tiles[k], tensor_tiles[k + 1]):
-            if groups[t] >= 0:
-                param_squares += partial[t, 0]
-                direction_squares += partial[t, 1]
-        sums[k, 0] = param_squares
-        sums[k, 1] = direction_squares
+        _add_tiles(k, groups, tensor_tiles, partial, sums)
 
 
 def tensorwise_apply(param, state, bounds, groups, table, scalars, tile_tensor, sums):

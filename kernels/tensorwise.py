@@ -46,6 +46,19 @@ def tile_sum(lanes):
     return lanes[0]
 
 
+@element
+def add_tiles(k, groups, tensor_tiles, partial, sums):
+    """Tensor ``k``'s sums: its tiles' sums added in tile order into ``sums[k]`` (both targets)."""
+    param_squares = 0.0
+    direction_squares = 0.0
+    for t in range(tensor_tiles[k], tensor_tiles[k + 1]):
+        if groups[t] >= 0:
+            param_squares += partial[t, 0]
+            direction_squares += partial[t, 1]
+    sums[k, 0] = param_squares
+    sums[k, 1] = direction_squares
+
+
 def tensorwise_step(param, state, grad, bounds, groups, table, scalars, tile_tensor, tensor_tiles, partial, sums):
     """One step of a rule with per-tensor sums (the three stages above); ``prologue``,
     ``measure``, ``finish``, ``ratio`` and ``scale`` are bound per rule."""
@@ -68,14 +81,7 @@ def tensorwise_step(param, state, grad, bounds, groups, table, scalars, tile_ten
             partial[t, 0] = tile_sum(param_lanes)
             partial[t, 1] = tile_sum(direction_lanes)
     for k in range(tensor_tiles.size - 1):
-        param_squares = 0.0
-        direction_squares = 0.0
-        for t in range(tensor_tiles[k], tensor_tiles[k + 1]):
-            if groups[t] >= 0:
-                param_squares += partial[t, 0]
-                direction_squares += partial[t, 1]
-        sums[k, 0] = param_squares
-        sums[k, 1] = direction_squares
+        add_tiles(k, groups, tensor_tiles, partial, sums)
     for t in prange(groups.size):
         if groups[t] >= 0:
             chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821

@@ -92,11 +92,9 @@ class NumpyStep:
         tmp *= f(-1e-3)
         self.p += tmp
 
-    def _adam(self, decay=None, amsgrad=False):
+    def _moments(self):
+        """Adam's moments in place: ``m`` (``a``) and ``v`` (``b``), beta1 0.9, beta2 0.999."""
         f, m, v, tmp = np.float32, self.a, self.b, self.tmp
-        self.t += 1
-        if decay is not None:
-            self.p *= f(1 - 1e-3 * decay)
         m *= f(0.9)
         np.multiply(self.g, f(0.1), out=tmp)
         m += tmp
@@ -104,6 +102,13 @@ class NumpyStep:
         np.multiply(self.g, self.g, out=tmp)
         tmp *= f(0.001)
         v += tmp
+
+    def _adam(self, decay=None, amsgrad=False):
+        f, m, v, tmp = np.float32, self.a, self.b, self.tmp
+        self.t += 1
+        if decay is not None:
+            self.p *= f(1 - 1e-3 * decay)
+        self._moments()
         if amsgrad:
             np.maximum(self.c, v, out=self.c)
             v = self.c
@@ -181,13 +186,7 @@ class NumpyStep:
             self.mu_product = 1.0
         mu, mu_next = momentum_factor(0.9, 4e-3, self.t), momentum_factor(0.9, 4e-3, self.t + 1)
         self.mu_product *= mu
-        m *= f(0.9)
-        np.multiply(self.g, f(0.1), out=tmp)
-        m += tmp
-        v *= f(0.999)
-        np.multiply(self.g, self.g, out=tmp)
-        tmp *= f(0.001)
-        v += tmp
+        self._moments()
         denom = self.c
         np.multiply(v, f(1 / (1 - 0.999**self.t)), out=denom)
         np.sqrt(denom, out=denom)
@@ -203,13 +202,7 @@ class NumpyStep:
 
         f, m, v, tmp = np.float32, self.a, self.b, self.tmp
         self.t += 1
-        m *= f(0.9)
-        np.multiply(self.g, f(0.1), out=tmp)
-        m += tmp
-        v *= f(0.999)
-        np.multiply(self.g, self.g, out=tmp)
-        tmp *= f(0.001)
-        v += tmp
+        self._moments()
         bc2_sqrt, rect = rectification(0.999, self.t)
         step_size = -1e-3 / (1 - 0.9**self.t)
         if rect > 0:
@@ -224,13 +217,7 @@ class NumpyStep:
     def _lamb(self):
         f, m, v, tmp = np.float32, self.a, self.b, self.tmp
         self.t += 1
-        m *= f(0.9)
-        np.multiply(self.g, f(0.1), out=tmp)
-        m += tmp
-        v *= f(0.999)
-        np.multiply(self.g, self.g, out=tmp)
-        tmp *= f(0.001)
-        v += tmp
+        self._moments()
         np.multiply(v, f(1 / (1 - 0.999**self.t)), out=tmp)
         np.sqrt(tmp, out=tmp)
         tmp += f(1e-6)
