@@ -200,9 +200,8 @@ def tensorwise_norms(param, state, grad, bounds, groups, table, scalars, partial
 
 @cuda.jit
 def tensorwise_sums(groups, tensor_tiles, partial, sums):
-    """Per tensor (a thread each), its tiles' sums added in tile order."""
-    k = cuda.grid(1)
-    if k < tensor_tiles.size - 1:
+    """Per tensor (a thread each, the grid striding over them), its tiles' sums in tile order."""
+    for k in range(cuda.grid(1), tensor_tiles.size - 1, cuda.gridsize(1)):
         _add_tiles(k, groups, tensor_tiles, partial, sums)
 
 

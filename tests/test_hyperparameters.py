@@ -95,6 +95,12 @@ def test_a_rule_over_the_same_state_is_switched_as_a_fresh_optimizer(cls, option
                 groups=GROUPS, **{**options, **change})
     fresh.load_state_dict({**saved, "config": dataclasses.asdict(fresh.config)})
     assert optimizer.rule is fresh.rule
+    switched = cls(make_params(np.float32), **options)
+    rule, config = switched.rule, switched.config
+    with pytest.raises(ValueError, match="eps|lr"):  # refused after the rule check: nothing changes
+        switched.set_hyperparameters(**change, eps=1e-50) if cls is not SGD else \
+            switched.set_hyperparameters(**change, lr=1e39)
+    assert switched.rule is rule and switched._plan.rule is rule and switched.config == config
     for t in range(3, 6):
         step(optimizer, g[t])
         step(fresh, g[t])

@@ -73,6 +73,48 @@ def test_the_sums_take_the_order_of_a_cuda_block(rng):
         assert case.sums[k, 0] == total
 
 
+def test_the_direction_sums_take_the_same_order(rng):
+    """The u**2 sums too, with u = (m / c1) / (sqrt(v / c2) + eps) computed again in NumPy from
+    the stored state (no weight decay: the fma that adds it is then exact)."""
+    case, _ = make_tensor_case("lamb_step", [3 * TENSOR_TILE + 300, 1000], np.float64, rng)
+    case.table[:, 1] = 0.0
+    tensorwise.kernel(case.rule)(*case.arguments())
+    m, v = case.state
+    eps, correction1, correction2 = case.scalars[5], case.scalars[6], case.scalars[7]
+    u = (m * (1.0 / correction1)) / (np.sqrt(v * (1.0 / correction2)) + eps)
+    for t in range(case.groups.size):
+        values = u[int(case.bounds[t]):int(case.bounds[t + 1])]
+        lanes = np.zeros(tensorwise.LANES)
+        for base in range(0, values.size, tensorwise.LANES):
+            chunk = values[base:base + tensorwise.LANES]
+            lanes[:chunk.size] += chunk * chunk
+        half = tensorwise.LANES // 2
+        while half:
+            lanes[:half] += lanes[half:2 * half]
+            half //= 2
+        assert case.partial[t, 1] == lanes[0]
+
+
+def test_a_step_size_beyond_float32_is_taken_in_float64(rng):
+    """A tensor whose gradient stopped: its moments decay to subnormals while its norm does
+    not, and lr * ||theta|| / ||u|| passes float32's range. That tile steps in float64 (the
+    step is lr * ||theta|| long), as the reference does, not by an inf that wipes it out."""
+    case, _ = make_tensor_case("lamb_step", [1000, 50], np.float32, rng)
+    case.table[:, 1] = 0.0
+    case.grad[:] = 0.0
+    case.state[0, :1000] = rng.choice([-1.0, 1.0], 1000) * np.float32(1e-42)  # subnormal momentum
+    case.state[1, :1000] = np.float32(1e-40)
+    # lr 0.05, no sign flip, beta1 0.9, beta2 0.999, eps 1, no bias correction: u is m's size
+    case.scalars = (0.05, 1.0, 0.1, 0.999, 0.001, 1.0, 1.0, 1.0)
+    before, expected = case.copy(), case.copy()
+    tensorwise.kernel(case.rule)(*case.arguments())
+    case.rule.reference(expected.param, expected.state, expected.grad, expected.bounds, expected.groups,
+                        expected.table, expected.scalars, expected.tile_tensor)
+    assert case.sums[0, 1] > 0 and case.scalars[0] * np.sqrt(case.sums[0, 0] / case.sums[0, 1]) > 3.5e38
+    assert np.all(np.isfinite(case.param)) and not np.array_equal(case.param[:1000], before.param[:1000])
+    np.testing.assert_allclose(case.param, expected.param, rtol=1e-5)
+
+
 def test_an_elementwise_kernel_is_refused_for_a_tensorwise_rule():
     with pytest.raises(ValueError, match="sums over tensors"):
         cpu.rule_kernel(RULES["lamb_step"])

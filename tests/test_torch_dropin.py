@@ -657,7 +657,8 @@ def test_a_refused_state_dict_changes_nothing():
     for change, message in ((("param_groups", "momentum_decay", -1.0), "momentum_decay"),
                             (("param_groups", "betas", (1.5, 0.9)), "beta"),
                             (("state", "mu_product", "x"), "mu_product"),
-                            (("state", "mu_product", torch.tensor(5.0)), "mu_product")):
+                            (("state", "mu_product", torch.tensor(5.0)), "mu_product"),
+                            (("state", "exp_avg", torch.zeros(3, 3)), "has shape")):
         saved = copy.deepcopy(optimizer.state_dict())
         where, key, value = change
         if where == "param_groups":

@@ -223,9 +223,10 @@ class Optimizer:
                     f"{config} needs different state ({', '.join(rule.state) or 'none'}) than this "
                     f"optimizer was built with ({', '.join(self._rule.state) or 'none'}); build a new one"
                 )
-            # Another rule over the same state (decoupled decay, Nesterov): a new plan, whole.
-            self._rule = rule
+            # Another rule over the same state (decoupled decay, Nesterov): a new plan, whole,
+            # once the config passed every check (nothing changes when it does not).
             self._adopt_config(config)
+            self._rule = rule
             self._set_groups(self._groups)
             return
         self._adopt_config(config)

@@ -492,10 +492,23 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 _check_flags(merged)
                 self._core_options(merged)
         states = state_dict.get("state", {})
-        for saved in states.values() if isinstance(states, dict) else ():
+        if not isinstance(states, dict):
+            return
+        for saved in states.values():
             for name in self._carried:
                 if isinstance(saved, dict) and saved.get(name) is not None:
                     _carried_value(name, saved[name])
+        # torch maps the saved parameters to these by position: each saved state tensor must
+        # have its parameter's shape (the flat state takes it as a view of that shape)
+        saved_ids = [i for group in state_dict.get("param_groups", ()) if isinstance(group, dict)
+                     for i in group.get("params", ())]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, (saved_id, p) in enumerate(zip(saved_ids, params)):
+            saved = states.get(saved_id)
+            for name, value in (saved.items() if isinstance(saved, dict) else ()):
+                if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(f"state_dict state {name!r} of parameter {index} has shape "
+                                     f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")
 
     def __getstate__(self):
         raise TypeError("a fastopt.torch optimizer cannot be pickled; save optimizer.state_dict() instead")

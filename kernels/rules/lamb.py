@@ -20,8 +20,10 @@ import math
 
 import numpy as np
 
+from numba import float64
+
 from ..elements import element
-from ..primitives import fma, sqrt
+from ..primitives import fma, mul, sqrt
 from ..rule import Rule, Tensorwise
 from ._reference import as_float64, expand
 from .adam import _moments
@@ -69,12 +71,21 @@ def lamb_ratio(param_squares, direction_squares):
 
 @element
 def lamb_scale(param, group, scalars, ratio):
-    return param.dtype.type(scalars[0] * group[0] * ratio)
+    """The step size ``lr_k * ratio``: rounded to the buffer's dtype, and in float64 for the
+    tiles where that rounding overflows (a tensor whose direction shrank to subnormals while
+    its norm did not: the ratio then exceeds float32's range, the step ``lr_k * ||theta||``
+    does not)."""
+    step_size = scalars[0] * group[0] * ratio
+    return param.dtype.type(step_size), step_size
 
 
 @element
 def lamb_step(p, u, scale):
-    return fma(-scale, u, p)
+    rounded, exact = scale
+    if rounded - rounded == 0:  # finite: the usual case, one fma in the buffer's dtype
+        return fma(-rounded, u, p)
+    # in float64 (stored rounded once); mul: no target fuses it into the subtraction
+    return float64(p) - mul(exact, float64(u))
 
 
 def reference(param, state, grad, bounds, groups, table, scalars, tensors=None):
@@ -98,7 +109,10 @@ def reference(param, state, grad, bounds, groups, table, scalars, tensors=None):
         index = np.concatenate([np.arange(int(bounds[t]), int(bounds[t + 1])) for t in tiles])
         theta_norm, u_norm = math.sqrt(np.sum(p[index] ** 2)), math.sqrt(np.sum(u[index] ** 2))
         ratio = theta_norm / u_norm if theta_norm > 0 and u_norm > 0 else 1.0
-        step = np.asarray([lr * table[groups[t], 0] * ratio for t in tiles]).astype(dtype).astype(np.float64)
+        exact = np.asarray([lr * table[groups[t], 0] * ratio for t in tiles])
+        with np.errstate(over="ignore"):
+            rounded = exact.astype(dtype).astype(np.float64)
+        step = np.where(np.isfinite(rounded), rounded, exact)  # float64 where the dtype overflows
         sizes = [int(bounds[t + 1] - bounds[t]) for t in tiles]
         out_p[index] = p[index] - np.repeat(step, sizes) * u[index]
         out_m[index], out_v[index] = m_new[index], v_new[index]
