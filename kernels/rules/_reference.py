@@ -25,3 +25,18 @@ def coupled_gradient(param, grad, table, bounds, groups, grad_sign, dtype):
     p, g = as_float64(param, grad)
     decay = expand(table[:, 1].astype(dtype), bounds, groups)
     return p, float(grad_sign) * g + decay * p
+
+
+def adam_moments(param, state, grad, bounds, groups, table, lr, grad_sign, one_minus_beta1, beta2, one_minus_beta2,
+                 decoupled=False):
+    """The Adam family's first half in float64: ``(p, g, m, v)`` after the sign, the weight decay
+    (added to ``g``, or with ``decoupled`` applied to ``p`` as ``1 - lr_k * lambda`` rounded to
+    the dtype, as the kernels form it) and the new moments."""
+    dtype = param.dtype
+    p, m, v, g = as_float64(param, state[0], state[1], grad)
+    g = grad_sign * g
+    if decoupled:
+        p = p * expand((1.0 - lr * table[:, 0] * table[:, 1]).astype(dtype), bounds, groups)
+    else:
+        g = g + expand(table[:, 1].astype(dtype), bounds, groups) * p
+    return p, g, m + one_minus_beta1 * (g - m), beta2 * v + one_minus_beta2 * g * g

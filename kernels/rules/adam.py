@@ -23,7 +23,7 @@ import numpy as np
 from ..elements import element
 from ..primitives import fma, mul, sqrt
 from ..rule import Rule
-from ._reference import as_float64, expand
+from ._reference import adam_moments, expand
 from .common import coupled_gradient
 
 SCALARS = ("lr", "bias_correction1", "grad_sign", "one_minus_beta1", "beta2", "one_minus_beta2", "eps",
@@ -118,16 +118,9 @@ def reference(param, state, grad, bounds, groups, table, scalars, decoupled=Fals
     lr, bias_correction1 = float(scalars[0]), float(scalars[1])
     grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt = (
         float(np.asarray(s).astype(dtype)) for s in scalars[2:])
-    p, m, v, g = as_float64(param, state[0], state[1], grad)
-    group_lr = lr * table[:, 0]
-    step_size = expand((group_lr / bias_correction1).astype(dtype), bounds, groups)
-    g = grad_sign * g
-    if decoupled:
-        p = p * expand((1.0 - group_lr * table[:, 1]).astype(dtype), bounds, groups)
-    else:
-        g = g + expand(table[:, 1].astype(dtype), bounds, groups) * p
-    m = m + one_minus_beta1 * (g - m)
-    v = beta2 * v + one_minus_beta2 * g * g
+    p, g, m, v = adam_moments(param, state, grad, bounds, groups, table, lr, grad_sign, one_minus_beta1, beta2,
+                              one_minus_beta2, decoupled)
+    step_size = expand((lr * table[:, 0] / bias_correction1).astype(dtype), bounds, groups)
     v_hat = v
     if state.shape[0] == 3:
         v_hat = np.fmax(state[2].astype(np.float64), v)

@@ -23,7 +23,7 @@ import numpy as np
 from ..elements import element
 from ..primitives import mul, sqrt
 from ..rule import Rule
-from ._reference import as_float64, expand
+from ._reference import adam_moments, expand
 from .adam import _moments
 from .common import coupled_gradient
 
@@ -92,17 +92,11 @@ def reference(param, state, grad, bounds, groups, table, scalars, decoupled=Fals
     grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2 = (
         float(np.asarray(s).astype(dtype)) for s in scalars[1:7])
     one_minus_mu, one_minus_mu_product, mu_next, one_minus_mu_product_next = (float(s) for s in scalars[7:11])
-    p, m, v, g = as_float64(param, state[0], state[1], grad)
+    p, g, m, v = adam_moments(param, state, grad, bounds, groups, table, lr, grad_sign, one_minus_beta1, beta2,
+                              one_minus_beta2, decoupled)
     group_lr = lr * table[:, 0]
     grad_coefficient = expand((group_lr * one_minus_mu / one_minus_mu_product).astype(dtype), bounds, groups)
     avg_coefficient = expand((group_lr * mu_next / one_minus_mu_product_next).astype(dtype), bounds, groups)
-    g = grad_sign * g
-    if decoupled:
-        p = p * expand((1.0 - group_lr * table[:, 1]).astype(dtype), bounds, groups)
-    else:
-        g = g + expand(table[:, 1].astype(dtype), bounds, groups) * p
-    m = m + one_minus_beta1 * (g - m)
-    v = beta2 * v + one_minus_beta2 * g * g
     state[0], state[1] = m, v
     denom = np.sqrt(v / bias_correction2) + eps
     param[:] = p - grad_coefficient * g / denom - avg_coefficient * m / denom

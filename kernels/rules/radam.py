@@ -22,7 +22,7 @@ import numpy as np
 from ..elements import element
 from ..primitives import mul, sqrt
 from ..rule import Rule
-from ._reference import as_float64, expand
+from ._reference import adam_moments, expand
 from .adam import _coupled_moments, _moments
 
 SCALARS = ("lr", "bias_correction1", "grad_sign", "one_minus_beta1", "beta2", "one_minus_beta2", "eps",
@@ -78,15 +78,9 @@ def reference(param, state, grad, bounds, groups, table, scalars, decoupled=Fals
     lr = float(scalars[0])
     (bias_correction1, grad_sign, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt,
      rect) = (float(np.asarray(s).astype(dtype)) for s in scalars[1:])
-    p, m, v, g = as_float64(param, state[0], state[1], grad)
+    p, g, m, v = adam_moments(param, state, grad, bounds, groups, table, lr, grad_sign, one_minus_beta1, beta2,
+                              one_minus_beta2, decoupled)
     group_lr = expand((lr * table[:, 0]).astype(dtype), bounds, groups)
-    g = grad_sign * g
-    if decoupled:
-        p = p * expand((1.0 - lr * table[:, 0] * table[:, 1]).astype(dtype), bounds, groups)
-    else:
-        g = g + expand(table[:, 1].astype(dtype), bounds, groups) * p
-    m = m + one_minus_beta1 * (g - m)
-    v = beta2 * v + one_minus_beta2 * g * g
     state[0], state[1] = m, v
     update = m / bias_correction1 * group_lr
     if rect > 0:
