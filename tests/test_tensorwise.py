@@ -49,6 +49,20 @@ def test_serial_and_parallel_builds_give_the_same_bits(name, rng):
         assert np.array_equal(ours, serial.mutated()[buffer], equal_nan=True), buffer
 
 
+def block_sum_of_squares(values):
+    """NumPy emulation of a CUDA block of LANES threads summing ``values**2`` in float64: lane
+    j adds elements j, j + LANES, ... in order, then the tree (lane j takes lane j + h)."""
+    lanes = np.zeros(tensorwise.LANES)
+    for base in range(0, values.size, tensorwise.LANES):
+        chunk = values[base:base + tensorwise.LANES]
+        lanes[:chunk.size] += chunk * chunk
+    half = tensorwise.LANES // 2
+    while half:
+        lanes[:half] += lanes[half:2 * half]
+        half //= 2
+    return lanes[0]
+
+
 def test_the_sums_take_the_order_of_a_cuda_block(rng):
     """Each tile's sums equal a NumPy emulation of a block of LANES threads: lane j adds
     elements j, j + LANES, ... in order, then the tree (lane j takes lane j + h), bit for bit."""
@@ -56,16 +70,7 @@ def test_the_sums_take_the_order_of_a_cuda_block(rng):
     param = case.param.copy()
     tensorwise.kernel(case.rule)(*case.arguments())
     for t in range(case.groups.size):
-        values = param[int(case.bounds[t]):int(case.bounds[t + 1])]
-        lanes = np.zeros(tensorwise.LANES)
-        for base in range(0, values.size, tensorwise.LANES):
-            chunk = values[base:base + tensorwise.LANES]
-            lanes[:chunk.size] += chunk * chunk
-        half = tensorwise.LANES // 2
-        while half:
-            lanes[:half] += lanes[half:2 * half]
-            half //= 2
-        assert case.partial[t, 0] == lanes[0]
+        assert case.partial[t, 0] == block_sum_of_squares(param[int(case.bounds[t]):int(case.bounds[t + 1])])
     for k in range(case.tensor_tiles.size - 1):
         total = 0.0
         for t in range(case.tensor_tiles[k], case.tensor_tiles[k + 1]):
@@ -83,16 +88,7 @@ def test_the_direction_sums_take_the_same_order(rng):
     eps, correction1, correction2 = case.scalars[5], case.scalars[6], case.scalars[7]
     u = (m * (1.0 / correction1)) / (np.sqrt(v * (1.0 / correction2)) + eps)
     for t in range(case.groups.size):
-        values = u[int(case.bounds[t]):int(case.bounds[t + 1])]
-        lanes = np.zeros(tensorwise.LANES)
-        for base in range(0, values.size, tensorwise.LANES):
-            chunk = values[base:base + tensorwise.LANES]
-            lanes[:chunk.size] += chunk * chunk
-        half = tensorwise.LANES // 2
-        while half:
-            lanes[:half] += lanes[half:2 * half]
-            half //= 2
-        assert case.partial[t, 1] == lanes[0]
+        assert case.partial[t, 1] == block_sum_of_squares(u[int(case.bounds[t]):int(case.bounds[t + 1])])
 
 
 def test_a_step_size_beyond_float32_is_taken_in_float64(rng):

@@ -209,28 +209,31 @@ def test_nadam_keeps_each_parameters_mu_product_as_torch(default_dtype):
     is stepped while beta1 changes, has its own, kept in torch's scalar dtype (float32 unless
     the default dtype is float64) and rounded there at each step."""
     x, y = data()
-    runs, products = [], []
+    optimizers = []
+
+    def build(module, model, extra):
+        optimizers.append(module.NAdam(model.parameters(), lr=1e-2, momentum_decay=0.05, **extra))
+        return optimizers[-1]
+
+    def drive(model, optimizer, t):
+        optimizer.zero_grad()
+        # hidden skips step 3 and conv step 9: from step 10 on both have the same step count
+        # but products of different momentum factors (beta1 changes at step 7)
+        model.hidden.requires_grad_(t != 3)
+        model.conv.requires_grad_(t != 9)
+        if t == 7:
+            optimizer.param_groups[0]["betas"] = (0.6, 0.999)
+        torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
+        optimizer.step()
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(default_dtype)
     try:
-        for module in (ft, torch.optim):
-            model, _ = twins()
-            extra = {"foreach": False} if module is torch.optim else {}
-            optimizer = module.NAdam(model.parameters(), lr=1e-2, momentum_decay=0.05, **extra)
-            for t in range(16):
-                optimizer.zero_grad()
-                # hidden skips step 3 and conv step 9: from step 10 on both have the same step count
-                # but products of different momentum factors (beta1 changes at step 7)
-                model.hidden.requires_grad_(t != 3)
-                model.conv.requires_grad_(t != 9)
-                if t == 7:
-                    optimizer.param_groups[0]["betas"] = (0.6, 0.999)
-                torch.nn.functional.cross_entropy(model(x[t]), y[t]).backward()
-                optimizer.step()
-            runs.append(model)
-            products.append([optimizer.state[p]["mu_product"] for p in (model.conv.weight, model.hidden.weight)])
+        runs = both(build, drive, steps=16)
     finally:
         torch.set_default_dtype(previous)
+    products = [[optimizer.state[p]["mu_product"] for p in (model.conv.weight, model.hidden.weight)]
+                for optimizer, model in zip(optimizers, runs)]
     assert_close(*runs)
     for ours, theirs in zip(*products):
         assert ours.dtype == theirs.dtype == default_dtype and ours.item() == theirs.item()

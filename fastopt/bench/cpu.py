@@ -359,11 +359,12 @@ REPORT_KERNELS = {
 }
 #: What ``fastopt bench`` times unless told (``--kernels``): the rules above and dropout.
 DEFAULT_KERNELS = tuple(REPORT_KERNELS)
-#: The rules added on the one-source spec, on request (torch has no Lion: numpy is its peer).
-for _rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb"):
-    REPORT_KERNELS[_rule] = (BYTES_PER_ELEMENT[_rule], {
-        "fastopt": lambda n, rule=_rule: FastoptStep(rule, n), "numpy": lambda n, rule=_rule: NumpyStep(rule, n),
-        **({"torch": lambda n, rule=_rule: TorchStep(rule, n)} if _rule in TorchStep.TORCH else {})})
+#: The rules added on the one-source spec, on request (torch has no Lion or LAMB: numpy is
+#: their peer).
+REPORT_KERNELS.update({rule: (BYTES_PER_ELEMENT[rule], {
+    "fastopt": lambda n, rule=rule: FastoptStep(rule, n), "numpy": lambda n, rule=rule: NumpyStep(rule, n),
+    **({"torch": lambda n, rule=rule: TorchStep(rule, n)} if rule in TorchStep.TORCH else {})})
+    for rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb")})
 
 
 def _torch_available():
