@@ -7,7 +7,9 @@ best CPU implementation of the rule (fused where torch has one: Adagrad; else th
 foreach and the for-loop), bar >= 1.5x; at 1e7, the share of the in-place roofline
 (``x *= s``, every thread, measured in the same process) at least Adam's share in this run.
 torch has no Lion and no LAMB: their peer at 1e6 is the best-effort numpy step. The contenders take turns
-(``compare`` in ``bench/bars.py``).
+(``compare`` in ``bench/bars.py``). Muon, whose time is its Newton-Schulz iteration on BLAS (a
+roofline share says nothing there), is timed against torch.optim.Muon at 1e6 (bar >= 1.5x)
+and 1e7 parameters (pairs of 500 x 1000 and 1000 x 500 matrices), with the iteration's GFLOP/s.
 """
 
 import argparse
@@ -28,6 +30,18 @@ def numpy_compare(rule, n, repeats, rounds=5):
         for name, step in steps.items():
             times[name].append(cases.median_seconds(step, max(1, repeats // rounds), warmup=1))
     return float(np.median(times["fastopt"])), "numpy", float(np.median(times["numpy"]))
+
+
+def muon_compare(n, rounds):
+    """Median seconds of a Muon step: fastopt (float32 iteration), fastopt (bfloat16, as
+    torch's) and torch.optim.Muon, taking turns; and the matrices' shapes."""
+    steps = {name: cases.MuonStep(name, n) for name in cases.MuonStep.IMPLEMENTATIONS}
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, case in steps.items():
+            times[name].append(cases.median_seconds(case.step, 3 if n <= 10**6 else 1, warmup=1))
+    medians = [float(np.median(times[name])) for name in cases.MuonStep.IMPLEMENTATIONS]
+    return (*medians, steps["fastopt"].shapes)
 
 
 def main(argv=None):
@@ -66,6 +80,14 @@ def main(argv=None):
             ours, mode, peer = numpy_compare(rule, n7, 30)
         pct = 100 * size * n7 / ours / 1e9 / roof7
         row(f"{rule} 1e7", ours, mode, peer, pct, f">= Adam's {adam_pct:.0f}% roof", pct >= adam_pct)
+    for n in (n6, n7):
+        ours, ours_bf16, peer, shapes = muon_compare(n, rounds=5 if n == n6 else 3)
+        gflops = cases.muon_flops(shapes) / 1e9
+        for name, seconds in (("muon", ours), ("muon bf16", ours_bf16)):
+            passed = peer / seconds >= 1.5 if n == n6 else True
+            row(f"{name} {n:.0e}", seconds, "torch Muon", peer, float("nan"),
+                f">= 1.5x ({gflops / seconds:.0f} GFLOP/s, torch {gflops / peer:.0f})" if n == n6
+                else f"({gflops / seconds:.0f} GFLOP/s, torch {gflops / peer:.0f})", passed)
     if args.json:
         with open(args.json, "w") as stream:
             json.dump(rows, stream, indent=1)

@@ -203,3 +203,16 @@ def test_trainer_epoch(benchmark, problem, implementation):
     run = (epochs.fastopt_epochs if implementation == "fastopt" else epochs.torch_epochs)(x, y, sizes, batch, "cpu")
     benchmark.group = f"trainer epoch: {problem}"
     benchmark.pedantic(lambda: next(run), rounds=5 if problem == "synthetic" else 20, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("implementation", cases.MuonStep.IMPLEMENTATIONS)
+@pytest.mark.parametrize("size", [n for n in (10**6, 10**7) if n <= max(SIZES)], ids=lambda n: f"{n:.0e}")
+def test_muon(benchmark, size, implementation):
+    """Muon over pairs of 500 x 1000 and 1000 x 500 float32 matrices: the Newton-Schulz
+    iteration on BLAS decides the time (``gflops`` in the extra info: the iteration's)."""
+    if implementation == "torch":
+        pytest.importorskip("torch")
+    step = cases.MuonStep(implementation, size)
+    benchmark.group = f"muon {size:.0e}"
+    benchmark.pedantic(step.step, rounds=10 if size <= 10**6 else 3, warmup_rounds=1)
+    benchmark.extra_info["gflops"] = cases.muon_flops(step.shapes) / benchmark.stats.stats.median / 1e9

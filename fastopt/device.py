@@ -150,6 +150,10 @@ class Cpu:
             from .kernels import tensorwise
 
             return tensorwise.CpuLaunch(rule, arguments[0].size, tensors)
+        if rule.matrixwise is not None:
+            from .kernels import matrixwise
+
+            return matrixwise.CpuLaunch(rule, arguments[0].size, arguments[0].dtype, tensors)
         return cpu.rule_kernel_for_size(rule, arguments[0].size)
 
     @staticmethod
@@ -195,6 +199,8 @@ class Cuda:
 
         if rule.tensorwise is not None:
             return kernels.TensorwiseLaunch(rule, arguments, tensors, stream)
+        if rule.matrixwise is not None:
+            return kernels.MatrixwiseLaunch(rule, arguments, tensors, stream)
         return kernels.rule_launch(rule, arguments, stream)
 
     @staticmethod

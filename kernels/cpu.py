@@ -105,6 +105,8 @@ def rule_kernel(rule, parallel=True):
 def _rule_kernel(rule, parallel):
     if rule.tensorwise is not None:
         raise ValueError(f"rule {rule.name!r} sums over tensors: its kernel is kernels.tensorwise.kernel")
+    if rule.matrixwise is not None:
+        raise ValueError(f"rule {rule.name!r} transforms matrices: its kernels are kernels.matrixwise.kernels")
     names = TARGET.names(chunked_step, {"prologue": rule.prologue,
                                         "apply": TARGET.element(apply, **rule.element_bindings())})
     name = f"{rule.name}{'' if parallel else '_serial'}_{_source_digest()}"

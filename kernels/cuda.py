@@ -31,7 +31,7 @@ from .dropout import drop
 from .elements import Target, rebound
 from .penalty import square
 from .philox import MASK32, SHIFT32, philox_source
-from .rule import apply, finish, measure
+from .rule import apply, finish, land, matrix_bindings, measure, stage
 from .tensorwise import LANES, add_tiles
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -150,6 +150,8 @@ def rule_kernel(rule):
     Unchecked: it trusts its arguments, which the optimizers check."""
     if rule.tensorwise is not None:
         raise ValueError(f"rule {rule.name!r} sums over tensors: launch it with TensorwiseLaunch")
+    if rule.matrixwise is not None:
+        raise ValueError(f"rule {rule.name!r} transforms matrices: launch it with MatrixwiseLaunch")
     names = TARGET.names(tiled_step, {"prologue": rule.prologue,
                                       "apply": TARGET.element(apply, **rule.element_bindings())})
     return cuda.jit(rebound(tiled_step, names, rule.name))
@@ -252,6 +254,78 @@ class TensorwiseLaunch:
         self._norms(param, state, grad, bounds, groups, table, scalars, self.partial)
         self._sums(groups, self._tensor_tiles, self.partial, self.sums)
         self._steps(param, state, bounds, groups, table, scalars, self._tile_tensor, self.sums)
+
+
+# -- rules that transform each matrix whole (see kernels/matrixwise.py) ---------------------------
+
+
+def matrix_stage(param, state, grad, bounds, groups, table, scalars, work):
+    """Stage 1: a block per tile, the direction of each element into ``work``."""
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+                stage(param, state, grad, work, i, chunk)  # noqa: F821
+
+
+def matrix_land(param, work, bounds, groups, table, scalars, tile_tensor, dims):
+    """Stage 3: per tile its tensor's step size, then every element from ``work``."""
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            k = tile_tensor[t]
+            step_size = scale(param, table[groups[t]], scalars, dims[k, 0], dims[k, 1])  # noqa: F821
+            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+                land(param, work, i, chunk, step_size)  # noqa: F821
+
+
+@functools.cache
+def matrix_kernels(rule):
+    """Stages 1 and 3 of a rule with ``matrixwise``, compiled from its source."""
+    staged, landed = matrix_bindings(rule)
+    first = TARGET.names(matrix_stage, {"prologue": rule.prologue, "stage": TARGET.element(stage, **staged)})
+    second = TARGET.names(matrix_land, {"prologue": rule.prologue, "scale": rule.matrixwise.scale,
+                                        "land": TARGET.element(land, **landed)})
+    return (cuda.jit(rebound(matrix_stage, first, rule.name + "_stage")),
+            cuda.jit(rebound(matrix_land, second, rule.name + "_land")))
+
+
+class MatrixwiseLaunch:
+    """A step of a matrix rule over fixed buffers: stage 1, the matrix products on CuPy (on the
+    launch's stream) over a scratch buffer on the device, and stage 3; the scratch buffer and
+    the tensor tables allocated once. CuPy is needed (``pip install cupy-cuda13x``): numba has
+    no matrix products. Every matrix is transformed, also one whose tensor skips this step
+    (its result is not used): deciding which step would read the tile table back to the host."""
+
+    def __init__(self, rule, arguments, tensors, stream=0):
+        try:
+            import cupy
+        except ImportError as error:
+            raise RuntimeError(f"rule {rule.name!r} runs its matrix products on CuPy on CUDA, which is not "
+                               "installed: pip install cupy-cuda13x (or cupy-cuda12x)") from error
+        param = arguments[0]
+        self._tile_tensor, _, self.matrices = tensors
+        self._dims = cuda.to_device(self.matrices.dims)
+        self.work = cuda.device_array(max(1, param.size), param.dtype)
+        self._work = cupy.asarray(self.work)[:param.size]
+        self._transform = rule.matrixwise.transform
+        self._cupy_stream = cupy.cuda.ExternalStream(int(stream.handle.value)) if stream else None
+        first, second = matrix_kernels(rule)
+        tiles = arguments[4].size
+        self._first = configure(first, blocks_for(tiles), stream=stream)
+        self._second = configure(second, blocks_for(tiles), stream=stream)
+        self._empty = tiles == 0
+
+    def __call__(self, param, state, grad, bounds, groups, table, scalars):
+        if self._empty:
+            return
+        self._first(param, state, grad, bounds, groups, table, scalars, self.work)
+        if self._cupy_stream is None:
+            self.matrices.transform(self._work, self._transform, scalars)
+        else:
+            with self._cupy_stream:
+                self.matrices.transform(self._work, self._transform, scalars)
+        self._second(param, self.work, bounds, groups, table, scalars, self._tile_tensor, self._dims)
 
 
 # -- the L2 penalty -------------------------------------------------------------------------------

@@ -34,6 +34,12 @@ element (:data:`~.chunks.TENSOR_TILE`): the first stores the new state and sums 
 tensor (``update`` returns the direction ``u`` in place of the parameter), the second
 recomputes ``u`` from the new state and takes the step, scaled per tensor. The sums are made
 in one fixed order on every target (see :mod:`.tensorwise`), so CPU and CUDA agree bit for bit.
+A rule that transforms each parameter matrix as a whole (Muon's Newton-Schulz iteration)
+declares :class:`Matrixwise`: the first pass stores the new state and writes the direction
+``u`` into a scratch buffer (:func:`stage`), the host then transforms each matrix of the
+scratch buffer with BLAS (NumPy on the CPU, CuPy on CUDA), and the second pass steps from the
+transformed direction, scaled per tensor (:func:`land`). Both passes are element source, so
+CPU and CUDA run the same arithmetic around the matrix products.
 State that is still not one value per element (factored moments) would add a kind of state
 here and a pass to each target, not special cases in the façade.
 """
@@ -62,6 +68,20 @@ class Tensorwise:
 
 
 @dataclasses.dataclass(frozen=True)
+class Matrixwise:
+    """The matrix pass of a rule that transforms each parameter matrix whole: on the host,
+    ``transform(matrices, scalars)`` (a :class:`~.matrixwise.Matrices` view of the scratch
+    buffer, transformed in place, NumPy or CuPy); per tile ``scale(param, group_row, scalars,
+    rows, cols)`` (the tile's tensor's shape, as float64) and per element ``step(p, o, chunk,
+    scale) -> p`` from the transformed direction ``o``. The rule's ``update`` returns the
+    direction ``u`` in place of the parameter."""
+
+    transform: Callable
+    scale: Callable
+    step: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
     """One update rule. See the module docstring for the kernel arguments it implies."""
 
@@ -74,6 +94,14 @@ class Rule:
     reference: Callable
     #: Set for rules with per-tensor sums (see the module docstring); None for element-wise rules.
     tensorwise: Tensorwise = None
+    #: Set for rules that transform each parameter matrix whole (Muon); None otherwise.
+    matrixwise: Matrixwise = None
+
+    @property
+    def per_tensor(self):
+        """Whether the rule's passes run over tiles that start at each tensor (and need the
+        tensor tables): a rule with :attr:`tensorwise` or :attr:`matrixwise`."""
+        return self.tensorwise is not None or self.matrixwise is not None
 
     def __post_init__(self):
         unknown = [column for column in self.group if column not in GROUP_COLUMNS]
@@ -116,6 +144,27 @@ def finish(param, state, i, chunk, scale):
     """The second pass at one element: the direction again from the new state, and the step."""
     p = param[i]
     param[i] = step(p, direction(p, load(state, i), chunk), scale)  # noqa: F821
+
+
+def matrix_bindings(rule):
+    """What :func:`stage` and :func:`land` mean for ``rule`` (a rule with :attr:`Rule.matrixwise`)."""
+    n = len(rule.state)
+    return ({"update": rule.update, "load": _LOADS[n], "store": _STORES[n]}, {"step": rule.matrixwise.step})
+
+
+@element
+def stage(param, state, grad, work, i, chunk):
+    """The first pass of a matrix rule at one element: the new state stored, the direction
+    written to the scratch buffer ``work``."""
+    u, values = update(param[i], load(state, i), grad[i], chunk)  # noqa: F821
+    store(state, i, values)  # noqa: F821
+    work[i] = u
+
+
+@element
+def land(param, work, i, chunk, scale):
+    """The second pass of a matrix rule at one element: the step from the transformed direction."""
+    param[i] = step(param[i], work[i], chunk, scale)  # noqa: F821
 
 
 @element

@@ -22,14 +22,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cuda_facade_check import patch_simulator  # noqa: E402
-from kernel_cases import ELEMENTWISE, TENSORWISE, make_case, make_tensor_case  # noqa: E402
+from kernel_cases import ELEMENTWISE, MATRIXWISE, TENSORWISE, make_case, make_matrix_case, make_tensor_case  # noqa: E402
 
-from fastopt.kernels import cpu, cuda, dropout, penalty, tensorwise  # noqa: E402
+from fastopt.kernels import cpu, cuda, dropout, matrixwise, penalty, tensorwise  # noqa: E402
 
 
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
-    failures = rule_failures() + tensorwise_failures() + dropout_failures() + penalty_failures()
+    failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + dropout_failures()
+                + penalty_failures())
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
 
@@ -76,6 +77,40 @@ def tensorwise_failures():
                     b = on_gpu.mutated()[buffer]
                     if not np.array_equal(a, b, equal_nan=True):
                         failures.append(f"{name} {dtype.__name__} sizes {sizes} {buffer}: {np.flatnonzero(a != b)[:5]}")
+    return failures
+
+
+def matrixwise_failures():
+    """Rules that transform each matrix: the CPU and CUDA builds of stage 1 (state and
+    direction) and stage 3 (the step), bitwise, around the same NumPy transform of the
+    direction (CuPy runs it on a GPU; it is not here), with a skipped and an empty matrix."""
+    failures = []
+    for name in MATRIXWISE:
+        for dtype in (np.float32, np.float64):
+            for shapes, skipped in (([(0, 3)], ()), ([(7, 5), (4, 9), (0, 3), (33, 20)], (1,)), ([(3, 3)] * 30, (4,))):
+                case, _ = make_matrix_case(name, shapes, dtype, np.random.default_rng(len(shapes)), skipped)
+                on_gpu = case.copy()
+                arguments = [device(a) if isinstance(a, np.ndarray) else a for a in on_gpu.arguments()]
+                work = device(on_gpu.work)
+                first, second = matrixwise.kernels(case.rule)
+                gpu_first, gpu_second = cuda.matrix_kernels(case.rule)
+                first(*case.arguments(), case.work)
+                cuda.configure(gpu_first, 3)(*arguments, work)
+                active = case.groups[case.tensor_tiles[:-1]] >= 0
+                directions = work.copy_to_host()
+                if not np.array_equal(directions, case.work, equal_nan=True):
+                    failures.append(f"{name} {dtype.__name__} shapes {shapes} directions differ")
+                case.matrices.transform(case.work, case.rule.matrixwise.transform, case.scalars, active)
+                case.matrices.transform(directions, case.rule.matrixwise.transform, case.scalars, active)
+                work.copy_to_device(directions)
+                second(case.param, case.work, *case.arguments()[3:7], case.tile_tensor, case.matrices.dims)
+                cuda.configure(gpu_second, 3)(arguments[0], work, *arguments[3:7], device(case.tile_tensor),
+                                              device(case.matrices.dims))
+                on_gpu.param, on_gpu.state = arguments[0].copy_to_host(), arguments[1].copy_to_host()
+                for buffer, a in case.mutated().items():
+                    b = on_gpu.mutated()[buffer]
+                    if not np.array_equal(a, b, equal_nan=True):
+                        failures.append(f"{name} {dtype.__name__} shapes {shapes} {buffer}: {np.flatnonzero(a != b)[:5]}")
     return failures
 
 

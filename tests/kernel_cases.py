@@ -16,10 +16,12 @@ DTYPES = [np.float32, np.float64]
 GRADIENT_UNITS = {"param", "grad", "exp_avg", "grad_avg", "momentum_buffer", "exp_inf"}
 
 
-#: The rules whose kernels are element-wise (the usual kernel arguments), and those with
-#: per-tensor sums (kernels.tensorwise: tensor tables and scratch as well).
-ELEMENTWISE = sorted(name for name, rule in RULES.items() if rule.tensorwise is None)
+#: The rules whose kernels are element-wise (the usual kernel arguments), those with
+#: per-tensor sums (kernels.tensorwise: tensor tables and scratch as well), and those that
+#: transform each matrix whole (kernels.matrixwise; tested in test_muon.py).
+ELEMENTWISE = sorted(name for name, rule in RULES.items() if not rule.per_tensor)
 TENSORWISE = sorted(name for name, rule in RULES.items() if rule.tensorwise is not None)
+MATRIXWISE = sorted(name for name, rule in RULES.items() if rule.matrixwise is not None)
 
 
 def _scalar_values(rule, rng):
@@ -160,4 +162,46 @@ def make_tensor_case(name, sizes, dtype, rng, skipped=()):
     table = np.stack([rng.uniform(0.2, 2, n_groups), rng.choice([0.0, 1e-2, 0.5], n_groups)], axis=1)
     case = TensorCase(base.rule, base.param, base.state, base.grad, bounds, groups, table, base.scalars,
                       tile_tensor, tensor_tiles, np.zeros((tile_tensor.size, 2)), np.zeros((tensor_tiles.size - 1, 2)))
+    return case, segments
+
+
+@dataclasses.dataclass
+class MatrixCase(Case):
+    """One step of a rule that transforms each matrix whole: the kernel arguments, the tile
+    tables, the matrices and the scratch buffer (stage 1 ``first(*case.arguments(), case.work)``,
+    the transform, stage 3 ``second(case.param, case.work, ..., case.tile_tensor, dims)``)."""
+
+    tile_tensor: np.ndarray = None
+    tensor_tiles: np.ndarray = None
+    matrices: object = None
+    work: np.ndarray = None
+
+    def copy(self):
+        return dataclasses.replace(super().copy(), work=self.work.copy())
+
+    def shapes(self):
+        """``(start, rows, cols)`` of each matrix (the reference's)."""
+        starts = np.concatenate([[0], np.cumsum([r * c for r, c in self.layout_shapes])]).astype(int)
+        return [(int(s), r, c) for s, (r, c) in zip(starts, self.layout_shapes)]
+
+    layout_shapes: tuple = ()
+
+
+def make_matrix_case(name, shapes, dtype, rng, skipped=()):
+    """Random data for matrix rule ``name`` over matrices of ``shapes`` (grouped as
+    :func:`make_tensor_case` groups tensors; those in ``skipped`` of group -1), tiles of
+    ``TENSOR_TILE`` (read when called)."""
+    from fastopt.kernels.matrixwise import Matrices
+
+    sizes = [r * c for r, c in shapes]
+    tensor, segments = make_tensor_case(name, sizes, dtype, rng, skipped)
+    layout = [(f"m{k}", shape) for k, shape in enumerate(shapes)]
+    matrices = Matrices(layout, [start for start, _, _ in segments])
+    values = {name: rng.uniform(0, 1) for name in tensor.rule.scalars}
+    values.update(lr=rng.uniform(0, 0.1), momentum=float(rng.choice([0.0, 0.5, 0.95])),
+                  match_rms_adamw=float(rng.integers(0, 2)), a=3.4445, b=-4.7750, c=2.0315, eps=1e-7, ns_steps=float(rng.integers(0, 6)), bfloat16=0.0)
+    values["one_minus_momentum"] = 1.0 - values["momentum"]
+    case = MatrixCase(tensor.rule, tensor.param, tensor.state, tensor.grad, tensor.bounds, tensor.groups,
+                      tensor.table, scalars_of(tensor.rule, values), tensor.tile_tensor, tensor.tensor_tiles,
+                      matrices, np.zeros(tensor.param.size, dtype), tuple(tuple(s) for s in shapes))
     return case, segments

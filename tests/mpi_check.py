@@ -160,6 +160,7 @@ def refused(comm):
     attempt("not_a_comm", lambda: AllReduceOptimizer(make_params(np.float32), fastopt.Adam, comm="world"))
     attempt("unknown_option", lambda: ShardedOptimizer(make_params(np.float32), fastopt.Adam, momentum=0.9))
     attempt("tensorwise_sharded", lambda: ShardedOptimizer(make_params(np.float32), fastopt.LAMB))
+    attempt("matrixwise_sharded", lambda: ShardedOptimizer(fastopt.FlatParams({"w": (40, 30)}), fastopt.Muon))
     params = make_params(np.float64)
     optimizer = ShardedOptimizer(params, fastopt.Adam, comm, groups=GROUPS)
     run_steps(optimizer, params, 3, 0, rank, comm.Get_size())

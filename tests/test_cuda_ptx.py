@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import pytest
 
-from kernel_cases import TENSORWISE, make_case, make_tensor_case
+from kernel_cases import MATRIXWISE, TENSORWISE, make_case, make_matrix_case, make_tensor_case
 
 
 def _missing_tools():
@@ -174,6 +174,27 @@ def test_tensorwise_kernels_round_as_written(name, dtype, cc, tmp_path):
                                  case.tile_tensor, case.sums), cc, tmp_path)
     check_kernel(cuda.tensorwise_sums.py_func, (case.groups, case.tensor_tiles, case.partial, case.sums), cc,
                  tmp_path)
+
+
+@CCS
+@DTYPES
+@pytest.mark.parametrize("name", MATRIXWISE)
+def test_matrixwise_kernels_round_as_written(name, dtype, cc, tmp_path):
+    """The two element passes of a rule that transforms each matrix (Muon): the momentum into
+    the scratch buffer, and the step; float32 does float64 arithmetic only per tile."""
+    from fastopt.kernels import cuda
+
+    case, _ = make_matrix_case(name, [(8, 8), (30, 10)], dtype, np.random.default_rng(0))
+    first, second = cuda.matrix_kernels(case.rule)
+    width = "32" if dtype == np.float32 else "64"
+    for kernel, args in ((first, (*case.arguments(), case.work)),
+                         (second, (case.param, case.work, *case.arguments()[3:7], case.tile_tensor,
+                                   case.matrices.dims))):
+        body = check_kernel(kernel.py_func, args, cc, tmp_path)
+        assert re.search(rf"\bfma\.rn\.f{width}\b", body), "the rule's explicit fmas are missing"
+        if dtype == np.float32:
+            loop = body[body.index("\n", body.rindex("cvt.rn.f32.f64")):]  # after the tile's last rounding
+            assert not re.search(r"\.f64\b", loop), "float64 arithmetic in the element loop"
 
 
 @CCS

@@ -177,8 +177,8 @@ def test_bad_input_is_refused_on_every_rank(equivalence):
     assert "not an instance" in m["not_a_class"]
     assert "comm='world'" in m["not_a_comm"]
     assert "momentum" in m["unknown_option"]
-    assert "LAMB sums over each parameter tensor" in m["tensorwise_sharded"] and "AllReduceOptimizer" in m[
-        "tensorwise_sharded"]
+    for case, name in (("tensorwise_sharded", "LAMB"), ("matrixwise_sharded", "Muon")):
+        assert f"{name} works on each whole parameter tensor" in m[case] and "AllReduceOptimizer" in m[case]
     assert "different parameter layout" in m["wrong_layout"]
     assert "exp_avg" in m["short_state"] and "(3567,)" in m["short_state"]
     assert m["unchanged_after_refusals"] is True

@@ -278,6 +278,47 @@ class TorchStep:
         self.step = self.optimizer.step
 
 
+def muon_shapes(n):
+    """Muon's matrices for ``n`` parameters: pairs of a 500 x 1000 and a 1000 x 500 matrix
+    (a wide and a tall one, as a transformer's MLP has), ``n // 1e6`` pairs (at least one)."""
+    return [(500, 1000), (1000, 500)] * max(1, n // 10**6)
+
+
+def muon_flops(shapes, steps=5):
+    """Floating-point operations of the Newton-Schulz iteration over ``shapes``: per step of an
+    ``A x B`` matrix (``A <= B`` once transposed) ``X X^T``, ``G G`` and ``(bG + cGG) X``."""
+    total = 0
+    for rows, cols in shapes:
+        a, b = min(rows, cols), max(rows, cols)
+        total += steps * (4 * a * a * b + 2 * a**3)
+    return total
+
+
+class MuonStep:
+    """One Muon step over :func:`muon_shapes` float32 matrices: ``"fastopt"`` (the iteration in
+    float32), ``"fastopt-bf16"`` (in bfloat16, as torch's) or ``"torch"`` (torch.optim.Muon,
+    which iterates in bfloat16)."""
+
+    IMPLEMENTATIONS = ("fastopt", "fastopt-bf16", "torch")
+
+    def __init__(self, implementation, n):
+        self.shapes = muon_shapes(n)
+        arrays = {f"m{k}": random_buffer(r * c, k).reshape(r, c) for k, (r, c) in enumerate(self.shapes)}
+        if implementation == "torch":
+            import torch
+
+            self.params = [torch.from_numpy(a).requires_grad_() for a in arrays.values()]
+            for k, p in enumerate(self.params):
+                p.grad = torch.from_numpy(random_buffer(p.numel(), 100 + k).reshape(p.shape))
+            self.optimizer = torch.optim.Muon(self.params, lr=1e-3)
+        else:
+            self.params = fastopt.FlatParams.from_arrays(arrays)
+            self.params.grad[:] = random_buffer(self.params.size, 100)
+            self.optimizer = fastopt.Muon(self.params, lr=1e-3,
+                                          ns_dtype="bfloat16" if implementation == "fastopt-bf16" else None)
+        self.step = self.optimizer.step
+
+
 def calls_per_sample(n):
     """Calls per timed sample (a pytest-benchmark round, a sample of the report): ten below
     1e4 elements, so that a sample lasts tens of microseconds and the timer's resolution

@@ -309,12 +309,11 @@ class ShardedOptimizer(DistributedOptimizer):
         shard = FlatParams.wrap(self._params.data[self._start:self._stop], self._shard_grad, pieces)
         gathered = self._data_host if self._on_gpu else self._params.data
         self._gather_spec = [gathered, (self._counts, self._displacements)]
-        local = optimizer(shard, groups=_shard_groups(self._groups, pieces), **hyperparameters)
-        if local.rule.tensorwise is not None:
-            raise ValueError(f"{optimizer.__name__} sums over each parameter tensor (its trust ratio), and a "
-                             "shard may cut a tensor: ShardedOptimizer does not take it yet; use "
-                             "AllReduceOptimizer")
-        return local
+        if optimizer.per_tensor:
+            raise ValueError(f"{optimizer.__name__} works on each whole parameter tensor (LAMB's trust ratio, "
+                             "Muon's orthogonalised matrix), and a shard may cut a tensor: ShardedOptimizer "
+                             "does not take it yet; use AllReduceOptimizer")
+        return optimizer(shard, groups=_shard_groups(self._groups, pieces), **hyperparameters)
 
     @property
     def shard(self):

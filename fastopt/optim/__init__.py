@@ -6,6 +6,7 @@ from .adam import Adam, AdamConfig, AdamW
 from .adamax import Adamax, AdamaxConfig
 from .lion import Lion, LionConfig
 from .lamb import LAMB, LAMBConfig
+from .muon import Muon, MuonConfig
 from .nadam import NAdam, NAdamConfig
 from .optimizer import Optimizer, ParamGroup
 from .radam import RAdam, RAdamConfig
@@ -13,5 +14,5 @@ from .rmsprop import RMSProp, RMSPropConfig
 from .sgd import SGD, SGDConfig
 
 __all__ = ["SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "LAMB",
-           "LAMBConfig", "Lion", "LionConfig", "NAdam", "NAdamConfig", "Optimizer", "ParamGroup", "RAdam",
+           "LAMBConfig", "Lion", "LionConfig", "Muon", "MuonConfig", "NAdam", "NAdamConfig", "Optimizer", "ParamGroup", "RAdam",
            "RAdamConfig", "RMSProp", "RMSPropConfig", "SGDConfig"]

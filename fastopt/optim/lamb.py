@@ -56,6 +56,8 @@ class LAMB(Beta1Momentum, Optimizer):
     """
 
     config_type = LAMBConfig
+    #: Norms of whole tensors per step: a shard must not cut one.
+    per_tensor = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
                  groups=(), device=None):

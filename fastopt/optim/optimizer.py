@@ -157,6 +157,9 @@ class Optimizer:
     config_type: ClassVar[type]
     #: Config fields that select the rule (and with it the state): checked on the full path.
     _rule_fields: ClassVar[frozenset] = frozenset()
+    #: Whether a step works on whole parameter tensors (LAMB's norms, Muon's matrices), so that
+    #: a shard must not cut one (ShardedOptimizer refuses such a class).
+    per_tensor: ClassVar[bool] = False
 
     def __init__(self, params, config, groups=(), device=None):
         if not isinstance(params, FlatParams):
@@ -329,11 +332,15 @@ class Optimizer:
         index = {name: k + 1 for k, group in enumerate(groups) for name in group.params}
         group_index = {name: index.get(name, 0) for name in self._params}
         segments = [(*self._params.segment(name), group_index[name]) for name in self._params]
-        # A rule with per-tensor sums (LAMB) gets tiles that start at each tensor, and the tables
-        # that say which tiles make a tensor.
-        tensorwise = self._rule.tensorwise is not None
-        bounds, chunk_group = self._device.work_table(segments, tensors=tensorwise)
-        self._tensors = self._device.tensor_table(segments) if tensorwise else None
+        # A rule with per-tensor passes (LAMB, Muon) gets tiles that start at each tensor, and the
+        # tables that say which tiles make a tensor (and, for Muon, the matrices).
+        per_tensor = self._rule.per_tensor
+        bounds, chunk_group = self._device.work_table(segments, tensors=per_tensor)
+        self._tensors = self._device.tensor_table(segments) if per_tensor else None
+        if self._rule.matrixwise is not None:
+            from ..kernels.matrixwise import Matrices
+
+            self._tensors = (*self._tensors, Matrices.of(self._params))
         self._host_table = self._group_table()
         table = self._device.resident(self._host_table.copy())
         self._refresh()
@@ -435,7 +442,7 @@ class Optimizer:
                     plan.masked.clear()
                 tables = plan.masked[skipped] = self._device.work_table(
                     [(*self._params.segment(name), -1 if name in skipped else plan.group_index[name])
-                     for name in self._params], tensors=plan.rule.tensorwise is not None)
+                     for name in self._params], tensors=plan.rule.per_tensor)
         self._run(plan, tables, step, scalars)
 
     def _on_stream(self, stream):

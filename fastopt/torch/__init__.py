@@ -9,7 +9,7 @@
 >>> optimizer.zero_grad()
 
 :class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop`, :class:`Adagrad`,
-:class:`Adamax`, :class:`NAdam` and :class:`RAdam` have torch.optim's names, signatures, defaults and update
+:class:`Adamax`, :class:`NAdam`, :class:`RAdam` and :class:`Muon` have torch.optim's names, signatures, defaults and update
 rules (and :class:`Lion` and :class:`LAMB`, which torch lacks, the papers'), and are :class:`torch.optim.Optimizer` subclasses, so
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``, ``clip_grad_norm_`` and training
 frameworks take them. What differs is where the parameters live:
@@ -51,9 +51,10 @@ import torch
 from torch.optim import optimizer as _torch_optimizer
 
 from .. import optim as _core
+from ..optim.muon import NS_COEFFICIENTS, NS_STEPS
 from ..params import FlatParams
 
-__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop"]
+__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon", "NAdam", "RAdam", "RMSprop"]
 
 _FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -99,6 +100,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
     #: The group keys a step compares with their last values (the fastopt options and any that
     #: choose the fastopt class).
     _sync_keys = ()
+    #: Group keys of fastopt's own, which torch's class lacks (Muon's ``ns_dtype``): a group
+    #: loaded from a state dict without them keeps its values.
+    _own_keys = ()
     #: Whether torch keeps a "step" in each parameter's state.
     _has_step = True
     #: Whether torch gives every parameter its state at construction (Adagrad), not at its first step.
@@ -478,7 +482,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """torch.optim's format, e.g. from ``torch.optim.AdamW``; torch checks it, then the
         values are copied into the flat buffers (the groups' hyperparameters too)."""
         self._check_loadable(state_dict)
+        kept = [{key: group[key] for key in self._own_keys if key in group} for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, own in zip(self.param_groups, kept):  # a state dict of torch's class lacks them
+            for key, value in own.items():
+                group.setdefault(key, value)
         self._build()
 
     def _check_loadable(self, state_dict):
@@ -834,6 +842,47 @@ class LAMB(_FlatOptimizer):
             raise ValueError(f"Invalid epsilon value: {eps}")
         _check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+
+class Muon(_FlatOptimizer):
+    """``torch.optim.Muon`` (momentum, Nesterov, the Newton-Schulz coefficients and steps,
+    ``adjust_lr_fn``, decoupled weight decay), stepped by fastopt; 2-D parameters only, as
+    torch's. State per parameter: ``momentum_buffer``.
+
+    One difference, by default: torch runs the Newton-Schulz iteration in bfloat16 whatever the
+    parameters' dtype; fastopt runs it in the parameters' dtype (float32 or float64), so the
+    orthogonalised update differs from torch's by about bfloat16's resolution (0.4 %).
+    ``ns_dtype="bfloat16"`` runs it as torch does (tested against torch.optim.Muon)."""
+
+    _core_class = _core.Muon
+    _keys = _sync_keys = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
+                          "adjust_lr_fn", "ns_dtype")
+    _own_keys = ("ns_dtype",)
+    _has_step = False
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=NS_COEFFICIENTS, eps=1e-7, ns_steps=NS_STEPS,
+                 adjust_lr_fn=None, *, ns_dtype=None):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        if not 0.0 <= momentum:
+            raise ValueError(f"momentum should be >= 0 but is: {momentum}")
+        if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                      ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
+                                      adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype))
+
+    def add_param_group(self, param_group):
+        if isinstance(param_group, dict) and "params" in param_group:  # checked before torch adds it
+            params = param_group["params"]
+            params = [params] if isinstance(params, torch.Tensor) else list(params)
+            param_group = {**param_group, "params": params}
+        for index, p in enumerate(param_group["params"] if isinstance(param_group, dict) else ()):
+            if isinstance(p, torch.Tensor) and p.ndim != 2:
+                raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: "
+                                 f"{p.size()} (params[{index}] of the group): give it to another optimizer, "
+                                 "e.g. AdamW (the usual split: Muon for hidden matrices, AdamW for the rest)")
+        super().add_param_group(param_group)
 
 
 def _check_common(lr, weight_decay):
