@@ -2,9 +2,9 @@
 
     python bench/added_rules.py [--json results.json]
 
-Adagrad, Adamax, NAdam, RAdam, Lion and LAMB over one float32 buffer: at 1e6 elements against torch.optim's
+Adagrad, Adamax, NAdam, RAdam, Lion, LAMB and Adafactor (over a 1000-row matrix) in one float32 buffer: at 1e6 elements against torch.optim's
 best CPU implementation of the rule (fused where torch has one: Adagrad; else the faster of
-foreach and the for-loop), bar >= 1.5x; at 1e7, the share of the in-place roofline
+foreach and the for-loop; Adafactor's default is the for-loop), bar >= 1.5x; at 1e7, the share of the in-place roofline
 (``x *= s``, every thread, measured in the same process) at least Adam's share in this run.
 torch has no Lion and no LAMB: their peer at 1e6 is the best-effort numpy step. The contenders take turns
 (``compare`` in ``bench/bars.py``). Muon, whose time is its Newton-Schulz iteration on BLAS (a
@@ -20,7 +20,7 @@ import numpy as np
 from bars import compare, roofline_gbps
 from fastopt.bench import cpu as cases
 
-RULES = ("adagrad", "adamax", "nadam", "radam", "lion", "lamb")
+RULES = ("adagrad", "adamax", "nadam", "radam", "lion", "lamb", "adafactor")
 
 
 def numpy_compare(rule, n, repeats, rounds=5):

@@ -19,7 +19,7 @@ import sys
 from .nn import losses
 from .nn.dropout import Dropout, dropout, dropout_backward, dropout_mask
 from .nn.model import MLP
-from .optim import (LAMB, SGD, Adagrad, AdagradConfig, Adam, AdamConfig, Adamax, AdamaxConfig, AdamW, LAMBConfig,
+from .optim import (LAMB, SGD, Adafactor, AdafactorConfig, Adagrad, AdagradConfig, Adam, AdamConfig, Adamax, AdamaxConfig, AdamW, LAMBConfig,
                     Lion, LionConfig, Muon, MuonConfig, NAdam, NAdamConfig, Optimizer, ParamGroup, RAdam, RAdamConfig, RMSProp,
                     RMSPropConfig, SGDConfig)
 from .params import FlatParams
@@ -33,7 +33,7 @@ sys.modules[__name__ + ".losses"] = losses
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "LAMB", "LAMBConfig",
+    "SGD", "Adafactor", "AdafactorConfig", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "LAMB", "LAMBConfig",
     "Lion", "LionConfig", "Muon", "MuonConfig", "NAdam", "NAdamConfig", "RAdam", "RAdamConfig", "Checkpoint", "Dropout", "EarlyStopping",
     "FlatParams", "MLP", "StopTraining", "Trainer", "losses", "Optimizer", "ParamGroup", "RMSProp",
     "RMSPropConfig", "ReduceLROnPlateau", "SGDConfig", "Scheduler", "__version__", "dropout", "dropout_backward",

@@ -154,6 +154,10 @@ class Cpu:
             from .kernels import matrixwise
 
             return matrixwise.CpuLaunch(rule, arguments[0].size, arguments[0].dtype, tensors)
+        if rule.factored is not None:
+            from .kernels import factored
+
+            return factored.CpuLaunch(rule, arguments[0].size, arguments[0].dtype, tensors)
         return cpu.rule_kernel_for_size(rule, arguments[0].size)
 
     @staticmethod
@@ -201,6 +205,8 @@ class Cuda:
             return kernels.TensorwiseLaunch(rule, arguments, tensors, stream)
         if rule.matrixwise is not None:
             return kernels.MatrixwiseLaunch(rule, arguments, tensors, stream)
+        if rule.factored is not None:
+            return kernels.FactoredLaunch(rule, arguments, tensors, stream)
         return kernels.rule_launch(rule, arguments, stream)
 
     @staticmethod

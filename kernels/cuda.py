@@ -32,6 +32,7 @@ from .elements import Target, rebound
 from .penalty import square
 from .philox import MASK32, SHIFT32, philox_source
 from .rule import apply, finish, land, matrix_bindings, measure, stage
+from .factored import COLUMN_BLOCK
 from .tensorwise import LANES, add_tiles
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -326,6 +327,187 @@ class MatrixwiseLaunch:
             with self._cupy_stream:
                 self.matrices.transform(self._work, self._transform, scalars)
         self._second(param, self.work, bounds, groups, table, scalars, self._tile_tensor, self._dims)
+
+
+# -- rules with factored state (see kernels/factored.py for the stages and the order of the sums) --
+
+
+def factored_rows(param, grad, groups, table, scalars, factors, tensor_tiles, row_start, row_length, row_tensor,
+                  row_factor, row_cols, row_sums):
+    """Stage 1: a block of ``LANES`` threads per row; thread ``j`` adds the squares of elements
+    ``j, j + LANES, ...`` in order, then the block adds by the fixed tree."""
+    lanes = cuda.shared.array((2, LANES), float64)
+    tid = cuda.threadIdx.x
+    for j in range(cuda.blockIdx.x, row_start.size, cuda.gridDim.x):
+        group = groups[tensor_tiles[row_tensor[j]]]
+        if group >= 0:
+            chunk = prologue(param, table[group], scalars)  # noqa: F821
+            param_squares = float64(0.0)
+            grad_squares = float64(0.0)
+            start = row_start[j]
+            factored = row_cols[j] >= 0
+            for i in range(start + tid, start + row_length[j], LANES):
+                param_squares += square(param[i])  # noqa: F821
+                if factored:
+                    grad_squares += square(grad[i])  # noqa: F821
+                else:
+                    at = row_factor[j] + (i - start)
+                    factors[at] = update(factors[at], grad[i], chunk)  # noqa: F821
+            lanes[0, tid] = param_squares
+            lanes[1, tid] = grad_squares
+            _lanes_tree(lanes, tid)
+            if tid == 0:
+                row_sums[j, 0] = lanes[0, 0]
+                row_sums[j, 1] = lanes[1, 0]
+            cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _lanes_tree(lanes, tid):
+    """``lanes[:, 0]`` becomes the sum of each row of ``lanes`` by the fixed tree (LANES threads)."""
+    cuda.syncthreads()
+    half = LANES // 2
+    while half > 0:
+        if tid < half:
+            lanes[0, tid] += lanes[0, tid + half]
+            lanes[1, tid] += lanes[1, tid + half]
+        cuda.syncthreads()
+        half //= 2
+
+
+def factored_columns(grad, groups, tensor_tiles, block_start, block_width, block_stride, block_rows, block_out,
+                     block_tensor, col_sums):
+    """Stage 2: a thread per column, its squares down the rows in order."""
+    for index in range(cuda.grid(1), block_start.size * COLUMN_BLOCK, cuda.gridsize(1)):
+        b = index // COLUMN_BLOCK
+        c = index % COLUMN_BLOCK
+        if c < block_width[b] and groups[tensor_tiles[block_tensor[b]]] >= 0:
+            total = float64(0.0)
+            for r in range(block_rows[b]):
+                total += square(grad[block_start[b] + r * block_stride[b] + c])  # noqa: F821
+            col_sums[block_out[b] + c] = total
+
+
+def factored_tensors(param, groups, table, scalars, factors, means, tensor_tiles, tensor_rows, tensor_numel,
+                     tensor_info, row_factor, row_sums, col_sums, tensor_values):
+    """Stage 3: a thread per tensor (the grid striding over them)."""
+    for k in range(cuda.grid(1), tensor_numel.size, cuda.gridsize(1)):
+        group = groups[tensor_tiles[k]]
+        if group >= 0:
+            chunk = prologue(param, table[group], scalars)  # noqa: F821
+            update_factors(k, param, scalars, table[group], factors, means, tensor_rows, tensor_numel,  # noqa: F821
+                           tensor_info, row_factor, row_sums, col_sums, tensor_values, chunk)
+
+
+def factored_directions(param, grad, groups, table, scalars, factors, means, tensor_tiles, row_start, row_length,
+                        row_tensor, row_factor, row_cols, row_mean, row_sums):
+    """Stage 4: a block per row, the squares of ``U`` by lanes and the tree."""
+    lanes = cuda.shared.array((2, LANES), float64)
+    tid = cuda.threadIdx.x
+    for j in range(cuda.blockIdx.x, row_start.size, cuda.gridDim.x):
+        group = groups[tensor_tiles[row_tensor[j]]]
+        if group >= 0:
+            chunk = prologue(param, table[group], scalars)  # noqa: F821
+            total = float64(0.0)
+            start = row_start[j]
+            for i in range(start + tid, start + row_length[j], LANES):
+                total += square(row_direction(grad, factors, means, i, i - start, row_factor[j], row_cols[j],  # noqa: F821
+                                              row_mean[j], chunk))
+            lanes[0, tid] = total
+            lanes[1, tid] = 0.0
+            _lanes_tree(lanes, tid)
+            if tid == 0:
+                row_sums[j, 1] = lanes[0, 0]
+            cuda.syncthreads()
+
+
+def factored_step_sizes(groups, scalars, tensor_tiles, tensor_rows, tensor_numel, row_sums, tensor_values):
+    """Stage 5: a thread per tensor, its rows' sums in row order."""
+    for k in range(cuda.grid(1), tensor_numel.size, cuda.gridsize(1)):
+        if groups[tensor_tiles[k]] >= 0:
+            total = float64(0.0)
+            for j in range(tensor_rows[k], tensor_rows[k + 1]):
+                total += row_sums[j, 1]
+            tensor_values[k, 1] = step_size(tensor_values[k, 0], total, tensor_numel[k], scalars[6])  # noqa: F821
+
+
+def factored_apply(param, grad, groups, table, scalars, factors, means, tensor_tiles, row_start, row_length,
+                   row_tensor, row_factor, row_cols, row_mean, tensor_values):
+    """Stage 6: a block per row, ``U`` again and the step."""
+    for j in range(cuda.blockIdx.x, row_start.size, cuda.gridDim.x):
+        k = row_tensor[j]
+        group = groups[tensor_tiles[k]]
+        if group >= 0:
+            chunk = prologue(param, table[group], scalars)  # noqa: F821
+            size = param.dtype.type(tensor_values[k, 1])
+            start = row_start[j]
+            for i in range(start + cuda.threadIdx.x, start + row_length[j], cuda.blockDim.x):
+                u = row_direction(grad, factors, means, i, i - start, row_factor[j], row_cols[j], row_mean[j],  # noqa: F821
+                                  chunk)
+                param[i] = step(param[i], u, chunk, size)  # noqa: F821
+
+
+@functools.cache
+def factored_kernels(rule):
+    """The six stages of a rule with factored state, compiled from its source."""
+    from .factored import _bindings, row_direction, update_factors
+
+    bindings = _bindings(rule)
+    bindings["square"] = square
+    bindings["row_direction"] = TARGET.element(row_direction, estimate=bindings["estimate"],
+                                               direction=bindings["direction"])
+    bindings["update_factors"] = TARGET.element(update_factors, alpha=bindings["alpha"], factor=bindings["factor"],
+                                                row_mean_of=bindings["row_mean_of"])
+    kernels = []
+    for function in (factored_rows, factored_columns, factored_tensors, factored_directions, factored_step_sizes,
+                     factored_apply):
+        names = TARGET.names(function, bindings)
+        kernels.append(cuda.jit(rebound(function, names, f"{rule.name}_{function.__name__}")))
+    return tuple(kernels)
+
+
+class FactoredLaunch:
+    """A step of a factored rule over fixed buffers: six launches, with the layout's tables and
+    the scratch sums on the device, allocated once; called as ``launch(*buffers, scalars)``."""
+
+    def __init__(self, rule, arguments, tensors, stream=0):
+        import numpy as np
+
+        _, self._tensor_tiles, layout, self.factors = tensors
+        param = arguments[0]
+        tables = [cuda.to_device(table) for table in layout.tables()]
+        (self._row_start, self._row_length, self._row_tensor, self._row_factor, self._row_cols, self._row_mean,
+         *self._blocks, self._tensor_rows, self._tensor_numel, self._tensor_info) = tables
+        rows, tensors_count = layout.row_start.size, layout.tensor_numel.size
+        self.means = cuda.device_array(max(1, layout.means), param.dtype)
+        self.row_sums = cuda.device_array((max(1, rows), 2), np.float64)
+        self.col_sums = cuda.device_array(max(1, layout.size), np.float64)
+        self.tensor_values = cuda.device_array((max(1, tensors_count), 2), np.float64)
+        first, columns, per_tensor, directions, sizes, apply_ = factored_kernels(rule)
+        self._rows = configure(first, blocks_for(rows), LANES, stream)
+        self._columns = configure(columns, blocks_for(-(-layout.block_start.size * COLUMN_BLOCK // THREADS_PER_BLOCK)),
+                                  stream=stream)
+        self._per_tensor = configure(per_tensor, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
+        self._directions = configure(directions, blocks_for(rows), LANES, stream)
+        self._sizes = configure(sizes, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
+        self._apply = configure(apply_, blocks_for(rows), stream=stream)
+        self._empty = rows == 0
+
+    def __call__(self, param, state, grad, bounds, groups, table, scalars):
+        if self._empty:
+            return
+        rows = (self._row_start, self._row_length, self._row_tensor, self._row_factor, self._row_cols)
+        self._rows(param, grad, groups, table, scalars, self.factors, self._tensor_tiles, *rows, self.row_sums)
+        self._columns(grad, groups, self._tensor_tiles, *self._blocks, self.col_sums)
+        self._per_tensor(param, groups, table, scalars, self.factors, self.means, self._tensor_tiles, self._tensor_rows,
+                         self._tensor_numel, self._tensor_info, self._row_factor, self.row_sums, self.col_sums,
+                         self.tensor_values)
+        self._directions(param, grad, groups, table, scalars, self.factors, self.means, self._tensor_tiles, *rows,
+                         self._row_mean, self.row_sums)
+        self._sizes(groups, scalars, self._tensor_tiles, self._tensor_rows, self._tensor_numel, self.row_sums,
+                    self.tensor_values)
+        self._apply(param, grad, groups, table, scalars, self.factors, self.means, self._tensor_tiles, *rows,
+                    self._row_mean, self.tensor_values)
 
 
 # -- the L2 penalty -------------------------------------------------------------------------------

@@ -40,8 +40,10 @@ declares :class:`Matrixwise`: the first pass stores the new state and writes the
 scratch buffer with BLAS (NumPy on the CPU, CuPy on CUDA), and the second pass steps from the
 transformed direction, scaled per tensor (:func:`land`). Both passes are element source, so
 CPU and CUDA run the same arithmetic around the matrix products.
-State that is still not one value per element (factored moments) would add a kind of state
-here and a pass to each target, not special cases in the façade.
+A rule whose state is not one value per element (Adafactor's factored second moment: a row and
+a column factor per matrix, a full variance per vector) declares :class:`Factored` and no state
+rows: its state is one more buffer, laid out per tensor by :class:`~.factored.FactorLayout`,
+and it runs the passes of :mod:`.factored` over each tensor's rows.
 """
 
 import dataclasses
@@ -82,6 +84,26 @@ class Matrixwise:
 
 
 @dataclasses.dataclass(frozen=True)
+class Factored:
+    """The element and per-tensor source of a rule with factored state (see :mod:`.factored`):
+    ``factor(value, mean_square, chunk)`` updates a row or column factor from the mean of
+    ``g**2`` over its row or column (in the buffer's dtype), ``row_mean(mean, chunk)`` clamps a
+    matrix's mean row factor, ``estimate(row, col, row_mean)`` is a factored tensor's
+    second moment at an element (the rule's ``update(v, g, chunk)`` is a vector's),
+    ``direction(g, estimate, chunk)`` the update ``U``, ``alpha(param_squares, numel, lr_k,
+    inverse_sqrt_step, eps2)`` and ``step_size(alpha, direction_squares, numel, d)`` the
+    per-tensor float64 scale, and ``step(p, u, chunk, step_size)`` the step."""
+
+    factor: Callable
+    row_mean: Callable
+    estimate: Callable
+    direction: Callable
+    alpha: Callable
+    step_size: Callable
+    step: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
     """One update rule. See the module docstring for the kernel arguments it implies."""
 
@@ -96,12 +118,14 @@ class Rule:
     tensorwise: Tensorwise = None
     #: Set for rules that transform each parameter matrix whole (Muon); None otherwise.
     matrixwise: Matrixwise = None
+    #: Set for rules with factored state (Adafactor); None otherwise.
+    factored: Factored = None
 
     @property
     def per_tensor(self):
         """Whether the rule's passes run over tiles that start at each tensor (and need the
-        tensor tables): a rule with :attr:`tensorwise` or :attr:`matrixwise`."""
-        return self.tensorwise is not None or self.matrixwise is not None
+        tensor tables): a rule with :attr:`tensorwise`, :attr:`matrixwise` or :attr:`factored`."""
+        return self.tensorwise is not None or self.matrixwise is not None or self.factored is not None
 
     def __post_init__(self):
         unknown = [column for column in self.group if column not in GROUP_COLUMNS]

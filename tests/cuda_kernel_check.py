@@ -22,15 +22,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cuda_facade_check import patch_simulator  # noqa: E402
-from kernel_cases import ELEMENTWISE, MATRIXWISE, TENSORWISE, make_case, make_matrix_case, make_tensor_case  # noqa: E402
+from kernel_cases import (ELEMENTWISE, FACTORED, MATRIXWISE, TENSORWISE, make_case, make_factored_case,  # noqa: E402
+                          make_matrix_case, make_tensor_case)
 
-from fastopt.kernels import cpu, cuda, dropout, matrixwise, penalty, tensorwise  # noqa: E402
+from fastopt.kernels import cpu, cuda, dropout, factored, matrixwise, penalty, tensorwise  # noqa: E402
 
 
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
-    failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + dropout_failures()
-                + penalty_failures())
+    failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + factored_failures()
+                + dropout_failures() + penalty_failures())
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
 
@@ -111,6 +112,31 @@ def matrixwise_failures():
                     b = on_gpu.mutated()[buffer]
                     if not np.array_equal(a, b, equal_nan=True):
                         failures.append(f"{name} {dtype.__name__} shapes {shapes} {buffer}: {np.flatnonzero(a != b)[:5]}")
+    return failures
+
+
+def factored_failures():
+    """Rules with factored state: the CPU kernel and the six CUDA launches, bitwise, over
+    matrices, a batch of matrices, a vector longer than a row, a scalar, an empty and a skipped
+    tensor, and rows shorter and longer than the lanes."""
+    failures = []
+    cases = (([(0, 3)], (), np.float32), ([(7, 5), (300,), (2, 3, 70), (), (0, 4), (3, 1)], (1,), np.float32),
+             ([(7, 5), (300,), (2, 3, 70), (), (0, 4), (3, 1)], (1,), np.float64), ([(2,)] * 12, (4,), np.float32),
+             ([(2, 300)], (), np.float64))  # (a CUDA block of 256 threads per row is slow to simulate)
+    for name in FACTORED:
+        for shapes, skipped, dtype in cases:
+            case, _ = make_factored_case(name, shapes, dtype, np.random.default_rng(len(shapes)), skipped)
+            on_gpu = case.copy()
+            factored.CpuLaunch(case.rule, case.param.size, dtype, case.tensors())(*case.arguments())
+            arguments = [device(a) if isinstance(a, np.ndarray) else a for a in on_gpu.arguments()]
+            factors = device(on_gpu.factors)
+            tensors = (device(case.tile_tensor), device(case.tensor_tiles), case.layout, factors)
+            cuda.FactoredLaunch(case.rule, arguments, tensors)(*arguments)
+            on_gpu.param, on_gpu.factors = arguments[0].copy_to_host(), factors.copy_to_host()
+            for buffer, a in case.mutated().items():
+                b = on_gpu.mutated()[buffer]
+                if not np.array_equal(a, b, equal_nan=True):
+                    failures.append(f"{name} {dtype.__name__} shapes {shapes} {buffer}: {np.flatnonzero(a != b)[:5]}")
     return failures
 
 

@@ -17,11 +17,13 @@ GRADIENT_UNITS = {"param", "grad", "exp_avg", "grad_avg", "momentum_buffer", "ex
 
 
 #: The rules whose kernels are element-wise (the usual kernel arguments), those with
-#: per-tensor sums (kernels.tensorwise: tensor tables and scratch as well), and those that
-#: transform each matrix whole (kernels.matrixwise; tested in test_muon.py).
+#: per-tensor sums (kernels.tensorwise: tensor tables and scratch as well), those that
+#: transform each matrix whole (kernels.matrixwise; tested in test_muon.py), and those with
+#: factored state (kernels.factored; tested in test_adafactor.py).
 ELEMENTWISE = sorted(name for name, rule in RULES.items() if not rule.per_tensor)
 TENSORWISE = sorted(name for name, rule in RULES.items() if rule.tensorwise is not None)
 MATRIXWISE = sorted(name for name, rule in RULES.items() if rule.matrixwise is not None)
+FACTORED = sorted(name for name, rule in RULES.items() if rule.factored is not None)
 
 
 def _scalar_values(rule, rng):
@@ -204,4 +206,50 @@ def make_matrix_case(name, shapes, dtype, rng, skipped=()):
     case = MatrixCase(tensor.rule, tensor.param, tensor.state, tensor.grad, tensor.bounds, tensor.groups,
                       tensor.table, scalars_of(tensor.rule, values), tensor.tile_tensor, tensor.tensor_tiles,
                       matrices, np.zeros(tensor.param.size, dtype), tuple(tuple(s) for s in shapes))
+    return case, segments
+
+
+@dataclasses.dataclass
+class FactoredCase(Case):
+    """One step of a rule with factored state: the kernel arguments (``state`` has no rows),
+    the tile tables, the :class:`~fastopt.kernels.factored.FactorLayout` and its state buffer
+    (``factors``), and the matrices' shapes."""
+
+    tile_tensor: np.ndarray = None
+    tensor_tiles: np.ndarray = None
+    layout: object = None
+    factors: np.ndarray = None
+    shapes: tuple = ()
+
+    def copy(self):
+        return dataclasses.replace(super().copy(), factors=self.factors.copy())
+
+    def tensors(self):
+        """The ``tensors`` argument of the launches."""
+        return self.tile_tensor, self.tensor_tiles, self.layout, self.factors
+
+    def mutated(self):
+        return {"param": self.param, "factors": self.factors}
+
+
+def make_factored_case(name, shapes, dtype, rng, skipped=()):
+    """Random data for factored rule ``name`` over tensors of ``shapes`` (grouped as
+    :func:`make_tensor_case` groups tensors; those in ``skipped`` of group -1): factors as
+    running means of squared gradients of the same scale, and random step scalars."""
+    import math
+
+    from fastopt.kernels.factored import FactorLayout
+
+    sizes = [math.prod(shape) for shape in shapes]
+    tensor, segments = make_tensor_case(name, sizes, dtype, rng, skipped)
+    layout = FactorLayout([(f"t{k}", shape) for k, shape in enumerate(shapes)], [start for start, _, _ in segments])
+    factors = ((0.1 + rng.standard_normal(layout.size) ** 2) * 10 ** rng.uniform(-4, 0)).astype(dtype)
+    step = int(rng.integers(1, 1000))
+    values = {"lr": rng.uniform(0, 0.1), "grad_sign": float(rng.choice([1.0, -1.0])),
+              "one_minus_beta2": step ** rng.uniform(-1, 0), "inverse_sqrt_step": 1 / step**0.5,
+              "eps1": float(np.finfo(dtype).eps) * float(rng.choice([1.0, 1e3])), "eps2": float(rng.choice([0.0, 1e-3])),
+              "d": float(rng.choice([1.0, 2.5]))}
+    case = FactoredCase(tensor.rule, tensor.param, np.zeros((0, tensor.param.size), dtype), tensor.grad, tensor.bounds,
+                        tensor.groups, tensor.table, scalars_of(tensor.rule, values), tensor.tile_tensor,
+                        tensor.tensor_tiles, layout, factors, tuple(tuple(s) for s in shapes))
     return case, segments

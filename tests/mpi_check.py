@@ -46,9 +46,10 @@ CASES = {
     "nadamw": (fastopt.NAdam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, maximize=True)),
     "lion": (fastopt.Lion, dict(lr=1e-3, weight_decay=0.1)),
     "lamb": (fastopt.LAMB, dict(lr=1e-2, weight_decay=1e-2)),
+    "adafactor": (fastopt.Adafactor, dict(lr=1e-2, weight_decay=1e-2)),
 }
 #: Sums over whole tensors: all-reduce only (ShardedOptimizer refuses them; see refused()).
-ALLREDUCE_ONLY = {"lamb"}
+ALLREDUCE_ONLY = {"lamb", "adafactor"}
 GROUPS = [ParamGroup(["w1"], lr_factor=0.5), ParamGroup(["scale"], lr_factor=2.0, weight_decay=0.0)]
 
 
@@ -161,6 +162,7 @@ def refused(comm):
     attempt("unknown_option", lambda: ShardedOptimizer(make_params(np.float32), fastopt.Adam, momentum=0.9))
     attempt("tensorwise_sharded", lambda: ShardedOptimizer(make_params(np.float32), fastopt.LAMB))
     attempt("matrixwise_sharded", lambda: ShardedOptimizer(fastopt.FlatParams({"w": (40, 30)}), fastopt.Muon))
+    attempt("factored_sharded", lambda: ShardedOptimizer(make_params(np.float32), fastopt.Adafactor))
     params = make_params(np.float64)
     optimizer = ShardedOptimizer(params, fastopt.Adam, comm, groups=GROUPS)
     run_steps(optimizer, params, 3, 0, rank, comm.Get_size())

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import pytest
 
-from kernel_cases import MATRIXWISE, TENSORWISE, make_case, make_matrix_case, make_tensor_case
+from kernel_cases import FACTORED, MATRIXWISE, TENSORWISE, make_case, make_factored_case, make_matrix_case, make_tensor_case
 
 
 def _missing_tools():
@@ -195,6 +195,37 @@ def test_matrixwise_kernels_round_as_written(name, dtype, cc, tmp_path):
         if dtype == np.float32:
             loop = body[body.index("\n", body.rindex("cvt.rn.f32.f64")):]  # after the tile's last rounding
             assert not re.search(r"\.f64\b", loop), "float64 arithmetic in the element loop"
+
+
+@CCS
+@DTYPES
+@pytest.mark.parametrize("name", FACTORED)
+def test_factored_kernels_round_as_written(name, dtype, cc, tmp_path):
+    """The six stages of a rule with factored state (Adafactor)."""
+    from fastopt.kernels import cuda
+
+    case, _ = make_factored_case(name, [(8, 8), (300,), (2, 3, 4)], dtype, np.random.default_rng(0))
+    layout = case.layout
+    rows = (layout.row_start, layout.row_length, layout.row_tensor, layout.row_factor, layout.row_cols)
+    blocks = (layout.block_start, layout.block_width, layout.block_stride, layout.block_rows, layout.block_out,
+              layout.block_tensor)
+    front = (case.param, case.grad, case.groups, case.table, case.scalars, case.factors)
+    means, row_sums, col_sums, values = (np.zeros(layout.means, dtype), np.zeros((layout.row_start.size, 2)),
+                                         np.zeros(layout.size), np.zeros((layout.tensor_numel.size, 2)))
+    arguments = (
+        (*front, case.tensor_tiles, *rows, row_sums),
+        (case.grad, case.groups, case.tensor_tiles, *blocks, col_sums),
+        (case.param, case.groups, case.table, case.scalars, case.factors, means, case.tensor_tiles, layout.tensor_rows,
+         layout.tensor_numel, layout.tensor_info, layout.row_factor, row_sums, col_sums, values),
+        (*front, means, case.tensor_tiles, *rows, layout.row_mean, row_sums),
+        (case.groups, case.scalars, case.tensor_tiles, layout.tensor_rows, layout.tensor_numel, row_sums, values),
+        (*front, means, case.tensor_tiles, *rows, layout.row_mean, values))
+    width = "32" if dtype == np.float32 else "64"
+    bodies = [check_kernel(kernel.py_func, args, cc, tmp_path)
+              for kernel, args in zip(cuda.factored_kernels(case.rule), arguments)]
+    assert re.search(rf"\bfma\.rn\.f{width}\b", bodies[5]), "the step's explicit fma is missing"
+    assert re.search(r"\bbar\.sync\b", bodies[0]) and re.search(r"\bbar\.sync\b", bodies[3]), "the rows' trees"
+    assert re.search(rf"\bsqrt\.rn\.f{width}\b", bodies[5]) and re.search(rf"\bdiv\.rn\.f{width}\b", bodies[5])
 
 
 @CCS

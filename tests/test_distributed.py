@@ -128,7 +128,7 @@ def test_n_ranks_match_one_process_on_the_whole_batch(equivalence):
     relative; float64 agrees to rounding, float32 to a few float32 ulps."""
     import mpi_check
 
-    assert len(equivalence["results"]) == 2 * (2 * len(mpi_check.CASES) - len(mpi_check.ALLREDUCE_ONLY)) == 2 * 33
+    assert len(equivalence["results"]) == 2 * (2 * len(mpi_check.CASES) - len(mpi_check.ALLREDUCE_ONLY)) == 2 * 34
     for result in equivalence["results"]:
         bound = 1e-12 if result["dtype"] == "float64" else 1e-6
         label = f"{result['optimizer']} {result['mode']} {result['dtype']}"
@@ -177,7 +177,7 @@ def test_bad_input_is_refused_on_every_rank(equivalence):
     assert "not an instance" in m["not_a_class"]
     assert "comm='world'" in m["not_a_comm"]
     assert "momentum" in m["unknown_option"]
-    for case, name in (("tensorwise_sharded", "LAMB"), ("matrixwise_sharded", "Muon")):
+    for case, name in (("tensorwise_sharded", "LAMB"), ("matrixwise_sharded", "Muon"), ("factored_sharded", "Adafactor")):
         assert f"{name} works on each whole parameter tensor" in m[case] and "AllReduceOptimizer" in m[case]
     assert "different parameter layout" in m["wrong_layout"]
     assert "exp_avg" in m["short_state"] and "(3567,)" in m["short_state"]

@@ -47,7 +47,7 @@ def test_wine_as_it_comes_reaches_90_percent(tmp_path, capsys):
     assert code == 0 and float(re.search(r"test accuracy (\S+),", output).group(1)) >= 0.90
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "adamax", "nadam", "radam", "lion", "lamb"])
+@pytest.mark.parametrize("optimizer", ["adagrad", "adamax", "nadam", "radam", "lion", "lamb", "adafactor"])
 def test_the_added_optimizers_train_wine_with_their_default_learning_rate(optimizer, tmp_path, capsys):
     data = export(tmp_path / "wine.csv", datasets.load_wine())
     code, output = run(capsys, "--data", data, "--optimizer", optimizer)

@@ -10,9 +10,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kernel_cases import ELEMENTWISE, TENSORWISE, make_case, make_tensor_case  # noqa: E402
+from kernel_cases import ELEMENTWISE, FACTORED, TENSORWISE, make_case, make_factored_case, make_tensor_case  # noqa: E402
 
-from fastopt.kernels import cpu, dropout, penalty, tensorwise  # noqa: E402
+from fastopt.kernels import cpu, dropout, factored, penalty, tensorwise  # noqa: E402
 from fastopt.kernels.chunks import CHUNK_SIZE, chunk_table  # noqa: E402
 
 
@@ -40,6 +40,18 @@ def main():
         for threads in (1, 4):
             case, _ = make_tensor_case(name, [size // 3, 5, size // 2], np.float32, np.random.default_rng(0))
             on_threads(threads, lambda: tensorwise.kernel(case.rule)(*case.arguments()))
+            results.append(case.mutated())
+        failures += [f"{name} {k}" for k in results[0] if not np.array_equal(results[0][k], results[1][k], equal_nan=True)]
+    for name in FACTORED:  # many rows, many column blocks, a long vector and a batch of matrices
+        results = []
+        for threads in (1, 4):
+            case, _ = make_factored_case(name, [(300, 500), (size // 4,), (3, 40, 70)], np.float32,
+                                         np.random.default_rng(0))
+            on_threads(threads, lambda: factored.kernel(case.rule)(
+                case.param, case.grad, case.groups, case.table, case.scalars, case.factors,
+                np.zeros(case.layout.means, np.float32), case.tensor_tiles, *case.layout.tables(),
+                np.zeros((case.layout.row_start.size, 2)), np.zeros(case.layout.size),
+                np.zeros((case.layout.tensor_numel.size, 2))))
             results.append(case.mutated())
         failures += [f"{name} {k}" for k in results[0] if not np.array_equal(results[0][k], results[1][k], equal_nan=True)]
     x = np.random.default_rng(1).standard_normal(size).astype(np.float32)

@@ -16,6 +16,8 @@ BYTES_PER_ELEMENT = {
     "sgd": 12, "sgd_nesterov": 20, "adam": 28, "adamw": 28, "adam_amsgrad": 36,
     "rmsprop": 20, "rmsprop_centered_momentum": 36, "adagrad": 20, "adamax": 28, "nadam": 28, "radam": 28,
     "lion": 20, "lamb": 40,
+    # Adafactor over a matrix (see shape_of): p read twice and written, g read four times
+    "adafactor": 28,
 }
 
 FASTOPT = {
@@ -32,7 +34,19 @@ FASTOPT = {
     "radam": (fastopt.RAdam, dict(lr=1e-3)),
     "lion": (fastopt.Lion, dict(lr=1e-4)),
     "lamb": (fastopt.LAMB, dict(lr=1e-3)),
+    "adafactor": (fastopt.Adafactor, dict(lr=1e-2)),
 }
+#: Rules timed over a matrix, not a vector: Adafactor factors the second moment of a tensor of
+#: two or more dimensions (a vector keeps a full one).
+MATRIX_RULES = ("adafactor",)
+
+
+def shape_of(rule, n):
+    """The shape of the one parameter a case steps: ``(1000, n // 1000)`` for the rules in
+    :data:`MATRIX_RULES` (where 1000 divides ``n``), else ``(n,)``."""
+    if rule in MATRIX_RULES and n >= 1000 and n % 1000 == 0:
+        return (1000, n // 1000)
+    return (n,)
 
 
 def random_buffer(n, seed, dtype=np.float32):
@@ -42,7 +56,7 @@ def random_buffer(n, seed, dtype=np.float32):
 class FastoptStep:
     def __init__(self, rule, n):
         cls, options = FASTOPT[rule]
-        self.params = fastopt.FlatParams.wrap(random_buffer(n, 0), random_buffer(n, 1) * 1e-3, {"p": n})
+        self.params = fastopt.FlatParams.wrap(random_buffer(n, 0), random_buffer(n, 1) * 1e-3, {"p": shape_of(rule, n)})
         self.optimizer = cls(self.params, **options)
         self.step = self.optimizer.step
 
@@ -256,6 +270,7 @@ class TorchStep:
         "adamax": ("Adamax", dict(lr=2e-3)),
         "nadam": ("NAdam", dict(lr=2e-3)),
         "radam": ("RAdam", dict(lr=1e-3)),
+        "adafactor": ("Adafactor", dict(lr=1e-2)),
     }
     #: Where torch has a fused CPU kernel (the rest run foreach, its fastest there).
     FUSED = ("SGD", "Adam", "AdamW", "Adagrad")
@@ -266,9 +281,10 @@ class TorchStep:
         name, options = self.TORCH[rule]
         size = n // tensors
         self.params = []
+        shape = shape_of(rule, size)
         for k in range(tensors):
-            p = torch.from_numpy(random_buffer(size, 10 + k)).requires_grad_()
-            p.grad = torch.from_numpy(random_buffer(size, 20000 + k) * np.float32(1e-3))
+            p = torch.from_numpy(random_buffer(size, 10 + k).reshape(shape)).requires_grad_()
+            p.grad = torch.from_numpy(random_buffer(size, 20000 + k).reshape(shape) * np.float32(1e-3))
             self.params.append(p)
         if mode is None:
             mode = "fused" if name in self.FUSED else "foreach"
@@ -406,6 +422,9 @@ REPORT_KERNELS.update({rule: (BYTES_PER_ELEMENT[rule], {
     "fastopt": lambda n, rule=rule: FastoptStep(rule, n), "numpy": lambda n, rule=rule: NumpyStep(rule, n),
     **({"torch": lambda n, rule=rule: TorchStep(rule, n)} if rule in TorchStep.TORCH else {})})
     for rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb")})
+#: Adafactor over a matrix, against torch (numpy has no step of it here).
+REPORT_KERNELS["adafactor"] = (BYTES_PER_ELEMENT["adafactor"], {
+    "fastopt": lambda n: FastoptStep("adafactor", n), "torch": lambda n: TorchStep("adafactor", n)})
 
 
 def _torch_available():

@@ -18,7 +18,7 @@ from . import cpu as _bench
 
 #: torch.optim on CUDA at its fastest: fused where it has it (SGD, Adam, AdamW), else foreach.
 TORCH_MODE = {"SGD": "fused", "Adam": "fused", "AdamW": "fused", "RMSprop": "foreach", "Adagrad": "fused",
-              "Adamax": "foreach", "NAdam": "foreach", "RAdam": "foreach"}
+              "Adamax": "foreach", "NAdam": "foreach", "RAdam": "foreach", "Adafactor": "foreach"}
 
 
 def gpu_available():
@@ -44,7 +44,7 @@ class CudaFastoptStep:
         cls, options = _bench.FASTOPT[rule]
         data = _to_device(_bench.random_buffer(n, 0))
         grad = _to_device(_bench.random_buffer(n, 1) * np.float32(1e-3))
-        self.params = fastopt.FlatParams.wrap(data, grad, {"p": n})
+        self.params = fastopt.FlatParams.wrap(data, grad, {"p": _bench.shape_of(rule, n)})
         self.optimizer = cls(self.params, **options)
         self.step = self.optimizer.step
 
@@ -58,8 +58,9 @@ class CudaTorchStep:
         import torch
 
         name, options = _bench.TorchStep.TORCH[rule]
-        p = torch.from_numpy(_bench.random_buffer(n, 0)).cuda().requires_grad_()
-        p.grad = torch.from_numpy(_bench.random_buffer(n, 1) * np.float32(1e-3)).cuda()
+        shape = _bench.shape_of(rule, n)
+        p = torch.from_numpy(_bench.random_buffer(n, 0).reshape(shape)).cuda().requires_grad_()
+        p.grad = torch.from_numpy(_bench.random_buffer(n, 1).reshape(shape) * np.float32(1e-3)).cuda()
         self.optimizer = getattr(torch.optim, name)([p], **options, **{TORCH_MODE[name]: True})
         self.step = self.optimizer.step
 
@@ -175,7 +176,8 @@ GPU_KERNELS = {
     "sgd_nesterov": _bench.BYTES_PER_ELEMENT["sgd_nesterov"],
     "rmsprop": _bench.BYTES_PER_ELEMENT["rmsprop"],
     "dropout": CudaDropoutStep.BYTES_PER_ELEMENT,
-    **{rule: _bench.BYTES_PER_ELEMENT[rule] for rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb")},
+    **{rule: _bench.BYTES_PER_ELEMENT[rule] for rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb",
+                                                         "adafactor")},
 }
 #: What the GPU report times unless told: the first five.
 DEFAULT_GPU_KERNELS = ("adam", "adamw", "sgd_nesterov", "rmsprop", "dropout")

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .. import LAMB, SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
+from .. import LAMB, SGD, Adafactor, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
 
 #: Per optimizer, the options it takes beyond ``lr``, ``weight_decay`` and ``groups``.
 OPTIMIZERS = {
@@ -42,6 +42,7 @@ OPTIMIZERS = {
     "radam": (RAdam, lambda a: {}),
     "lion": (Lion, lambda a: {}),
     "lamb": (LAMB, lambda a: {}),
+    "adafactor": (Adafactor, lambda a: {}),
 }
 
 
@@ -256,7 +257,7 @@ def main(argv=None):
     measure = commands.add_parser("bench", help="time the kernels against numpy and torch here")
     measure.add_argument("--sizes", default="1e5,1e6,1e7", help="elements, comma-separated")
     measure.add_argument("--kernels", help="comma-separated kernels: adam,sgd_nesterov,rmsprop,dropout (the "
-                         "default), adagrad,adamax,nadam,radam,lion,lamb")
+                         "default), adagrad,adamax,nadam,radam,lion,lamb,adafactor")
     measure.add_argument("--json", help="write the rows here")
     measure.add_argument("--plot", help="image of GB/s against size, roofline dashed")
 

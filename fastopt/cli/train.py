@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .. import LAMB, SGD, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, ParamGroup, RAdam, RMSProp
+from .. import LAMB, SGD, Adafactor, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, ParamGroup, RAdam, RMSProp
 
 #: Per optimizer, the options it takes beyond ``lr``, ``weight_decay`` and ``groups``.
 OPTIMIZERS = {
@@ -30,9 +30,11 @@ OPTIMIZERS = {
     "radam": (RAdam, lambda s: {}),
     "lion": (Lion, lambda s: {}),
     "lamb": (LAMB, lambda s: {}),
+    "adafactor": (Adafactor, lambda s: {}),
 }
 DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3, "adagrad": 0.02, "adamax": 4e-3,
-              "nadam": 2e-3, "radam": 1e-2, "lion": 6e-4, "lamb": 3e-3}
+              "nadam": 2e-3, "radam": 1e-2, "lion": 6e-4, "lamb": 3e-3,
+              "adafactor": 1e-2}
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
 LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "huber")}
 

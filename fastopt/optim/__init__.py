@@ -1,6 +1,7 @@
 """The optimizers: each reads its update rule's spec (``fastopt.kernels.rules``) and launches
 the rule's kernel once per step, on the CPU or the GPU."""
 
+from .adafactor import Adafactor, AdafactorConfig
 from .adagrad import Adagrad, AdagradConfig
 from .adam import Adam, AdamConfig, AdamW
 from .adamax import Adamax, AdamaxConfig
@@ -13,6 +14,6 @@ from .radam import RAdam, RAdamConfig
 from .rmsprop import RMSProp, RMSPropConfig
 from .sgd import SGD, SGDConfig
 
-__all__ = ["SGD", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "LAMB",
+__all__ = ["SGD", "Adafactor", "AdafactorConfig", "Adagrad", "AdagradConfig", "Adam", "AdamConfig", "AdamW", "Adamax", "AdamaxConfig", "LAMB",
            "LAMBConfig", "Lion", "LionConfig", "Muon", "MuonConfig", "NAdam", "NAdamConfig", "Optimizer", "ParamGroup", "RAdam",
            "RAdamConfig", "RMSProp", "RMSPropConfig", "SGDConfig"]

@@ -184,6 +184,13 @@ class Optimizer:
         self._dtype = params.dtype.type
         self._rule = self._rule_for(config)
         self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
+        # Factored state (Adafactor): one more buffer, laid out per tensor.
+        self._factor_layout = self._factors = None
+        if self._rule.factored is not None:
+            from ..kernels.factored import FactorLayout
+
+            self._factor_layout = FactorLayout.of(params)
+            self._factors = self._device.zeros(self._factor_layout.size, params.dtype)
         self._step_count = 0
         self._stream = 0
         self._adopt_config(config)
@@ -279,6 +286,8 @@ class Optimizer:
                 raise ValueError(f"{name}={value!r} is beyond {dtype}'s range (largest {largest:.4g}); "
                                  f"the kernels compute in {dtype}")
         eps = hyper.get("eps")
+        if isinstance(eps, tuple):  # Adafactor's (eps1, eps2): eps1 enters the kernels, eps2 a float64 max
+            eps = eps[0]
         if eps is not None and dtype.type(eps) == 0:
             raise ValueError(f"eps={eps!r} rounds to 0 in {dtype} (smallest {np.finfo(dtype).smallest_subnormal:.3g}); "
                              "the kernels add it in that dtype, where 0 would divide by zero")
@@ -320,6 +329,8 @@ class Optimizer:
         """``{name: flat buffer}`` of the optimizer state (live views, not copies), in the order
         of the rule's spec."""
         plan = self._plan
+        if plan.rule.factored is not None:
+            return self._factor_layout.views(self._factors)
         return {name: plan.buffers[1][k] for k, name in enumerate(plan.rule.state)}
 
     def _check_groups(self, groups):
@@ -341,6 +352,8 @@ class Optimizer:
             from ..kernels.matrixwise import Matrices
 
             self._tensors = (*self._tensors, Matrices.of(self._params))
+        if self._rule.factored is not None:
+            self._tensors = (*self._tensors, self._factor_layout, self._factors)
         self._host_table = self._group_table()
         table = self._device.resident(self._host_table.copy())
         self._refresh()
@@ -514,18 +527,20 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= MAX_STEP:
             raise ValueError(f"state_dict step must be an int in [0, 2**63), got {step!r}")
         buffers = state_dict["state"]
-        if set(buffers) != set(rule.state):
-            raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(rule.state)}")
-        for name in rule.state:
+        sizes = (self._factor_layout.sections if rule.factored is not None
+                 else {name: params.size for name in rule.state})
+        if not isinstance(buffers, Mapping) or set(buffers) != set(sizes):
+            raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(sizes)}")
+        for name, size in sizes.items():
             buffer = buffers[name]
             if (not isinstance(buffer, np.ndarray) or buffer.dtype != params.dtype
-                    or buffer.shape != (params.size,)):
+                    or buffer.shape != (size,)):
                 raise ValueError(
                     f"state_dict state {name!r} must be a {params.dtype} array of shape "
-                    f"({params.size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
+                    f"({size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
                     f"{getattr(buffer, 'shape', '')}"
                 )
-        return config, rule, rule.state, groups, int(step), buffers
+        return config, rule, tuple(sizes), groups, int(step), buffers
 
     def load_state_dict(self, state_dict):
         """Restore :meth:`state_dict` output: config, groups, step count and state.
@@ -541,7 +556,11 @@ class Optimizer:
         # are copied in place where the state buffers stay the same.)
         if rule.state != self._rule.state:
             self._state = self._device.zeros((len(rule.state), self._params.size), self._params.dtype)
-        for k, name in enumerate(state_names):
+        if rule.factored is not None:
+            views = self._factor_layout.views(self._factors)
+            for name in state_names:
+                _device.copy_into(views[name], buffers[name])
+        for k, name in enumerate(rule.state):
             _device.copy_into(self._state[k], buffers[name])
         self._rule = rule
         self._adopt_config(config)

@@ -9,7 +9,7 @@
 >>> optimizer.zero_grad()
 
 :class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop`, :class:`Adagrad`,
-:class:`Adamax`, :class:`NAdam`, :class:`RAdam` and :class:`Muon` have torch.optim's names, signatures, defaults and update
+:class:`Adamax`, :class:`NAdam`, :class:`RAdam`, :class:`Adafactor` and :class:`Muon` have torch.optim's names, signatures, defaults and update
 rules (and :class:`Lion` and :class:`LAMB`, which torch lacks, the papers'), and are :class:`torch.optim.Optimizer` subclasses, so
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``, ``clip_grad_norm_`` and training
 frameworks take them. What differs is where the parameters live:
@@ -54,7 +54,7 @@ from .. import optim as _core
 from ..optim.muon import NS_COEFFICIENTS, NS_STEPS
 from ..params import FlatParams
 
-__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon", "NAdam", "RAdam", "RMSprop"]
+__all__ = ["LAMB", "SGD", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon", "NAdam", "RAdam", "RMSprop"]
 
 _FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -199,11 +199,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
             flat = FlatParams.wrap(_host_or_device(data[start:stop]), _host_or_device(grad[start:stop]), shapes)
             group = self.param_groups[group_index]
             core = self._core_class_for(group)(flat, **self._core_options(group))
-            state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
+            views_of = _state_views(core, device)
             entries = []
-            for index, p, offset in params:
-                lo, hi = offset - start, offset - start + p.numel()
-                views = {name: rows[lo:hi].view(p.shape) for name, rows in state.items()}
+            for position, (index, p, offset) in enumerate(params):
+                views = views_of(position, offset - start, p)
                 entry = _Entry(index, p, data[offset:offset + p.numel()].view(p.shape),
                                grad[offset:offset + p.numel()].view(p.shape), views, dict(self._carried))
                 self._adopt(entry, previous.get(id(p)))
@@ -443,11 +442,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 new_buffer = True
         piece.core = core
         device = piece.entries[0].data.device if piece.entries else torch.device("cpu")
-        state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
+        views_of = _state_views(core, device)
         offset = 0
-        for entry in piece.entries:
+        for position, entry in enumerate(piece.entries):
             n = entry.param.numel()
-            entry.state = {name: rows[offset:offset + n].view(entry.param.shape) for name, rows in state.items()}
+            entry.state = views_of(position, offset, entry.param)
             offset += n
             if new_buffer and not self._has_step:
                 entry.steps = 0
@@ -514,9 +513,16 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for index, (saved_id, p) in enumerate(zip(saved_ids, params)):
             saved = states.get(saved_id)
             for name, value in (saved.items() if isinstance(saved, dict) else ()):
-                if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                expected = self._state_shape(name, p)
+                if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != expected:
                     raise ValueError(f"state_dict state {name!r} of parameter {index} has shape "
-                                     f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")
+                                     f"{tuple(value.shape)}, expected {expected} for the parameter's "
+                                     f"{tuple(p.shape)}")
+
+    @staticmethod
+    def _state_shape(name, p):
+        """The shape torch gives state ``name`` of parameter ``p``: the parameter's."""
+        return tuple(p.shape)
 
     def __getstate__(self):
         raise TypeError("a fastopt.torch optimizer cannot be pickled; save optimizer.state_dict() instead")
@@ -551,6 +557,18 @@ class _LiveState(defaultdict):
     def get(self, param, default=None):
         return self[param] if param in self else default
 _hooked_step = torch.optim.Optimizer.profile_hook_step(_FlatOptimizer._step)
+
+
+def _state_views(core, device):
+    """``views(position, offset, p)``: parameter ``p``'s state as torch shapes it, views of the
+    fastopt optimizer's state (``p`` the ``position``-th of the core's parameters, at element
+    ``offset`` of its buffer)."""
+    if core.rule.factored is not None:
+        layout, factors = core._factor_layout, _as_tensor(core._factors, device)
+        return lambda position, offset, p: layout.tensor_state(factors, position)
+    state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
+    return lambda position, offset, p: {name: rows[offset:offset + p.numel()].view(p.shape)
+                                        for name, rows in state.items()}
 
 
 def _device_copy(target, source):
@@ -883,6 +901,39 @@ class Muon(_FlatOptimizer):
                                  f"{p.size()} (params[{index}] of the group): give it to another optimizer, "
                                  "e.g. AdamW (the usual split: Muon for hidden matrices, AdamW for the rest)")
         super().add_param_group(param_group)
+
+
+class Adafactor(_FlatOptimizer):
+    """``torch.optim.Adafactor`` (``beta2_decay``, ``eps = (eps1, eps2)``, ``d``, weight decay,
+    maximize), stepped by fastopt. State per parameter as torch's: ``row_var`` and ``col_var``
+    for a tensor of two or more dimensions, ``variance`` for a vector, and ``step``. ``foreach``
+    is accepted and ignored."""
+
+    _core_class = _core.Adafactor
+    _keys = _sync_keys = ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
+                 foreach=None, maximize=False):
+        _check_common(lr=lr, weight_decay=weight_decay)
+        if not 0.0 >= beta2_decay:
+            raise ValueError(f"beta2_decay should be <= 0 but is: {beta2_decay}")
+        if eps[0] is not None and not 0.0 <= eps[0]:
+            raise ValueError(f"epsilon1 should be >= 0 but is: {eps[0]}")
+        if not 0.0 <= eps[1]:
+            raise ValueError(f"epsilon2 should be >= 0 but is: {eps[1]}")
+        if not 1.0 <= d:
+            raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
+        super().__init__(params, dict(lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d, weight_decay=weight_decay,
+                                      foreach=foreach, maximize=maximize))
+
+    @staticmethod
+    def _state_shape(name, p):
+        shape = tuple(p.shape)
+        if name == "row_var" and len(shape) >= 2:
+            return (*shape[:-1], 1)
+        if name == "col_var" and len(shape) >= 2:
+            return (*shape[:-2], 1, shape[-1])
+        return shape
 
 
 def _check_common(lr, weight_decay):

@@ -5,8 +5,8 @@ group columns, scalars, per-element source, float64 reference) in a ``RULES`` tu
 module in the line below.
 """
 
-from . import adagrad, adam, adamax, lamb, lion, muon, nadam, radam, rmsprop, sgd
+from . import adafactor, adagrad, adam, adamax, lamb, lion, muon, nadam, radam, rmsprop, sgd
 
 #: Every rule by name (``"adam_step"``, ...).
-RULES = {rule.name: rule for module in (sgd, adam, rmsprop, adagrad, adamax, nadam, radam, lion, lamb, muon)
+RULES = {rule.name: rule for module in (sgd, adam, rmsprop, adagrad, adamax, nadam, radam, lion, lamb, muon, adafactor)
          for rule in module.RULES}
