@@ -79,6 +79,27 @@ def shard_bounds(size, ranks, alignment=SHARD_ALIGNMENT):
             for r in range(ranks)]
 
 
+def tensor_shard_bounds(params, ranks):
+    """``[(start, stop), ...]`` as :func:`shard_bounds`, but cut only where a tensor starts, each
+    cut at the tensor boundary nearest the even split: for rules that work on whole tensors
+    (LAMB's norms, Adafactor's factors, Muon's matrices), so that every rank holds whole tensors
+    and computes over each exactly as one process does. A rank may get no tensor.
+
+    >>> from fastopt import FlatParams
+    >>> tensor_shard_bounds(FlatParams({"a": 10, "b": (5, 6), "c": 40, "d": 20}), 3)
+    [(0, 40), (40, 80), (80, 100)]
+    """
+    size = params.size
+    cuts = sorted({params.segment(name)[0] for name in params} | {size})
+    bounds, start = [], 0
+    for r in range(ranks):
+        target = size * (r + 1) // ranks
+        stop = size if r == ranks - 1 else min((c for c in cuts if c >= start), key=lambda c: (abs(c - target), c))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 def _pieces(params, start, stop):
     """``{name: length}`` of the parts of parameters that lie in ``[start, stop)``."""
     pieces = {}
@@ -293,7 +314,10 @@ class ShardedOptimizer(DistributedOptimizer):
     """
 
     def _build_local(self, optimizer, hyperparameters):
-        bounds = shard_bounds(self._params.size, self.size)
+        # A rule over whole tensors gets shards cut at tensor boundaries, each piece keeping its shape.
+        self._whole_tensors = optimizer.per_tensor
+        bounds = (tensor_shard_bounds(self._params, self.size) if self._whole_tensors
+                  else shard_bounds(self._params.size, self.size))
         self._start, self._stop = bounds[self.rank]
         self._counts = np.array([hi - lo for lo, hi in bounds], dtype=np.int64)
         self._displacements = np.array([lo for lo, _ in bounds], dtype=np.int64)
@@ -306,14 +330,28 @@ class ShardedOptimizer(DistributedOptimizer):
             self._data_host = np.empty(self._params.size, self._params.dtype)
             self._shard_grad = (self._params.grad if self.size == 1
                                 else _device.to_device(self._shard_host))
+        if self._whole_tensors:
+            shapes = dict(self._params.layout)
+            pieces = self._pieces = {name: shapes[name] for name in pieces}
         shard = FlatParams.wrap(self._params.data[self._start:self._stop], self._shard_grad, pieces)
         gathered = self._data_host if self._on_gpu else self._params.data
         self._gather_spec = [gathered, (self._counts, self._displacements)]
-        if optimizer.per_tensor:
-            raise ValueError(f"{optimizer.__name__} works on each whole parameter tensor (LAMB's trust ratio, "
-                             "Muon's orthogonalised matrix), and a shard may cut a tensor: ShardedOptimizer "
-                             "does not take it yet; use AllReduceOptimizer")
-        return optimizer(shard, groups=_shard_groups(self._groups, pieces), **hyperparameters)
+        local = optimizer(shard, groups=_shard_groups(self._groups, pieces), **hyperparameters)
+        self._state_spec = self._state_counts(local)
+        return local
+
+    def _state_counts(self, local):
+        """``{state name: (counts, displacements)}`` of each rank's part of each whole state
+        buffer: the shards' for state rows; for factored state (Adafactor) each section's part
+        of the rank's whole tensors (collective)."""
+        if local.rule.factored is None:
+            return {name: (self._counts, self._displacements) for name in local.state}
+        sizes = self._comm.allgather({name: buffer.size for name, buffer in local.state.items()})
+        spec = {}
+        for name in local.state:
+            counts = np.array([part[name] for part in sizes], dtype=np.int64)
+            spec[name] = counts, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        return spec
 
     @property
     def shard(self):
@@ -355,8 +393,9 @@ class ShardedOptimizer(DistributedOptimizer):
         local = self._local.state_dict()
         state = {}
         for name, shard in local.pop("state").items():
-            whole = np.empty(self._params.size, self._params.dtype) if root in (None, self.rank) else None
-            spec = None if whole is None else [whole, (self._counts, self._displacements)]
+            counts, displacements = self._state_spec[name]
+            whole = np.empty(int(counts.sum()), self._params.dtype) if root in (None, self.rank) else None
+            spec = None if whole is None else [whole, (counts, displacements)]
             if root is None:
                 self._comm.Allgatherv(shard, spec)
             else:
@@ -372,10 +411,16 @@ class ShardedOptimizer(DistributedOptimizer):
         optimizer): each rank takes its shard. Checked in full before anything changes."""
         _, _, _, groups, _, buffers = self._local._checked_state(state_dict, self._params)
         pieces = self._pieces
+        parts = {}
+        for name, buffer in buffers.items():
+            counts, displacements = self._state_spec[name]
+            lo = int(displacements[self.rank])
+            parts[name] = buffer[lo:lo + int(counts[self.rank])]
         shard = {**state_dict,
-                 "layout": [[name, [length]] for name, length in pieces.items()],
+                 "layout": [[name, list(shape) if isinstance(shape, tuple) else [shape]]
+                            for name, shape in pieces.items()],
                  "groups": [group.to_dict() for group in _shard_groups(groups, pieces)],
-                 "state": {name: buffer[self._start:self._stop] for name, buffer in buffers.items()}}
+                 "state": parts}
         self._local.load_state_dict(shard)
         self._groups = groups
 
@@ -391,4 +436,4 @@ def launched_under_mpi():
 
 
 __all__ = ["AllReduceOptimizer", "DistributedOptimizer", "SHARD_ALIGNMENT", "ShardedOptimizer",
-           "launched_under_mpi", "shard_bounds", "world"]
+           "launched_under_mpi", "shard_bounds", "tensor_shard_bounds", "world"]

@@ -69,8 +69,8 @@ class Adafactor(Optimizer):
 
     A step is one kernel call on the CPU whatever the number of tensors (six parallel stages:
     the row, column and tensor sums in float64 in one fixed order, the same bits on every
-    thread count and on CUDA). :class:`~fastopt.distributed.ShardedOptimizer` refuses it (a
-    shard may cut a tensor); :class:`~fastopt.distributed.AllReduceOptimizer` takes it.
+    thread count and on CUDA). :class:`~fastopt.distributed.ShardedOptimizer` gives each rank
+    whole tensors (its shards cut where a tensor starts).
 
     Examples
     --------

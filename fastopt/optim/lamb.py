@@ -39,9 +39,8 @@ class LAMB(Beta1Momentum, Optimizer):
     summed in float64 in one fixed order, the same bits on every device and thread count.
     A momentum schedule drives ``beta1``. PyTorch has no LAMB.
 
-    :class:`~fastopt.distributed.ShardedOptimizer` refuses it (a tensor cut by a shard would
-    need its norms summed across ranks); :class:`~fastopt.distributed.AllReduceOptimizer`
-    takes it.
+    :class:`~fastopt.distributed.ShardedOptimizer` gives each rank whole tensors (its shards cut
+    where a tensor starts), so the norms are a single process's.
 
     Examples
     --------

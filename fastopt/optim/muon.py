@@ -85,8 +85,8 @@ class Muon(Optimizer):
 
     Every parameter must be 2-D: give biases, norms, embeddings and the output layer to another
     optimizer over another :class:`~fastopt.FlatParams` (the usual split: Muon for hidden
-    matrices, AdamW for the rest). :class:`~fastopt.distributed.ShardedOptimizer` refuses it
-    (a shard may cut a matrix); :class:`~fastopt.distributed.AllReduceOptimizer` takes it.
+    matrices, AdamW for the rest). :class:`~fastopt.distributed.ShardedOptimizer` gives each
+    rank whole matrices (its shards cut where a tensor starts).
 
     Examples
     --------

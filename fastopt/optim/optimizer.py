@@ -157,8 +157,8 @@ class Optimizer:
     config_type: ClassVar[type]
     #: Config fields that select the rule (and with it the state): checked on the full path.
     _rule_fields: ClassVar[frozenset] = frozenset()
-    #: Whether a step works on whole parameter tensors (LAMB's norms, Muon's matrices), so that
-    #: a shard must not cut one (ShardedOptimizer refuses such a class).
+    #: Whether a step works on whole parameter tensors (LAMB's norms, Adafactor's factors, Muon's
+    #: matrices), so that a shard must not cut one (ShardedOptimizer cuts at tensor boundaries).
     per_tensor: ClassVar[bool] = False
 
     def __init__(self, params, config, groups=(), device=None):
@@ -527,8 +527,13 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= MAX_STEP:
             raise ValueError(f"state_dict step must be an int in [0, 2**63), got {step!r}")
         buffers = state_dict["state"]
-        sizes = (self._factor_layout.sections if rule.factored is not None
-                 else {name: params.size for name in rule.state})
+        if rule.factored is not None:  # the sections of these params' layout (a whole buffer's, for a shard's)
+            from ..kernels.factored import FactorLayout
+
+            layout = self._factor_layout if params is self._params else FactorLayout.of(params)
+            sizes = layout.sections
+        else:
+            sizes = {name: params.size for name in rule.state}
         if not isinstance(buffers, Mapping) or set(buffers) != set(sizes):
             raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(sizes)}")
         for name, size in sizes.items():
