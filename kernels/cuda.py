@@ -171,6 +171,19 @@ def rule_launch(rule, arguments, stream=0):
 # -- rules with per-tensor sums (see kernels/tensorwise.py for the order the sums take) ----------
 
 
+@cuda.jit(device=True, inline=True)
+def _lanes_tree(lanes, tid):
+    """``lanes[:, 0]`` becomes the sum of each row of ``lanes`` by the fixed tree (LANES threads)."""
+    cuda.syncthreads()
+    half = LANES // 2
+    while half > 0:
+        if tid < half:
+            lanes[0, tid] += lanes[0, tid + half]
+            lanes[1, tid] += lanes[1, tid + half]
+        cuda.syncthreads()
+        half //= 2
+
+
 def tensorwise_norms(param, state, grad, bounds, groups, table, scalars, partial):
     """The first pass: a block of ``LANES`` threads per tile; thread ``j`` adds the squares of
     elements ``j, j + LANES, ...`` of the tile in order, then the block adds by the fixed tree."""
@@ -187,14 +200,7 @@ def tensorwise_norms(param, state, grad, bounds, groups, table, scalars, partial
                 direction_squares += square(u)  # noqa: F821
             lanes[0, tid] = param_squares
             lanes[1, tid] = direction_squares
-            cuda.syncthreads()
-            half = LANES // 2
-            while half > 0:
-                if tid < half:
-                    lanes[0, tid] += lanes[0, tid + half]
-                    lanes[1, tid] += lanes[1, tid + half]
-                cuda.syncthreads()
-                half //= 2
+            _lanes_tree(lanes, tid)
             if tid == 0:
                 partial[t, 0] = lanes[0, 0]
                 partial[t, 1] = lanes[1, 0]
@@ -360,19 +366,6 @@ def factored_rows(param, grad, groups, table, scalars, factors, tensor_tiles, ro
                 row_sums[j, 0] = lanes[0, 0]
                 row_sums[j, 1] = lanes[1, 0]
             cuda.syncthreads()
-
-
-@cuda.jit(device=True, inline=True)
-def _lanes_tree(lanes, tid):
-    """``lanes[:, 0]`` becomes the sum of each row of ``lanes`` by the fixed tree (LANES threads)."""
-    cuda.syncthreads()
-    half = LANES // 2
-    while half > 0:
-        if tid < half:
-            lanes[0, tid] += lanes[0, tid + half]
-            lanes[1, tid] += lanes[1, tid + half]
-        cuda.syncthreads()
-        half //= 2
 
 
 def factored_columns(grad, groups, tensor_tiles, block_start, block_width, block_stride, block_rows, block_out,
