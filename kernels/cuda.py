@@ -316,7 +316,7 @@ class MatrixwiseLaunch:
         self.work = cuda.device_array(max(1, param.size), param.dtype)
         self._work = cupy.asarray(self.work)[:param.size]
         self._transform = rule.matrixwise.transform
-        self._cupy_stream = cupy.cuda.ExternalStream(int(stream.handle.value)) if stream else None
+        self._cupy_stream = cupy.cuda.ExternalStream(int(stream)) if stream else None  # int: the handle
         first, second = matrix_kernels(rule)
         tiles = arguments[4].size
         self._first = configure(first, blocks_for(tiles), stream=stream)

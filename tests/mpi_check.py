@@ -163,7 +163,32 @@ def muon(comm):
                          "state_error": relative_difference(whole["state"]["momentum_buffer"],
                                                             single.state["momentum_buffer"]),
                          "shards": comm.gather(list(getattr(optimizer, "shard", (0, params.size))), root=0)}
+    results["adafactor_empty"] = adafactor_with_empty_tensors(comm)
     return results
+
+
+def adafactor_with_empty_tensors(comm):
+    """Sharded Adafactor over tensors with no elements but state (a (3, 0) matrix keeps 3 row
+    factors): the gathered state dict has a single process's sections, and the single
+    process's state dict loads into the shards and back."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    shapes = {"a": (3, 0), "w": (5, 6), "e": (0,), "v": 4, "z": (0, 2)}
+    params, single_params = fastopt.FlatParams(shapes, dtype=np.float64), fastopt.FlatParams(shapes, dtype=np.float64)
+    params.data[:] = single_params.data[:] = np.arange(params.size) * 0.1
+    optimizer, single = ShardedOptimizer(params, fastopt.Adafactor), fastopt.Adafactor(single_params)
+    for step in range(5):
+        grads = np.random.default_rng([4, step]).standard_normal((size, params.size))
+        params.grad[:], single_params.grad[:] = grads[rank], grads.mean(axis=0)
+        optimizer.step()
+        single.step()
+    whole, alone = optimizer.state_dict(), single.state_dict()
+    shapes_equal = all(whole["state"][k].shape == v.shape for k, v in alone["state"].items())
+    state_error = max(relative_difference(whole["state"][k], v) for k, v in alone["state"].items() if v.size)
+    optimizer.load_state_dict(alone)
+    reloaded = optimizer.state_dict()
+    single.load_state_dict(whole)
+    return {"shapes_equal": shapes_equal, "state_error": state_error,
+            "reload_error": max(relative_difference(reloaded["state"][k], v) for k, v in alone["state"].items() if v.size)}
 
 
 def refused(comm):

@@ -243,3 +243,14 @@ def test_dropin_state_dicts_move_between_torch_and_fastopt():
     wrong["state"][0]["row_var"] = torch.zeros(7, 5, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"row_var.*\(7, 1\)"):
         mine.load_state_dict(wrong)
+
+
+def test_eps1_is_squared_as_torch_squares_it():
+    """torch clamps at ``eps1 * eps1`` of the Python float, rounded once to the dtype (not the
+    square of the rounded eps1: for 3e-5 in float32 the two differ)."""
+    from fastopt.kernels.rules.adafactor import adafactor_chunk
+
+    scalars = (0.01, 1.0, 0.5, 1.0, 3e-5, 1e-3, 1.0)
+    chunk = adafactor_chunk(np.zeros(1, np.float32), np.array([1.0, 0.0]), scalars)
+    assert np.float32(3e-5) * np.float32(3e-5) != np.float32(3e-5 * 3e-5)
+    assert chunk[5] == np.float32(3e-5 * 3e-5)

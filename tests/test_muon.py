@@ -316,3 +316,33 @@ def test_config_is_a_plain_dataclass():
     config = fastopt.MuonConfig(ns_coefficients=[1.0, 2.0, 3.0])
     assert config.ns_coefficients == (1.0, 2.0, 3.0)
     assert dataclasses.asdict(config)["ns_dtype"] is None
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.3, 0.95])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_momentum_buffer_is_torch_lerp_bit_for_bit(momentum, nesterov):
+    """The buffer is ``buf.lerp_(g, 1 - momentum)`` as torch computes it (from ``g`` when the
+    weight is 0.5 or more): with momentum 0 it is the last gradient exactly, even after a huge one."""
+    init, rng = _layout(np.float32, seed=6)
+    params = FlatParams.from_arrays(init, dtype=np.float32)
+    opt = Muon(params, lr=0.01, momentum=momentum, nesterov=nesterov, ns_dtype="bfloat16")
+    theirs = [torch.nn.Parameter(torch.tensor(value)) for value in init.values()]
+    reference = torch.optim.Muon(theirs, lr=0.01, momentum=momentum, nesterov=nesterov)
+    for step in range(4):
+        for name, p in zip(init, theirs):
+            grad = (rng.standard_normal(p.shape) * (1e8 if step == 0 else 1.0)).astype(np.float32)
+            params.grad_of(name)[...] = grad
+            p.grad = torch.tensor(grad)
+        opt.step()
+        reference.step()
+    for name, p in zip(init, theirs):
+        lo, hi = params.segment(name)
+        expected = reference.state[p]["momentum_buffer"].numpy().reshape(-1) if p.numel() else np.zeros(0)
+        np.testing.assert_array_equal(opt.state["momentum_buffer"][lo:hi], expected)
+        if momentum == 0.0 and p.numel():
+            np.testing.assert_array_equal(expected, p.grad.numpy().reshape(-1))
+
+
+def test_dropin_refuses_a_set_of_parameters_as_torch_does():
+    with pytest.raises(TypeError):
+        fastopt_torch.Muon([{"params": {torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.ones(2, 2))}}])

@@ -111,6 +111,18 @@ def _pieces(params, start, stop):
     return pieces
 
 
+def _whole_pieces(params, bounds, rank):
+    """``{name: shape}`` of the tensors rank ``rank`` holds under :func:`tensor_shard_bounds`'
+    ``bounds``: each tensor, empty ones included, goes to the last rank whose shard starts at or
+    before its first element (the one holding it, for a non-empty tensor)."""
+    pieces = {}
+    for name, shape in params.layout:
+        first = params.segment(name)[0]
+        if max(r for r, (start, _) in enumerate(bounds) if start <= first) == rank:
+            pieces[name] = shape
+    return pieces
+
+
 def _shard_groups(groups, names):
     """``groups`` restricted to ``names``; every group stays, possibly empty, so the indices of
     groups (and with them each group's factor and decay) are the same on every rank."""
@@ -330,9 +342,8 @@ class ShardedOptimizer(DistributedOptimizer):
             self._data_host = np.empty(self._params.size, self._params.dtype)
             self._shard_grad = (self._params.grad if self.size == 1
                                 else _device.to_device(self._shard_host))
-        if self._whole_tensors:
-            shapes = dict(self._params.layout)
-            pieces = self._pieces = {name: shapes[name] for name in pieces}
+        if self._whole_tensors:  # every tensor, empty ones too (Adafactor keeps state for a (3, 0) one)
+            pieces = self._pieces = _whole_pieces(self._params, bounds, self.rank)
         shard = FlatParams.wrap(self._params.data[self._start:self._stop], self._shard_grad, pieces)
         gathered = self._data_host if self._on_gpu else self._params.data
         self._gather_spec = [gathered, (self._counts, self._displacements)]

@@ -891,8 +891,8 @@ class Muon(_FlatOptimizer):
                                       adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype))
 
     def add_param_group(self, param_group):
-        if isinstance(param_group, dict) and "params" in param_group:  # checked before torch adds it
-            params = param_group["params"]
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if params is not None and not isinstance(params, set):  # checked before torch adds it (a set: torch says)
             params = [params] if isinstance(params, torch.Tensor) else list(params)
             param_group = {**param_group, "params": params}
         for index, p in enumerate(param_group["params"] if isinstance(param_group, dict) else ()):

@@ -30,6 +30,7 @@ from numba import float64
 from ..elements import element
 from ..primitives import fma, mul, sqrt
 from ..rule import Factored, Rule
+from .common import lerp
 
 SCALARS = ("lr", "grad_sign", "one_minus_beta2", "inverse_sqrt_step", "eps1", "eps2", "d")
 
@@ -37,21 +38,14 @@ SCALARS = ("lr", "grad_sign", "one_minus_beta2", "inverse_sqrt_step", "eps1", "e
 @element
 def adafactor_chunk(param, group, scalars):
     """``(1 - lr_k * weight_decay, grad_sign, w, 1 - w, eps1, eps1**2, 1)`` in the buffer's dtype
-    (``w`` the interpolation weight ``t**beta2_decay``; ``1 - w`` and ``eps1**2`` formed in
-    that dtype, as torch forms them from the rounded weight and epsilon)."""
+    (``w`` the interpolation weight ``t**beta2_decay``, ``1 - w`` formed in that dtype from the
+    rounded weight, as torch's lerp does; ``eps1**2`` squared in float64 and rounded once, as
+    torch squares the Python float)."""
     t = param.dtype.type
     lr = scalars[0] * group[0]
     weight = t(scalars[2])
-    eps1 = t(scalars[4])
-    return t(1.0 - mul(lr, group[1])), t(scalars[1]), weight, t(1.0) - weight, eps1, mul(eps1, eps1), t(1.0)
-
-
-@element
-def lerp(start, end, weight, one_minus_weight):
-    """torch's ``start.lerp_(end, weight)``: from ``start`` below weight 0.5, else from ``end``."""
-    if weight < 0.5:
-        return fma(weight, end - start, start)
-    return fma(-one_minus_weight, end - start, end)
+    return (t(1.0 - mul(lr, group[1])), t(scalars[1]), weight, t(1.0) - weight, t(scalars[4]),
+            t(mul(scalars[4], scalars[4])), t(1.0))
 
 
 @element
@@ -117,7 +111,7 @@ def reference(param, grad, factors, shapes, groups, table, scalars):
     alone). The scalars' dtype-rounded values, as the kernels take them."""
     dtype = param.dtype.type
     lr, grad_sign, weight, inverse_sqrt_step, eps1, eps2, d = scalars
-    weight, eps1 = float(dtype(weight)), float(dtype(eps1))
+    weight, eps1, eps1_squared = float(dtype(weight)), float(dtype(eps1)), float(dtype(eps1 * eps1))
     p_all, g_all = param.astype(np.float64), grad.astype(np.float64) * grad_sign
     out = p_all.copy()
     sizes = [math.prod(shape) for shape in shapes]
@@ -151,7 +145,7 @@ def reference(param, grad, factors, shapes, groups, table, scalars):
             new_variance = _lerp64(variance.astype(np.float64), g * g, weight)
             variance[...] = new_variance
             estimate = new_variance
-        u = g / np.sqrt(np.maximum(estimate, eps1 * eps1))
+        u = g / np.sqrt(np.maximum(estimate, eps1_squared))
         step_size = alpha / max(1.0, math.sqrt(np.sum(u * u)) / (math.sqrt(size) * d))
         decay = 1.0 - lr_k * table[group, 1]
         out[start:start + size] = (p * decay - step_size * u).reshape(-1)

@@ -25,29 +25,35 @@ from ..elements import element
 from ..primitives import fma, mul, sqrt
 from ..rule import Matrixwise, Rule
 from ._reference import as_float64, expand, group_lr
+from .common import lerp
 
 SCALARS = ("lr", "momentum", "one_minus_momentum", "match_rms_adamw", "a", "b", "c", "eps", "ns_steps", "bfloat16")
 
 
 @element
 def muon_chunk(param, group, scalars):
-    """``(lr_k, 1 - lr_k * weight_decay, momentum, 1 - momentum)`` in the buffer's dtype, each
-    formed in float64 and rounded once (torch multiplies by ``1 - lr * weight_decay``)."""
+    """``(lr_k, 1 - lr_k * weight_decay, momentum, 1 - momentum, 1 - (momentum), 1 - (1 -
+    momentum))`` in the buffer's dtype: the first four formed in float64 and rounded once (torch
+    multiplies by ``1 - lr * weight_decay`` and interpolates with weights ``1 - momentum`` and
+    ``momentum``), the last two in the buffer's dtype from the rounded weights, as torch's lerp."""
     t = param.dtype.type
     lr = scalars[0] * group[0]
-    return t(lr), t(1.0 - mul(lr, group[1])), t(scalars[1]), t(scalars[2])
+    momentum, one_minus = t(scalars[1]), t(scalars[2])
+    return t(lr), t(1.0 - mul(lr, group[1])), momentum, one_minus, t(1.0) - momentum, t(1.0) - one_minus
 
 
 @element
 def muon_momentum(p, state, g, chunk):
-    b = fma(chunk[3], g - state[0], state[0])
+    """``buf.lerp_(g, 1 - momentum)``."""
+    b = lerp(state[0], g, chunk[3], chunk[5])
     return b, (b,)
 
 
 @element
 def muon_nesterov(p, state, g, chunk):
-    b = fma(chunk[3], g - state[0], state[0])
-    return fma(chunk[2], b - g, g), (b,)
+    """``buf.lerp_(g, 1 - momentum)``, then ``g.lerp(buf, momentum)``."""
+    b = lerp(state[0], g, chunk[3], chunk[5])
+    return lerp(g, b, chunk[2], chunk[4]), (b,)
 
 
 @element
@@ -125,6 +131,13 @@ def ratio(rows, cols, match_rms_adamw):
     return np.sqrt(max(1.0, rows / cols))
 
 
+def _lerp(start, end, weight, dtype):
+    """torch's lerp in float64: from ``start`` below weight 0.5, else from ``end``."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - float(dtype(1.0) - dtype(weight)) * (end - start)
+
+
 def _reference(nesterov):
     def reference(param, state, grad, bounds, groups, table, scalars, shapes=None):
         """float64 reference of Muon (the arguments of the kernel, and ``shapes``: the
@@ -134,8 +147,8 @@ def _reference(nesterov):
         momentum, one_minus = (float(np.asarray(s).astype(dtype)) for s in scalars[1:3])
         p, m, g = as_float64(param, state[0], grad)
         active = np.repeat(np.asarray(groups) >= 0, np.diff(np.asarray(bounds, dtype=np.int64)))
-        m_new = m + one_minus * (g - m)
-        direction = g + momentum * (m_new - g) if nesterov else m_new
+        m_new = _lerp(m, g, one_minus, dtype.type)
+        direction = _lerp(g, m_new, momentum, dtype.type) if nesterov else m_new
         lr = group_lr(table, bounds, groups, scalars[0], np.float64)
         decay = expand(table[:, 1], bounds, groups)
         out = p.copy()
