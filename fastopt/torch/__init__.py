@@ -38,7 +38,8 @@ frameworks take them. What differs is where the parameters live:
 
 The CUDA stream rule: a step launches on torch's current stream of the parameters' device.
 
-Where fastopt differs from torch.optim's numerics: ``eps`` must be > 0, RMSprop's ``alpha``
+Where fastopt differs from torch.optim's numerics: ``eps`` must be > 0 (Adafactor's ``eps1``
+too, or None; Adafactor's ``d`` finite), RMSprop's ``alpha``
 and SGD's ``dampening`` must lie in [0, 1] (torch allows more), and multiply-adds are fused in
 fixed places, so float32 results can differ from torch's in the last bits (float64 agrees to
 1e-10 relative over 60 steps, tested).
