@@ -68,14 +68,15 @@ class Matrices:
                 view = work[starts[0]:starts[0] + size].reshape(1, rows, cols)
                 view[...] = function(view, scalars)
                 continue
-            xp = _array_module(work)
+            xp = array_module(work)
             stack = xp.stack([work[start:start + size].reshape(rows, cols) for start in starts])
             result = function(stack, scalars)
             for start, matrix in zip(starts, result):
                 work[start:start + size] = matrix.reshape(size)
 
 
-def _array_module(array):
+def array_module(array):
+    """``numpy`` for a NumPy array, else CuPy's module of ``array`` (imported only then)."""
     if isinstance(array, np.ndarray):
         return np
     import cupy

@@ -2,7 +2,6 @@
 fastopt.torch.Adafactor against torch.optim.Adafactor itself, state dicts, and what they refuse."""
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -127,38 +126,24 @@ def test_matches_torch_adafactor_over_300_steps(options, dtype, tolerance):
                 np.testing.assert_allclose(value, state[key].numpy(), rtol=tolerance, atol=1e-30)
 
 
-def test_state_dict_round_trip_continues_as_one_run():
+def test_state_dict_of_another_layout_is_refused_and_changes_nothing():
+    """(That a state dict resumes a run bit for bit: test_optimizers.py, for every rule.)"""
     rng = np.random.default_rng(3)
     init = {f"t{k}": rng.standard_normal(s) for k, s in enumerate(SHAPES)}
-    grads = [{n: rng.standard_normal(v.shape) for n, v in init.items()} for _ in range(6)]
-
-    def run(params, opt, steps):
-        for step in steps:
-            for name, grad in grads[step].items():
-                params.grad_of(name)[...] = grad
-            opt.step()
-
-    whole = FlatParams.from_arrays(init, dtype=np.float64)
-    whole_opt = Adafactor(whole, lr=0.05, eps=(1e-12, 1e-3))
-    run(whole, whole_opt, range(6))
-    first = FlatParams.from_arrays(init, dtype=np.float64)
-    first_opt = Adafactor(first, lr=0.05, eps=(1e-12, 1e-3))
-    run(first, first_opt, range(3))
-    saved = first_opt.state_dict()
+    params = FlatParams.from_arrays(init, dtype=np.float64)
+    opt = Adafactor(params, lr=0.05)
+    params.grad[:] = rng.standard_normal(params.size)
+    opt.step()
+    saved = opt.state_dict()
     assert set(saved["state"]) == {"row_var", "col_var", "variance"}
-    saved["config"] = json.loads(json.dumps(saved["config"]))  # a list where the tuple was
-    second = FlatParams.from_arrays({name: first[name] for name in init}, dtype=np.float64)
-    second_opt = Adafactor(second, lr=0.5)
-    second_opt.load_state_dict(saved)
-    assert second_opt.config == first_opt.config and second_opt.step_count == 3
-    run(second, second_opt, range(3, 6))
-    np.testing.assert_array_equal(second.data, whole.data)
-    wrong = first_opt.state_dict()
+    other = Adafactor(FlatParams.from_arrays(init, dtype=np.float64), lr=0.5)
+    wrong = opt.state_dict()
     wrong["state"]["row_var"] = wrong["state"]["row_var"][:-1]
-    before = second_opt.state["row_var"].copy()
+    before = other.state["row_var"].copy()
     with pytest.raises(ValueError, match="row_var"):
-        second_opt.load_state_dict(wrong)
-    np.testing.assert_array_equal(second_opt.state["row_var"], before)
+        other.load_state_dict(wrong)
+    np.testing.assert_array_equal(other.state["row_var"], before)
+    assert other.step_count == 0 and other.lr == 0.5
 
 
 def test_state_is_sublinear():

@@ -3,7 +3,6 @@ fastopt.torch.Muon against torch's rule (a float64 transcription) and against to
 itself (bfloat16 iteration), and what they refuse."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -117,7 +116,6 @@ def test_bfloat16_iteration_matches_torch_muon():
     opt = Muon(params, lr=0.02, ns_dtype="bfloat16")
     theirs = [torch.nn.Parameter(torch.tensor(value)) for value in init.values()]
     reference = torch.optim.Muon(theirs, lr=0.02)
-    worst = 0.0
     for step in range(1, 21):
         for name, p in zip(init, theirs):
             grad = rng.standard_normal(p.shape).astype(np.float32)
@@ -130,7 +128,6 @@ def test_bfloat16_iteration_matches_torch_muon():
             bound = step * 0.02 * max(1, rows / cols) ** 0.5 * BFLOAT16_ULP
             difference = np.abs(params[name] - p.detach().numpy()).max(initial=0)
             assert difference <= bound, (name, step, difference, bound)
-            worst = max(worst, difference / bound)
 
 
 def test_default_iteration_differs_from_bfloat16_by_its_resolution():
@@ -148,32 +145,6 @@ def test_default_iteration_differs_from_bfloat16_by_its_resolution():
         results.append(params["m4"] - init["m4"])
     difference = np.abs(results[0] - results[1]).max()
     assert 0 < difference <= 8 * BFLOAT16_ULP * np.abs(results[0]).max()
-
-
-def test_state_dict_round_trip_continues_as_one_run():
-    init, rng = _layout()
-    grads = [{name: rng.standard_normal(v.shape) for name, v in init.items()} for _ in range(6)]
-
-    def run(params, opt, steps):
-        for step in steps:
-            for name, grad in grads[step].items():
-                params.grad_of(name)[...] = grad
-            opt.step()
-
-    whole = FlatParams.from_arrays(init, dtype=np.float64)
-    whole_opt = Muon(whole, lr=0.02, ns_steps=4, ns_coefficients=(3.0, -4.0, 2.0))
-    run(whole, whole_opt, range(6))
-    first = FlatParams.from_arrays(init, dtype=np.float64)
-    first_opt = Muon(first, lr=0.02, ns_steps=4, ns_coefficients=(3.0, -4.0, 2.0))
-    run(first, first_opt, range(3))
-    saved = first_opt.state_dict()
-    saved["config"] = json.loads(json.dumps(saved["config"]))  # a list where the tuple was
-    second = FlatParams.from_arrays({name: first[name] for name in init}, dtype=np.float64)
-    second_opt = Muon(second, lr=0.5)
-    second_opt.load_state_dict(saved)
-    assert second_opt.config == first_opt.config
-    run(second, second_opt, range(3, 6))
-    np.testing.assert_array_equal(second.data, whole.data)
 
 
 def test_hyperparameters_on_the_fast_path_and_rule_switch():

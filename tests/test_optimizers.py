@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies
 
 import fastopt
-from fastopt import LAMB, SGD, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, NAdam, ParamGroup, RAdam, RMSProp
+from fastopt import (LAMB, SGD, Adafactor, Adagrad, Adam, Adamax, AdamW, FlatParams, Lion, Muon, NAdam, ParamGroup,
+                     RAdam, RMSProp)
 
 from textbook import RULES
 
@@ -160,11 +161,28 @@ def test_thousand_step_trajectory_follows_the_textbook_rule(cls, options, dtype,
     assert opt.step_count == steps
 
 
-@pytest.mark.parametrize("cls, options", OPTIONS, ids=OPTION_IDS)
+#: State dicts resume every rule: OPTIONS (which the textbook trajectories take too), and the
+#: rules tested against torch in their own files, with non-default options. Muon over the
+#: matrices only (2-D parameters only).
+RESUMED = OPTIONS + [(Adafactor, dict(lr=0.05, eps=(1e-12, 1e-3), d=1.5)),
+                     (Muon, dict(lr=0.02, ns_steps=4, ns_coefficients=(3.0, -4.0, 2.0)))]
+
+
+def params_and_groups(cls, dtype):
+    """``make_params`` and GROUPS, for Muon the matrices alone (and the groups' names among them)."""
+    params = make_params(dtype)
+    if cls is not Muon:
+        return params, GROUPS
+    params = FlatParams.from_arrays({n: params[n] for n, s in SHAPES.items() if len(s) == 2}, dtype=dtype)
+    return params, [ParamGroup([n for n in g.params if n in params], g.lr_factor, g.weight_decay) for g in GROUPS]
+
+
+@pytest.mark.parametrize("cls, options", RESUMED,
+                         ids=OPTION_IDS + [f"{cls.__name__}-resumed" for cls, _ in RESUMED[len(OPTIONS):]])
 def test_state_dict_round_trip_continues_bit_for_bit(cls, options):
-    params = make_params(np.float32)
-    opt = cls(params, **options, groups=GROUPS)
-    problem = Quadratic(params.size, 20, opt.config.maximize)
+    params, groups = params_and_groups(cls, np.float32)
+    opt = cls(params, **options, groups=groups)
+    problem = Quadratic(params.size, 20, getattr(opt.config, "maximize", False))  # Muon has no maximize
 
     def run(optimizer, flat, steps):
         for t in steps:
@@ -174,7 +192,8 @@ def test_state_dict_round_trip_continues_bit_for_bit(cls, options):
     run(opt, params, range(7))
     saved = opt.state_dict()
     saved_data = params.data.copy()
-    json.dumps({k: v for k, v in saved.items() if k != "state"})  # plain data but the arrays
+    # plain data but the arrays; the config as JSON gives it back (lists where tuples were)
+    saved["config"] = json.loads(json.dumps({k: v for k, v in saved.items() if k != "state"}))["config"]
     run(opt, params, range(7, 12))
 
     restored_params = FlatParams.wrap(saved_data, np.zeros_like(saved_data), dict(params.layout))
@@ -470,3 +489,11 @@ def test_any_option_combination_follows_the_textbook_rule(data):
         opt.step()
     scale = max(np.max(np.abs(expected), initial=0.0), 1.0)
     assert np.max(np.abs(params.data - expected), initial=0.0) <= (1e-5 if dtype == np.float32 else 1e-12) * scale
+
+
+@pytest.mark.parametrize("cls, options", RESUMED, ids=OPTION_IDS + [f"{cls.__name__}-resumed" for cls, _ in RESUMED[len(OPTIONS):]])
+def test_class_says_whether_its_rule_needs_whole_tensors(cls, options):
+    """ShardedOptimizer reads ``per_tensor`` from the class, before it builds anything: it must
+    say what the rule the class runs says (or a shard would cut a tensor LAMB takes the norm of)."""
+    params, groups = params_and_groups(cls, np.float32)
+    assert cls.per_tensor == cls(params, **options, groups=groups).rule.per_tensor

@@ -22,14 +22,19 @@ def sgd(config, p, g, state, t, lr, wd):
     return p - lr * g
 
 
-def adam(config, p, g, state, t, lr, wd, *, decoupled=False):
-    beta1, beta2 = config.betas
+def _signed_and_decayed(config, p, g, lr, wd, decoupled):
+    """``(p, g)`` after the sign (maximize) and the weight decay: decoupled (``p`` shrunk by
+    ``1 - lr * wd``) or coupled (``wd * p`` added to ``g``)."""
     if config.maximize:
         g = -g
     if decoupled:
-        p = p * (1 - lr * wd)
-    else:
-        g = g + wd * p
+        return p * (1 - lr * wd), g
+    return p, g + wd * p
+
+
+def adam(config, p, g, state, t, lr, wd, *, decoupled=False):
+    beta1, beta2 = config.betas
+    p, g = _signed_and_decayed(config, p, g, lr, wd, decoupled)
     m = beta1 * state.get("m", 0.0) + (1 - beta1) * g
     v = beta2 * state.get("v", 0.0) + (1 - beta2) * g**2
     state["m"], state["v"] = m, v
@@ -83,12 +88,7 @@ def adamax(config, p, g, state, t, lr, wd):
 
 def radam(config, p, g, state, t, lr, wd):
     beta1, beta2 = config.betas
-    if config.maximize:
-        g = -g
-    if config.decoupled_weight_decay:
-        p = p * (1 - lr * wd)
-    else:
-        g = g + wd * p
+    p, g = _signed_and_decayed(config, p, g, lr, wd, config.decoupled_weight_decay)
     m = state["m"] = beta1 * state.get("m", 0.0) + (1 - beta1) * g
     v = state["v"] = beta2 * state.get("v", 0.0) + (1 - beta2) * g**2
     m_hat = m / (1 - beta1**t)
@@ -103,12 +103,7 @@ def radam(config, p, g, state, t, lr, wd):
 
 def nadam(config, p, g, state, t, lr, wd):
     beta1, beta2 = config.betas
-    if config.maximize:
-        g = -g
-    if config.decoupled_weight_decay:
-        p = p * (1 - lr * wd)
-    else:
-        g = g + wd * p
+    p, g = _signed_and_decayed(config, p, g, lr, wd, config.decoupled_weight_decay)
     mu = beta1 * (1 - 0.5 * 0.96 ** (t * config.momentum_decay))
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * config.momentum_decay))
     mu_product = state["mu_product"] = state.get("mu_product", 1.0) * mu

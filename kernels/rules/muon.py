@@ -22,6 +22,7 @@ even), which :func:`round_bfloat16` emulates with NumPy or CuPy.
 import numpy as np
 
 from ..elements import element
+from ..matrixwise import array_module
 from ..primitives import fma, mul, sqrt
 from ..rule import Matrixwise, Rule
 from ._reference import as_float64, expand, group_lr
@@ -74,7 +75,7 @@ def muon_step(p, o, chunk, scale):
 def round_bfloat16(x):
     """float32 ``x`` rounded to bfloat16 (to nearest, ties to even), as float32, in place (and
     returned); NaN stays NaN."""
-    xp = _module(x)
+    xp = array_module(x)
     bits = x.view(xp.uint32)
     nan = xp.isnan(x)
     carry = bits >> 16
@@ -87,20 +88,12 @@ def round_bfloat16(x):
     return x
 
 
-def _module(array):
-    if isinstance(array, np.ndarray):
-        return np
-    import cupy
-
-    return cupy.get_array_module(array)
-
-
 def newton_schulz(stack, scalars):
     """The orthogonalised stack ``(count, rows, cols)`` of directions (a new array, the dtype
     of ``stack``): torch's ``_zeropower_via_newtonschulz`` per matrix, in ``stack``'s dtype or,
     with the ``bfloat16`` scalar set, rounded to bfloat16 after every operation as torch's."""
     a, b, c, eps, steps, bfloat16 = scalars[4], scalars[5], scalars[6], scalars[7], int(scalars[8]), scalars[9]
-    xp = _module(stack)
+    xp = array_module(stack)
     if bfloat16:
         x = round_bfloat16(stack.astype(xp.float32))  # a copy
         rounded = round_bfloat16
