@@ -61,14 +61,44 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+@intrinsic
+def float_bits(typingctx, x):
+    """The bits of a float32 as a uint32 (an LLVM ``bitcast``)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def bits_float(typingctx, bits):
+    """The float32 whose bits are the low 32 bits of an integer (an LLVM ``bitcast``; Numba
+    widens 32-bit integer arithmetic to 64 bits)."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth >= 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 def inline_helper(function):
     """Compile a CPU-only helper that Numba inlines into the kernels that call it."""
     return njit(inline="always", **ELEMENT_OPTIONS)(function)
 
 
 #: The CPU's meaning of the primitives: ``llvm.fma``, a plain multiply (nothing contracts it
-#: without the ``contract`` flag), ``math.sqrt`` (``sqrtss``/``sqrtsd``, correctly rounded).
-TARGET = Target("cpu", {"fma": fma, "mul": inline_helper(primitives.mul), "sqrt": math.sqrt},
+#: without the ``contract`` flag), ``math.sqrt`` (``sqrtss``/``sqrtsd``, correctly rounded),
+#: and bit casts.
+TARGET = Target("cpu", {"fma": fma, "mul": inline_helper(primitives.mul), "sqrt": math.sqrt,
+                        "float_bits": float_bits, "bits_float": bits_float},
                 njit(**ELEMENT_OPTIONS))
 
 

@@ -81,10 +81,22 @@ else:
     def _fma(a, b, c):
         return cuda.fma(a, b, c)  # numba-cuda types cuda.fma only as an attribute of cuda
 
-    _PRIMITIVES = {"fma": _fma, "mul": _mul_rn, "sqrt": math.sqrt}
+    from numba import int32
+    from numba.cuda import libdevice
 
-#: ``cuda.fma`` (``fma.rn``), ``mul.rn`` and ``math.sqrt`` (``sqrt.rn``); plain Python under
-#: the simulator.
+    @_compile_element
+    def _float_bits(x):
+        return uint32(libdevice.float_as_int(x))
+
+    @_compile_element
+    def _bits_float(bits):
+        return libdevice.int_as_float(int32(uint32(bits)))
+
+    _PRIMITIVES = {"fma": _fma, "mul": _mul_rn, "sqrt": math.sqrt, "float_bits": _float_bits,
+                   "bits_float": _bits_float}
+
+#: ``cuda.fma`` (``fma.rn``), ``mul.rn``, ``math.sqrt`` (``sqrt.rn``) and libdevice's bit casts;
+#: plain Python under the simulator.
 TARGET = Target("cuda", _PRIMITIVES, _compile_element)
 
 _square = TARGET.element(square)

@@ -1,6 +1,6 @@
 """The operations whose rounding a rule must pin down, so that every target rounds alike.
 
-A rule's source calls these three by name; each compile target binds the names to its own
+A rule's source calls these by name; each compile target binds the names to its own
 implementation (:mod:`.cpu`, :mod:`.cuda`), and the definitions here are the plain-Python
 meaning, which the CUDA simulator runs and which makes an element function callable from
 Python on NumPy scalars:
@@ -14,6 +14,10 @@ Python on NumPy scalars:
   ``tests/test_cuda_ptx.py`` fails on any product a target could still fuse.
 * ``sqrt(x)``: the correctly rounded square root in ``x``'s dtype (``sqrt.rn`` on CUDA).
 
+* ``float_bits(x)`` and ``bits_float(b)``: a float32's bits as a uint32 and back (no
+  rounding: a bit cast), for the int8 and bfloat16 state encodings (:mod:`.quantized`). CPU:
+  LLVM ``bitcast``; CUDA: libdevice's ``float_as_uint``/``uint_as_float``.
+
 Division is IEEE division on every target (``div.rn`` on CUDA with ``fastmath=False``).
 """
 
@@ -22,7 +26,7 @@ from fractions import Fraction
 
 import numpy as np
 
-NAMES = ("fma", "mul", "sqrt")
+NAMES = ("fma", "mul", "sqrt", "float_bits", "bits_float")
 
 
 def fma(a, b, c):
@@ -69,3 +73,13 @@ def mul(a, b):
 def sqrt(x):
     """The square root in ``x``'s dtype (``math.sqrt`` would return a Python float)."""
     return np.sqrt(x)
+
+
+def float_bits(x):
+    """The bits of float32 ``x`` as a uint32."""
+    return np.float32(x).view(np.uint32)
+
+
+def bits_float(bits):
+    """The float32 whose bits are ``bits`` (a 32-bit integer)."""
+    return np.uint32(bits).view(np.float32)

@@ -41,10 +41,11 @@ LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "mae", "hu
 #: The settings of a run and their defaults (``None``: chosen from the data or the optimizer).
 DEFAULTS = dict(data=None, target=None, task="auto", loss=None, scale=True, hidden="128", activation="relu",
                 dropout=0.1, seed=0, test_fraction=0.2, validation_fraction=0.1, batch_size=32,
-                optimizer="adamw", lr=None, momentum=0.9, l2=1e-4, schedule="cosine", warmup=0, epochs=30)
+                optimizer="adamw", state_dtype=None, lr=None, momentum=0.9, l2=1e-4, schedule="cosine", warmup=0,
+                epochs=30)
 #: Settings a resumed run keeps: they make the model, its data and its optimizer what they are.
 FIXED = ("data", "target", "task", "loss", "scale", "hidden", "activation", "dropout", "seed", "test_fraction",
-         "validation_fraction", "batch_size", "optimizer")
+         "validation_fraction", "batch_size", "optimizer", "state_dtype")
 #: Settings a resumed run may change from its resume point on, with --replan.
 PLAN = ("lr", "momentum", "l2", "schedule", "warmup", "epochs")
 FLAG = {name: "--" + name.replace("_", "-") for name in DEFAULTS}
@@ -250,6 +251,11 @@ def train(args, out):
     biases = [name for name in model.params if name.endswith(".bias")]
     options = dict(lr=lr, weight_decay=settings["l2"], groups=[ParamGroup(biases, weight_decay=0.0)],
                    **extra(settings))
+    if settings["state_dtype"] is not None:
+        if cls.per_tensor:
+            raise ValueError(f"--state-dtype {settings['state_dtype']} is for the element-wise optimizers; "
+                             f"{settings['optimizer']} keeps its state in float32")
+        options["state_dtype"] = settings["state_dtype"]
     optimizer, ranks, out = _optimizer(args, model, cls, options, out)
     steps_per_epoch = -(-int(round(len(x_train) * (1 - settings["validation_fraction"]))) // settings["batch_size"])
     plateau = ReduceLROnPlateau(optimizer, factor=0.5, patience=3) if settings["schedule"] == "plateau" else None
@@ -269,7 +275,9 @@ def train(args, out):
             _replan(trainer, settings, old_settings, lr, steps_per_epoch, out)
     print(f"fastopt train: {run['source']}, {run['task']} ({run['loss']}), {len(x_train)} training / "
           f"{len(x_test)} test samples, " + (f"{classes} classes, " if classes > 1 else "")
-          + f"MLP {model.sizes}, {settings['optimizer']} lr={optimizer.lr:.4g}, schedule {settings['schedule']}, "
+          + f"MLP {model.sizes}, {settings['optimizer']} lr={optimizer.lr:.4g}"
+          + (f" ({settings['state_dtype']} state)" if settings["state_dtype"] else "")
+          + f", schedule {settings['schedule']}, "
           f"l2={settings['l2']}, dropout={settings['dropout']}, epochs {settings['epochs']}"
           + ("" if settings["scale"] else ", features not scaled") + ranks
           + (", on the GPU" if args.device == "cuda" else ""), file=out)

@@ -326,6 +326,10 @@ class ShardedOptimizer(DistributedOptimizer):
     """
 
     def _build_local(self, optimizer, hyperparameters):
+        state_dtype = hyperparameters.get("state_dtype")
+        if state_dtype is not None and state_dtype != str(self._params.dtype):
+            raise ValueError(f"state_dtype={state_dtype!r}: ShardedOptimizer keeps each shard's state in the "
+                             "parameters' dtype (int8 and bfloat16 state are not sharded yet)")
         # A rule over whole tensors gets shards cut at tensor boundaries, each piece keeping its shape.
         self._whole_tensors = optimizer.per_tensor
         bounds = (tensor_shard_bounds(self._params, self.size) if self._whole_tensors
@@ -420,7 +424,10 @@ class ShardedOptimizer(DistributedOptimizer):
     def load_state_dict(self, state_dict):
         """Restore a whole state dict (from :meth:`state_dict`, any number of ranks, or a plain
         optimizer): each rank takes its shard. Checked in full before anything changes."""
-        _, _, _, groups, _, buffers = self._local._checked_state(state_dict, self._params)
+        _, _, _, groups, _, buffers, kind = self._local._checked_state(state_dict, self._params)
+        if kind is not None:
+            raise ValueError(f"state_dict holds {kind} state; ShardedOptimizer keeps state in the parameters' dtype "
+                             "(load it into a plain optimizer and save that one's float32 state_dict)")
         pieces = self._pieces
         parts = {}
         for name, buffer in buffers.items():

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import numpy as np
+
 from .. import checks as _checks
 from .. import device as _device
 from .optimizer import Config, Optimizer
@@ -51,10 +53,11 @@ class Adagrad(Optimizer):
     config_type = AdagradConfig
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, *, maximize=False, groups=(), device=None):
+                 eps=1e-10, *, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = AdagradConfig(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES
@@ -64,7 +67,9 @@ class Adagrad(Optimizer):
     def _fill_initial_state(self, config):
         if config.initial_accumulator_value:
             value = self._dtype(config.initial_accumulator_value)
-            if self.device == "cpu":
+            if self._storage.kind is not None:  # encoded, as a step would store it
+                self._storage.write(np.full((1, self._params.size), value, np.float32))
+            elif self.device == "cpu":
                 self._state.fill(value)
             else:
                 _device.fill(self._state, value)

@@ -89,10 +89,11 @@ class Adam(Beta1Momentum, Optimizer):
     _rule_names = ("adam_step", "adam_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 amsgrad=False, maximize=False, groups=(), device=None):
+                 amsgrad=False, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = AdamConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                             amsgrad=amsgrad, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES
@@ -128,6 +129,8 @@ class AdamW(Adam):
     _rule_names = ("adamw_step", "adamw_amsgrad_step")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
-                 amsgrad=False, maximize=False, groups=(), device=None):
+                 amsgrad=False, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, groups=groups, device=device)
+                         maximize=maximize, groups=groups, device=device, state_dtype=state_dtype,
+                         state_seed=state_seed)

@@ -50,9 +50,10 @@ class Adamax(Beta1Momentum, Optimizer):
     config_type = AdamaxConfig
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False,
-                 groups=(), device=None):
+                 groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = AdamaxConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES

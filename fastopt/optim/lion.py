@@ -51,9 +51,10 @@ class Lion(Beta1Momentum, Optimizer):
     config_type = LionConfig
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, groups=(),
-                 device=None):
+                 device=None,
+                 state_dtype=None, state_seed=0):
         config = LionConfig(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES

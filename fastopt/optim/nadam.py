@@ -72,11 +72,12 @@ class NAdam(Beta1Momentum, Optimizer):
     _mu_product_type = float
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                 decoupled_weight_decay=False, *, maximize=False, groups=(), device=None):
+                 decoupled_weight_decay=False, *, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = NAdamConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                              decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self._mu_product = 1.0
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     @property
     def mu_product(self):

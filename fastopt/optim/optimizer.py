@@ -10,6 +10,7 @@ import numpy as np
 from .. import checks as _checks
 from .. import device as _device
 from ..params import FlatParams
+from . import storage as _storage
 
 #: Version of the :meth:`Optimizer.state_dict` format.
 STATE_FORMAT = 1
@@ -32,6 +33,8 @@ class _Plan(NamedTuple):
     penalty: object
     masked: dict  # skipped parameter names -> (bounds, groups), built when first asked for
     group_index: dict  # parameter name -> its group's row in the table (for masked tables)
+    tiles: bool  # whether the work table is tiles from each tensor's start (per-tensor rules, int8 state)
+    takes_step: bool  # whether the launch takes the step number (int8 and bfloat16 state)
 
 
 class Config:
@@ -161,7 +164,7 @@ class Optimizer:
     #: matrices), so that a shard must not cut one (ShardedOptimizer cuts at tensor boundaries).
     per_tensor: ClassVar[bool] = False
 
-    def __init__(self, params, config, groups=(), device=None):
+    def __init__(self, params, config, groups=(), device=None, state_dtype=None, state_seed=0):
         if not isinstance(params, FlatParams):
             raise TypeError(f"params must be a FlatParams, got {type(params).__name__}")
         if device is not None:
@@ -183,7 +186,9 @@ class Optimizer:
         self._device = _device.for_device(params.device)
         self._dtype = params.dtype.type
         self._rule = self._rule_for(config)
-        self._state = self._device.zeros((len(self._rule.state), params.size), params.dtype)
+        kind = _storage.check_state_dtype(state_dtype, params, type(self))
+        self._storage = _storage.Storage(kind, self._rule, params, self._device, _storage.check_seed(state_seed))
+        self._state = self._storage.buffer
         # Factored state (Adafactor): one more buffer, laid out per tensor.
         self._factor_layout = self._factors = None
         if self._rule.factored is not None:
@@ -207,6 +212,11 @@ class Optimizer:
     def device(self):
         """``"cpu"`` or ``"cuda"``: where the parameters, gradients and state live."""
         return self._device.name
+
+    @property
+    def state_dtype(self):
+        """How the state is stored: ``"int8"``, ``"bfloat16"`` or the parameters' dtype."""
+        return self._storage.kind or str(self._params.dtype)
 
     @property
     def rule(self):
@@ -327,10 +337,12 @@ class Optimizer:
     @property
     def state(self):
         """``{name: flat buffer}`` of the optimizer state (live views, not copies), in the order
-        of the rule's spec."""
+        of the rule's spec. With ``state_dtype`` int8 or bfloat16: float32 copies, decoded."""
         plan = self._plan
         if plan.rule.factored is not None:
             return self._factor_layout.views(self._factors)
+        if self._storage.kind is not None:
+            return self._storage.values()
         return {name: plan.buffers[1][k] for k, name in enumerate(plan.rule.state)}
 
     def _check_groups(self, groups):
@@ -346,7 +358,7 @@ class Optimizer:
         # A rule with per-tensor passes (LAMB, Muon) gets tiles that start at each tensor, and the
         # tables that say which tiles make a tensor (and, for Muon, the matrices).
         per_tensor = self._rule.per_tensor
-        bounds, chunk_group = self._device.work_table(segments, tensors=per_tensor)
+        bounds, chunk_group = self._device.work_table(segments, tensors=per_tensor or self._storage.tiles)
         self._tensors = self._device.tensor_table(segments) if per_tensor else None
         if self._rule.matrixwise is not None:
             from ..kernels.matrixwise import Matrices
@@ -366,12 +378,16 @@ class Optimizer:
         step reads."""
         group_index = self._plan.group_index if group_index is None else group_index
         # The scalars' types do not change between steps (nor with the config), only their values.
-        launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
-                                        self._tensors)
+        if self._storage.kind is None:
+            launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
+                                            self._tensors)
+        else:
+            launch = self._storage.launch(self._rule, buffers[0].size)
         penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"))
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])
         sizes = tuple(buffer.size for buffer in buffers[:3])
-        self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {}, group_index)
+        self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {}, group_index,
+                           self._rule.per_tensor or self._storage.tiles, self._storage.kind is not None)
 
     def _group_table(self):
         """The float64 group table of the rule: one row per group, its spec's columns."""
@@ -418,7 +434,10 @@ class Optimizer:
         if tables is not None:
             buffers = (*buffers[:3], *tables, buffers[5])
         try:
-            plan.launch(*buffers, self._scalars(step) if scalars is None else scalars)
+            if plan.takes_step:
+                plan.launch(*buffers, self._scalars(step) if scalars is None else scalars, step)
+            else:
+                plan.launch(*buffers, self._scalars(step) if scalars is None else scalars)
         except Exception as error:  # a dtype, contiguity or writeability changed in place?
             change = self._layout_change(plan)
             if change:
@@ -428,12 +447,13 @@ class Optimizer:
     def _layout_change(self, plan):
         """What no longer matches the buffers' layout the plan was built for, or ''."""
         names = ("params.data", "the optimizer state", "params.grad")
-        for name, buffer, shape in zip(names, plan.buffers[:3], plan.shapes):
+        dtypes = (self._params.dtype, self._storage.dtype, self._params.dtype)
+        for name, buffer, shape, dtype in zip(names, plan.buffers[:3], plan.shapes, dtypes):
             if tuple(buffer.shape) != shape:
                 return (f"{name} changed shape since the optimizer was built: {shape} -> {tuple(buffer.shape)}; "
                         "build the optimizer again over the new buffers")
-            if buffer.dtype != self._params.dtype:
-                return f"{name} changed dtype since the optimizer was built: {self._params.dtype} -> {buffer.dtype}"
+            if buffer.dtype != dtype:
+                return f"{name} changed dtype since the optimizer was built: {dtype} -> {buffer.dtype}"
             if isinstance(buffer, np.ndarray):
                 if not buffer.flags.c_contiguous:
                     return f"{name} is no longer C-contiguous (strides {buffer.strides})"
@@ -455,7 +475,7 @@ class Optimizer:
                     plan.masked.clear()
                 tables = plan.masked[skipped] = self._device.work_table(
                     [(*self._params.segment(name), -1 if name in skipped else plan.group_index[name])
-                     for name in self._params], tensors=plan.rule.per_tensor)
+                     for name in self._params], tensors=plan.tiles)
         self._run(plan, tables, step, scalars)
 
     def _on_stream(self, stream):
@@ -486,8 +506,18 @@ class Optimizer:
     def state_dict(self):
         """Config, groups, step count and copies of the state buffers.
 
-        Everything but ``state`` (numpy arrays) is plain JSON-compatible data.
+        Everything but ``state`` (numpy arrays) is plain JSON-compatible data. ``state_dtype``
+        says how ``state`` is encoded: the parameters' dtype (one array per state buffer),
+        ``"int8"`` (per buffer ``name``: uint8 codes, ``name.absmax``: float32 per block,
+        ``name.map``: the 256 float32 values by code) or ``"bfloat16"`` (per buffer: uint16,
+        the upper half of float32 bits); ``state_seed`` keys bfloat16's stochastic rounding.
+        A state dict loads into an optimizer of any ``state_dtype``: its state is encoded as
+        that optimizer keeps its own.
         """
+        if self._storage.kind is not None:
+            state = self._storage.saved()
+        else:
+            state = {name: _device.host_copy(buffer) for name, buffer in self.state.items()}
         return {
             "format": STATE_FORMAT,
             "optimizer": type(self).__name__,
@@ -496,7 +526,9 @@ class Optimizer:
             "step": self._step_count,
             "layout": [[name, list(shape)] for name, shape in self._params.layout],
             "dtype": str(self._params.dtype),
-            "state": {name: _device.host_copy(buffer) for name, buffer in self.state.items()},
+            "state_dtype": self.state_dtype,
+            "state_seed": self._storage.seed,
+            "state": state,
         }
 
     def _checked_state(self, state_dict, params):
@@ -527,25 +559,46 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= MAX_STEP:
             raise ValueError(f"state_dict step must be an int in [0, 2**63), got {step!r}")
         buffers = state_dict["state"]
+        kind = self._saved_kind(state_dict, params, rule)
         if rule.factored is not None:  # the sections of these params' layout (a whole buffer's, for a shard's)
             from ..kernels.factored import FactorLayout
 
             layout = self._factor_layout if params is self._params else FactorLayout.of(params)
-            sizes = layout.sections
+            arrays = {name: (params.dtype, (size,)) for name, size in layout.sections.items()}
         else:
-            sizes = {name: params.size for name in rule.state}
-        if not isinstance(buffers, Mapping) or set(buffers) != set(sizes):
-            raise ValueError(f"state_dict holds state {sorted(buffers)}, expected {sorted(sizes)}")
-        for name, size in sizes.items():
+            arrays = _storage.saved_arrays(kind, rule.state, params)
+        if not isinstance(buffers, Mapping) or set(buffers) != set(arrays):
+            found = sorted(buffers) if isinstance(buffers, Mapping) else type(buffers).__name__
+            raise ValueError(f"state_dict holds state {found}, expected {sorted(arrays)}")
+        for name, (dtype, shape) in arrays.items():
             buffer = buffers[name]
-            if (not isinstance(buffer, np.ndarray) or buffer.dtype != params.dtype
-                    or buffer.shape != (size,)):
+            if not isinstance(buffer, np.ndarray) or buffer.dtype != dtype or buffer.shape != shape:
                 raise ValueError(
-                    f"state_dict state {name!r} must be a {params.dtype} array of shape "
-                    f"({size},), got {getattr(buffer, 'dtype', type(buffer).__name__)} "
-                    f"{getattr(buffer, 'shape', '')}"
+                    f"state_dict state {name!r} must be a {dtype} array of shape {shape}, got "
+                    f"{getattr(buffer, 'dtype', type(buffer).__name__)} {getattr(buffer, 'shape', '')}"
                 )
-        return config, rule, tuple(sizes), groups, int(step), buffers
+        if kind == "int8":
+            from ..kernels.quantized import row_codecs
+
+            for name, (code_map, *_) in zip(rule.state, row_codecs(rule.state)):
+                if not np.array_equal(buffers[name + ".map"], code_map):
+                    raise ValueError(f"state_dict state {name + '.map'!r} is not the int8 map this version decodes "
+                                     "with; its codes cannot be read")
+        _storage.check_seed(state_dict.get("state_seed", 0))
+        sections = tuple(arrays) if rule.factored is not None else rule.state
+        return config, rule, sections, groups, int(step), buffers, kind
+
+    def _saved_kind(self, state_dict, params, rule):
+        """The encoding of a state dict's ``state`` (None: the parameters' dtype), checked."""
+        saved = state_dict.get("state_dtype", str(params.dtype))
+        if saved == str(params.dtype):
+            return None
+        if saved not in _storage.STATE_DTYPES:
+            raise ValueError(f"state_dict state_dtype must be {str(params.dtype)!r}, 'int8' or 'bfloat16', "
+                             f"got {saved!r}")
+        if rule.factored is not None or rule.per_tensor:
+            raise ValueError(f"state_dict holds {saved} state, which {rule.name} does not take")
+        return saved
 
     def load_state_dict(self, state_dict):
         """Restore :meth:`state_dict` output: config, groups, step count and state.
@@ -554,19 +607,23 @@ class Optimizer:
         its config replaces this optimizer's, as in PyTorch. Everything is checked before
         anything changes.
         """
-        config, rule, state_names, groups, step, buffers = self._checked_state(state_dict, self._params)
+        config, rule, state_names, groups, step, buffers, kind = self._checked_state(state_dict, self._params)
         # Like PyTorch, the saved config wins, even where it needs other state buffers (a
         # momentum buffer, AMSGrad's maximum) than this optimizer was built with. (A step in
         # another thread meanwhile runs the old plan or the new one, whole; the state values
-        # are copied in place where the state buffers stay the same.)
+        # are copied in place where the state buffers stay the same.) The saved state is
+        # encoded as this optimizer keeps its own (state_dtype), whatever the saved encoding.
+        seed = int(state_dict.get("state_seed", 0))  # the saved stochastic rounding continues
         if rule.state != self._rule.state:
-            self._state = self._device.zeros((len(rule.state), self._params.size), self._params.dtype)
+            self._storage = _storage.Storage(self._storage.kind, rule, self._params, self._device, seed)
+            self._state = self._storage.buffer
+        self._storage.seed = seed
         if rule.factored is not None:
             views = self._factor_layout.views(self._factors)
             for name in state_names:
                 _device.copy_into(views[name], buffers[name])
-        for k, name in enumerate(rule.state):
-            _device.copy_into(self._state[k], buffers[name])
+        else:
+            self._storage.load(kind, buffers, rule.state)
         self._rule = rule
         self._adopt_config(config)
         self._step_count = int(step)

@@ -70,10 +70,11 @@ class RAdam(Beta1Momentum, Optimizer):
     _rule_fields = frozenset({"decoupled_weight_decay"})
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-                 *, maximize=False, groups=(), device=None):
+                 *, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = RAdamConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                              decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES

@@ -60,10 +60,11 @@ class RMSProp(Optimizer):
     _rule_fields = frozenset({"centered"})
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, *,
-                 centered=False, maximize=False, groups=(), device=None):
+                 centered=False, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = RMSPropConfig(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                momentum=momentum, centered=centered, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES

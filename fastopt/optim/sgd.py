@@ -79,10 +79,11 @@ class SGD(Optimizer):
     _rule_fields = frozenset({"nesterov"})
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, *,
-                 nesterov=False, maximize=False, groups=(), device=None):
+                 nesterov=False, maximize=False, groups=(), device=None,
+                 state_dtype=None, state_seed=0):
         config = SGDConfig(lr=lr, momentum=momentum, dampening=dampening,
                            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
-        super().__init__(params, config, groups, device)
+        super().__init__(params, config, groups, device, state_dtype, state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES

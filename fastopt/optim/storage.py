@@ -1,0 +1,183 @@
+"""How an optimizer keeps its per-element state: in the parameters' dtype (the default), as
+block-wise int8 codes with a float32 ``absmax`` per block, or as bfloat16 rounded
+stochastically (see :mod:`fastopt.kernels.quantized` for both encodings).
+
+A :class:`Storage` owns the state arrays of one rule over one :class:`~fastopt.FlatParams`:
+it allocates them, builds the CPU launch of a step over them, decodes them for
+:attr:`Optimizer.state <fastopt.optim.optimizer.Optimizer.state>`, and turns them into the
+plain arrays of a state dict and back (from any of the three encodings into any other).
+"""
+
+import numpy as np
+
+from .. import checks as _checks
+from .. import device as _device
+
+#: The encodings ``state_dtype`` may name besides the parameters' own dtype.
+STATE_DTYPES = ("int8", "bfloat16")
+#: The largest ``state_seed``: Philox's two 32-bit key words.
+MAX_SEED = 2**64 - 1
+
+
+def check_state_dtype(state_dtype, params, optimizer_class):
+    """``None`` (the parameters' dtype), ``"int8"`` or ``"bfloat16"``, checked against the
+    parameters and the optimizer; the error names ``state_dtype`` and its value."""
+    native = str(params.dtype)
+    if state_dtype is None or (isinstance(state_dtype, str) and state_dtype == native):
+        return None
+    if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be None, {native!r}, 'int8' or 'bfloat16', got state_dtype={state_dtype!r}")
+    if params.dtype != np.float32:
+        raise ValueError(f"state_dtype={state_dtype!r} needs float32 parameters (the step computes in float32), "
+                         f"but params are {params.dtype}")
+    if params.device != "cpu":
+        raise ValueError(f"state_dtype={state_dtype!r} runs on the CPU only so far; params live on {params.device!r}")
+    if optimizer_class.per_tensor:
+        raise ValueError(f"state_dtype={state_dtype!r} is for the element-wise rules; {optimizer_class.__name__} works "
+                         "on whole tensors and keeps its state in the parameters' dtype")
+    return state_dtype
+
+
+def check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"state_seed must be an int in [0, 2**64), got state_seed={seed!r}")
+    return int(seed)
+
+
+def block_bounds(params):
+    """The int8 blocks of ``params`` (uint64 bounds): tiles of ``BLOCK`` from each tensor's start."""
+    from ..kernels import quantized
+
+    return quantized.block_table([(*params.segment(name), 0) for name in params])[0]
+
+
+def saved_arrays(kind, state_names, params):
+    """``{key: (dtype, shape)}`` of the saved state of ``state_names`` in encoding ``kind``
+    over ``params``."""
+    if kind is None:
+        return {name: (params.dtype, (params.size,)) for name in state_names}
+    if kind == "bfloat16":
+        return {name: (np.dtype(np.uint16), (params.size,)) for name in state_names}
+    blocks = block_bounds(params).size - 1
+    arrays = {}
+    for name in state_names:
+        arrays[name] = (np.dtype(np.uint8), (params.size,))
+        arrays[name + ".absmax"] = (np.dtype(np.float32), (blocks,))
+        arrays[name + ".map"] = (np.dtype(np.float32), (256,))
+    return arrays
+
+
+class Storage:
+    """The state arrays of ``rule`` over ``params`` in encoding ``kind`` (None, "int8",
+    "bfloat16"); ``buffer`` (rows, size) is what the kernels update: the state itself, the
+    codes, or the bfloat16 bits."""
+
+    def __init__(self, kind, rule, params, device, seed=0):
+        self.kind, self.rule, self.seed, self.params = kind, rule, seed, params
+        rows, size = len(rule.state), params.size
+        self.absmax = self.blocks = None
+        if kind is None:
+            self.dtype = params.dtype
+            self.buffer = device.zeros((rows, size), params.dtype)
+        elif kind == "int8":
+            self.dtype = np.dtype(np.uint8)
+            self.blocks = block_bounds(params)
+            self.buffer = np.zeros((rows, size), np.uint8)
+            self.absmax = np.zeros((rows, self.blocks.size - 1), np.float32)
+        else:
+            self.dtype = np.dtype(np.uint16)
+            self.buffer = np.zeros((rows, size), np.uint16)
+
+    @property
+    def tiles(self):
+        """Whether a step runs over the blocks (tiles that start at each tensor)."""
+        return self.kind == "int8"
+
+    def launch(self, rule, size):
+        """The CPU step of ``rule`` (this state's rule, or another over the same state) over
+        these arrays, called as ``launch(param, buffer, grad, bounds, groups, table, scalars,
+        step)``."""
+        from ..kernels import quantized
+
+        kernel = quantized.kernel_for_size(self.kind, rule, size)
+        if self.kind == "int8":
+            absmax = self.absmax
+
+            def int8_launch(param, codes, grad, bounds, groups, table, scalars, step):
+                kernel(param, codes, absmax, grad, bounds, groups, table, scalars)
+
+            return int8_launch
+        key0, key1 = np.uint64(self.seed & 0xFFFFFFFF), np.uint64(self.seed >> 32)
+
+        def bfloat16_launch(param, state, grad, bounds, groups, table, scalars, step):
+            kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step))
+
+        return bfloat16_launch
+
+    def values(self):
+        """``{name: float array}``: the state decoded (copies), in the rule's order."""
+        from ..kernels import quantized
+
+        if self.kind is None:
+            return {name: self.buffer[k] for k, name in enumerate(self.rule.state)}
+        if self.kind == "int8":
+            decoded = quantized.decode_int8(self.buffer, self.absmax, self.blocks, self.rule.state)
+        else:
+            decoded = quantized.decode_bfloat16(self.buffer)
+        return {name: decoded[k] for k, name in enumerate(self.rule.state)}
+
+    def saved(self):
+        """The state dict's ``state``: plain arrays (copies). int8: ``name`` (uint8 codes),
+        ``name + ".absmax"`` (float32 per block) and ``name + ".map"`` (the 256 float32 values
+        by code); bfloat16: ``name`` (uint16, the upper half of float32 bits)."""
+        from ..kernels import quantized
+
+        if self.kind is None:
+            return {name: _device.host_copy(self.buffer[k]) for k, name in enumerate(self.rule.state)}
+        arrays = {}
+        for k, name in enumerate(self.rule.state):
+            arrays[name] = self.buffer[k].copy()
+            if self.kind == "int8":
+                arrays[name + ".absmax"] = self.absmax[k].copy()
+                arrays[name + ".map"] = quantized.row_codecs((name,))[0][0].copy()
+        return arrays
+
+    def load(self, kind, arrays, state_names):
+        """Take saved ``arrays`` (checked) of encoding ``kind``: copied where the encodings
+        match, else decoded to float32 and encoded again (int8 per block; bfloat16 rounded to
+        nearest even, so that a load is deterministic)."""
+        from ..kernels import quantized
+
+        if kind == self.kind:
+            for k, name in enumerate(state_names):
+                _device.copy_into(self.buffer[k], arrays[name])
+                if kind == "int8":
+                    self.absmax[k] = arrays[name + ".absmax"]
+            return
+        if kind is None:
+            values = np.stack([np.asarray(arrays[name], np.float32) for name in state_names]) if state_names else None
+        elif kind == "int8":
+            codes = np.stack([arrays[name] for name in state_names])
+            absmax = np.stack([arrays[name + ".absmax"] for name in state_names])
+            values = quantized.decode_int8(codes, absmax, block_bounds(self.params), state_names)
+        else:
+            values = quantized.decode_bfloat16(np.stack([arrays[name] for name in state_names]))
+        if values is not None:
+            self.write(values)
+
+    def write(self, values):
+        """Set the whole state from float ``values`` (rows, size), encoding it."""
+        from ..kernels import quantized
+
+        if self.kind is None:
+            for k in range(values.shape[0]):
+                _device.copy_into(self.buffer[k], values[k].astype(self.dtype))
+        elif self.kind == "int8":
+            codes, absmax = quantized.encode_reference(values, self.blocks, self.rule.state)
+            self.buffer[...] = codes
+            self.absmax[...] = absmax
+        else:
+            self.buffer[...] = quantized.round_bfloat16_nearest(values)
+
+
+__all__ = ["MAX_SEED", "STATE_DTYPES", "Storage", "block_bounds", "check_seed", "check_state_dtype", "saved_arrays"]

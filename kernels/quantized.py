@@ -1,0 +1,532 @@
+"""Optimizer state in fewer bytes: block-wise int8 (dynamic quantization) and bfloat16 with
+stochastic rounding, around any element-wise rule's unchanged source.
+
+**int8** (Dettmers, Lewis, Shleifer & Zettlemoyer, "8-bit Optimizers via Block-wise
+Quantization", ICLR 2022). Each state row is cut into blocks of :data:`BLOCK` elements, the
+tiles of :func:`~.chunks.chunk_table` ``(segments, BLOCK, merge=False)``: a block starts at a
+tensor's first element or :data:`BLOCK` elements after the previous one, so no block straddles
+a tensor (nor, with it, a parameter group), and the blocks do not depend on the groups or on
+which parameters skip a step. A block stores one uint8 code per element and one float32
+``absmax``, the largest magnitude in the block; an element's value is ``map[code] * absmax``.
+
+The maps are the paper's dynamic tree type, 256 entries:
+
+* signed (first moments, momentum buffers): bit 7 is the sign, bits 6..0 a magnitude code
+  ``0..127``: 0 is zero; otherwise, with ``e`` leading zero bits, an indicator bit and ``f = 6
+  - e`` fraction bits ``k``, the magnitude is ``10**-e * (0.1 + 0.9 * (k + 1) / 2**f)``: 64
+  values in ``(0.1, 1]``, 32 in ``(0.01, 0.1]``, ..., one at ``1e-6``. Code 128 is -0.
+* unsigned (second moments and other state that is never negative, :data:`NONNEGATIVE`):
+  the same with 8 bits and ``f = 7 - e``: 255 values from ``1e-7`` to 1, and zero.
+
+Both include 1, so a block's largest element is exact. Quantizing takes the nearest map entry
+to ``y = x * (1 / absmax)`` (float32; a tie goes to the smaller magnitude): a table indexed by
+the top 16 bits of ``|y|`` gives the magnitude code below (no two midpoints share an index,
+checked when the table is built) and one comparison with the midpoint above decides. A block
+whose ``absmax`` is NaN decodes to NaN (a NaN reaches the state and the parameters); a block of
+zeros has ``absmax`` 0.
+
+A step is one fused pass per block: decode the state, run the rule's ``update`` per element in
+float32 (the same source as the float32 kernel), keep the new values in a block-sized scratch
+array, take each row's ``absmax`` (an integer maximum of the magnitudes' bits, so a NaN wins),
+and encode. Nothing else ever holds a float32 copy of the state. Adam's state takes
+``2 + 8 / BLOCK`` bytes a parameter.
+
+**bfloat16**: each state value is stored as the upper 16 bits of its float32, rounded
+stochastically: ``(bits + r) >> 16`` with 16 random bits ``r``, so that a value rounds up with
+probability proportional to its distance from the value below (unbiased). ``r`` for element
+``i`` and state row ``k`` comes from Philox4x32-10 at the same counter layout (seed, stream, step, element index) as dropout's: word ``i % 4`` of counter ``(j & 0xffffffff,
+j >> 32, STATE_STREAM, step)``, ``j = i // 4``, under the optimizer's seed as key; row 0 takes
+its low half, row 1 its high half, row 2 the low half of stream ``STATE_STREAM + 1``: the state is a function of (seed, step, element index) alone, the
+same on every device and for any number of threads. NaN is stored as the quiet NaN 0x7FC0.
+"""
+
+import functools
+
+import numpy as np
+from numba import njit, prange, uint64
+
+from .chunks import CHUNK_SIZE, TENSOR_TILE
+from .cpu import JIT_OPTIONS, TARGET, _source_digest
+from .elements import element, rebound
+from .philox import MASK32, SHIFT32, philox4x32_10_reference
+
+#: Elements per quantization block: the tiles of the per-tensor rules (one CUDA block each).
+BLOCK = TENSOR_TILE
+#: The state dtypes besides the parameters' own.
+STATE_DTYPES = ("int8", "bfloat16")
+#: State rows that are never negative by their meaning: quantized with the unsigned map.
+NONNEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf"})
+#: The Philox stream of the stochastic rounding of optimizer state (dropout uses layer ids).
+STATE_STREAM = 0x53544154  # "STAT"
+# -- the maps ---------------------------------------------------------------------------------
+#
+# Magnitude code ``b`` (1 <= b < 2**bits) lies in decade ``h = floor(log2(b))`` (its ``h``
+# fraction bits are ``b - 2**h``), where the value is ``P * (1 + 9 * (b - 2**h + 1) / 2**h)``
+# with ``P = 10**(h - bits)``: a line ``beta[h] * b + alpha[h]`` in ``b``, evaluated as one FMA of
+# float32 constants, which is what a target computes and what the map holds.
+
+
+def _decades(bits):
+    """float32 ``(alpha, beta)`` of each decade ``h < bits``, padded to 8."""
+    alpha, beta = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    for h in range(bits):
+        top = 10.0 ** (h + 1 - bits)  # the decade's last value: 1 for the last decade
+        beta[h] = top * 0.9 / 2**h
+        # alpha from the rounded beta, so that the decade's last value is float32(top) (1 exactly)
+        alpha[h] = float(np.float32(top)) - float(beta[h]) * (2 ** (h + 1) - 1)
+    return alpha, beta
+
+
+def _line(alpha, beta, b):
+    """float32 ``fma(beta, b, alpha)``: exact in float64 (the product has at most 32 bits and
+    both terms share a binade or two), then rounded once."""
+    return np.float32(np.float64(beta) * np.float64(b) + np.float64(alpha))
+
+
+@functools.cache
+def codec(signed):
+    """The map of the signed or unsigned type, and the constants a target computes it with.
+
+    Returns ``(code_map, decode, encode, sign_mask)``: the 256 float32 values by code;
+    ``decode = (alpha_0..7, beta_0..7)``; ``encode = (low_0..7, gamma_0..7, delta_0..7)``,
+    float32 tuples: a magnitude ``m >= low[h]`` (the midpoint below decade ``h``'s first
+    value; inf past the last decade) is in decade ``h`` or above, and its code there is
+    ``m * gamma[h] + delta[h]`` (``1 / beta`` and ``0.5 - alpha / beta``), rounded down and
+    clamped to the decade; ``sign_mask`` 0x80 (signed) or 0."""
+    bits = 7 if signed else 8
+    alpha, beta = _decades(bits)
+    magnitudes = np.zeros(2**bits, np.float32)
+    for b in range(1, 2**bits):
+        h = b.bit_length() - 1
+        magnitudes[b] = _line(alpha[h], beta[h], b)
+    low = np.full(8, np.inf, np.float32)
+    gamma, delta = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    for h in range(bits):
+        below = float(magnitudes[2**h - 1])
+        low[h] = (below + float(magnitudes[2**h])) / 2
+        gamma[h] = 1.0 / float(beta[h])
+        delta[h] = 0.5 - float(alpha[h]) / float(beta[h])
+    code_map = np.concatenate([magnitudes, -magnitudes]) if signed else magnitudes
+    code_map.setflags(write=False)
+    return (code_map, tuple(alpha) + tuple(beta), tuple(low) + tuple(gamma) + tuple(delta),
+            0x80 if signed else 0)
+
+
+def row_codecs(state):
+    """:func:`codec` of each state row named in ``state`` (unsigned for :data:`NONNEGATIVE`)."""
+    return tuple(codec(name not in NONNEGATIVE) for name in state)
+
+
+# -- element source, shared by the targets --------------------------------------------------------
+
+
+@element
+def encode(y, constants, sign_mask):
+    """The code of ``y`` (a float32 near [-1, 1]) with a row's :func:`codec` encode constants."""
+    bits = float_bits(y)  # noqa: F821
+    m = bits_float(bits & np.uint32(0x7FFFFFFF))  # noqa: F821
+    gamma, delta, lo, hi = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+    if m >= constants[0]:
+        gamma, delta, lo, hi = constants[8], constants[16], np.float32(1.0), np.float32(1.0)
+    if m >= constants[1]:
+        gamma, delta, lo, hi = constants[9], constants[17], np.float32(2.0), np.float32(3.0)
+    if m >= constants[2]:
+        gamma, delta, lo, hi = constants[10], constants[18], np.float32(4.0), np.float32(7.0)
+    if m >= constants[3]:
+        gamma, delta, lo, hi = constants[11], constants[19], np.float32(8.0), np.float32(15.0)
+    if m >= constants[4]:
+        gamma, delta, lo, hi = constants[12], constants[20], np.float32(16.0), np.float32(31.0)
+    if m >= constants[5]:
+        gamma, delta, lo, hi = constants[13], constants[21], np.float32(32.0), np.float32(63.0)
+    if m >= constants[6]:
+        gamma, delta, lo, hi = constants[14], constants[22], np.float32(64.0), np.float32(127.0)
+    if m >= constants[7]:
+        gamma, delta, lo, hi = constants[15], constants[23], np.float32(128.0), np.float32(255.0)
+    r = mul(m, gamma) + delta  # noqa: F821
+    if not r >= lo:  # and NaN
+        r = lo
+    if r > hi:
+        r = hi
+    return np.uint8(np.uint32(r) | ((bits >> np.uint32(24)) & np.uint32(sign_mask)))
+
+
+@element
+def decode_value(code, constants, sign_mask):
+    """The float32 map value of ``code`` with a row's :func:`codec` decode constants."""
+    b = np.uint32(code) & (np.uint32(0xFF) ^ np.uint32(sign_mask))
+    alpha, beta = np.float32(0.0), np.float32(0.0)
+    if b >= np.uint32(1):
+        alpha, beta = constants[0], constants[8]
+    if b >= np.uint32(2):
+        alpha, beta = constants[1], constants[9]
+    if b >= np.uint32(4):
+        alpha, beta = constants[2], constants[10]
+    if b >= np.uint32(8):
+        alpha, beta = constants[3], constants[11]
+    if b >= np.uint32(16):
+        alpha, beta = constants[4], constants[12]
+    if b >= np.uint32(32):
+        alpha, beta = constants[5], constants[13]
+    if b >= np.uint32(64):
+        alpha, beta = constants[6], constants[14]
+    if b >= np.uint32(128):
+        alpha, beta = constants[7], constants[15]
+    value = fma(beta, np.float32(b), alpha)  # noqa: F821
+    if np.uint32(code) & np.uint32(sign_mask):
+        return -value
+    return value
+
+
+@element
+def inverse(absmax):
+    """``1 / absmax`` in float32, 0 where the block is all zeros or ``absmax`` is NaN."""
+    if absmax > np.float32(0.0):
+        return np.float32(1.0) / absmax
+    return np.float32(0.0)
+
+
+@element
+def magnitude_bits(x):
+    """The bits of ``|x|``: their integer maximum is the largest magnitude, or a NaN's."""
+    return float_bits(x) & np.uint32(0x7FFFFFFF)  # noqa: F821
+
+
+@element
+def bfloat16_value(bits):
+    """The float32 of bfloat16 ``bits`` (a uint16)."""
+    return bits_float(np.uint32(bits) << np.uint32(16))  # noqa: F821
+
+
+@element
+def round_bfloat16(x, random16):
+    """``x`` (float32) to bfloat16 bits, rounded stochastically with 16 random bits."""
+    if x != x:
+        return np.uint16(0x7FC0)
+    return np.uint16((float_bits(x) + np.uint32(random16)) >> np.uint32(16))  # noqa: F821
+
+
+@element
+def _load_bf1(state, i):
+    return (bfloat16_value(state[0, i]),)
+
+
+@element
+def _load_bf2(state, i):
+    return bfloat16_value(state[0, i]), bfloat16_value(state[1, i])
+
+
+@element
+def _load_bf3(state, i):
+    return bfloat16_value(state[0, i]), bfloat16_value(state[1, i]), bfloat16_value(state[2, i])
+
+
+@element
+def _store_bf1(state, i, values, word, word2):
+    state[0, i] = round_bfloat16(values[0], word & np.uint32(0xFFFF))
+
+
+@element
+def _store_bf2(state, i, values, word, word2):
+    state[0, i] = round_bfloat16(values[0], word & np.uint32(0xFFFF))
+    state[1, i] = round_bfloat16(values[1], word >> np.uint32(16))
+
+
+@element
+def _store_bf3(state, i, values, word, word2):
+    state[0, i] = round_bfloat16(values[0], word & np.uint32(0xFFFF))
+    state[1, i] = round_bfloat16(values[1], word >> np.uint32(16))
+    state[2, i] = round_bfloat16(values[2], word2 & np.uint32(0xFFFF))
+
+
+_LOADS_BF = (None, _load_bf1, _load_bf2, _load_bf3)
+_STORES_BF = (None, _store_bf1, _store_bf2, _store_bf3)
+
+
+@element
+def apply_bfloat16(param, state, grad, i, chunk, word, word2):
+    """One element with bfloat16 state: decode, update in float32, round stochastically with
+    element ``i``'s Philox word of :data:`STATE_STREAM` (rows 0 and 1) and of the next stream
+    (row 2)."""
+    p, values = update(param[i], load(state, i), grad[i], chunk)  # noqa: F821
+    param[i] = p
+    store(state, i, values, word, word2)  # noqa: F821
+
+
+@element
+def _decode1(codes, scales, i):
+    return (decode_value(codes[0, i], DECODE0, SIGN0) * scales[0],)  # noqa: F821
+
+
+@element
+def _decode2(codes, scales, i):
+    return (decode_value(codes[0, i], DECODE0, SIGN0) * scales[0],  # noqa: F821
+            decode_value(codes[1, i], DECODE1, SIGN1) * scales[1])  # noqa: F821
+
+
+@element
+def _decode3(codes, scales, i):
+    return (decode_value(codes[0, i], DECODE0, SIGN0) * scales[0],  # noqa: F821
+            decode_value(codes[1, i], DECODE1, SIGN1) * scales[1],  # noqa: F821
+            decode_value(codes[2, i], DECODE2, SIGN2) * scales[2])  # noqa: F821
+
+
+@element
+def _keep1(scratch, j, values):
+    scratch[0, j] = values[0]
+
+
+@element
+def _keep2(scratch, j, values):
+    scratch[0, j], scratch[1, j] = values
+
+
+@element
+def _keep3(scratch, j, values):
+    scratch[0, j], scratch[1, j], scratch[2, j] = values
+
+
+@element
+def finish_row(scratch, k, codes, absmax, t, start, n):
+    """Row ``k`` of a block: its new ``absmax`` (an integer maximum of the magnitudes' bits, so
+    that a NaN wins) and its codes; ``ENCODE`` and ``SIGN`` are bound per row."""
+    largest = np.uint32(0)
+    for j in range(n):
+        largest = max(largest, magnitude_bits(scratch[k, j]))
+    top = bits_float(largest)  # noqa: F821
+    absmax[k, t] = top
+    scale = inverse(top)
+    for j in range(n):
+        codes[k, start + j] = encode(scratch[k, j] * scale, ENCODE, SIGN)  # noqa: F821
+
+
+@element
+def _finish1(scratch, codes, absmax, t, start, n):
+    row0(scratch, 0, codes, absmax, t, start, n)  # noqa: F821
+
+
+@element
+def _finish2(scratch, codes, absmax, t, start, n):
+    row0(scratch, 0, codes, absmax, t, start, n)  # noqa: F821
+    row1(scratch, 1, codes, absmax, t, start, n)  # noqa: F821
+
+
+@element
+def _finish3(scratch, codes, absmax, t, start, n):
+    row0(scratch, 0, codes, absmax, t, start, n)  # noqa: F821
+    row1(scratch, 1, codes, absmax, t, start, n)  # noqa: F821
+    row2(scratch, 2, codes, absmax, t, start, n)  # noqa: F821
+
+
+_DECODES = (None, _decode1, _decode2, _decode3)
+_KEEPS = (None, _keep1, _keep2, _keep3)
+_FINISHES = (None, _finish1, _finish2, _finish3)
+
+
+def int8_bindings(target, rule):
+    """What the int8 step's ``decode``, ``keep`` and ``finish`` mean for ``rule`` on ``target``:
+    each row's map constants bound in as constants."""
+    rows = row_codecs(rule.state)
+    decode_names, finish_names = {}, {}
+    for k, (_, decode, encode, sign) in enumerate(rows):
+        decode_names[f"DECODE{k}"], decode_names[f"SIGN{k}"] = decode, sign
+        finish_names[f"row{k}"] = target.element(finish_row, ENCODE=encode, SIGN=sign)
+    return {"update": rule.update, "decode": target.element(_DECODES[len(rows)], **decode_names),
+            "keep": _KEEPS[len(rows)], "finish": target.element(_FINISHES[len(rows)], **finish_names)}
+
+
+def bfloat16_bindings(rule):
+    """What :func:`apply_bfloat16` means for ``rule``."""
+    n = len(rule.state)
+    return {"update": rule.update, "load": _LOADS_BF[n], "store": _STORES_BF[n]}
+
+
+# -- the CPU kernels ----------------------------------------------------------------------------
+
+
+def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars):
+    """One step of a rule with int8 state over the blocks (the tiles ``bounds``, ``groups``);
+    ``prologue``, ``decode``, ``update``, ``keep`` and ``finish`` are bound per rule."""
+    rows = codes.shape[0]
+    for t in prange(groups.size):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            start = bounds[t]
+            n = bounds[t + 1] - start
+            scales = np.empty(rows, np.float32)
+            for k in range(rows):
+                scales[k] = absmax[k, t]
+            scratch = np.empty((rows, BLOCK), np.float32)
+            for j in range(n):
+                i = start + j
+                p, values = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+                param[i] = p
+                keep(scratch, j, values)  # noqa: F821
+            finish(scratch, codes, absmax, t, start, n)  # noqa: F821
+
+
+def bfloat16_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step):
+    """One step of a rule with bfloat16 state over the chunk table; ``prologue`` and
+    ``apply_bfloat16`` are bound per rule. Per chunk, the Philox words of its elements' counters
+    are made :data:`~.dropout.LANES` counters at a time (rounds outer, lanes inner: vectorised)
+    into element order, as dropout does."""
+    two_streams = state.shape[0] > 2
+    stream = uint64(STATE_STREAM)
+    for c in prange(groups.size):
+        if groups[c] >= 0:
+            chunk = prologue(param, table[groups[c]], scalars)  # noqa: F821
+            c0, c1, c2, c3, words = _lanes()
+            words2 = np.zeros_like(words)
+            start, stop = bounds[c], bounds[c + 1]
+            for batch in range(start >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):
+                _words(batch, c0, c1, c2, c3, words, stream, step, key0, key1)
+                if two_streams:
+                    _words(batch, c0, c1, c2, c3, words2, stream + uint64(1), step, key0, key1)
+                base = batch * uint64(4)
+                lo = max(start, base)
+                hi = min(stop, base + LANES * uint64(4))
+                for i in range(lo, hi):
+                    apply_bfloat16(param, state, grad, i, chunk, np.uint32(words[i - base]),  # noqa: F821
+                                   np.uint32(words2[i - base]))
+
+
+def _compile(function, bindings, name, parallel):
+    names = TARGET.names(function, bindings)
+    return njit(parallel=parallel, **JIT_OPTIONS)(rebound(function, names, f"{name}_{_source_digest()}"))
+
+
+@functools.cache
+def int8_kernel(rule, parallel=True):
+    """The CPU kernel of an element-wise ``rule`` with int8 state (see :func:`int8_step`)."""
+    bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule)}
+    return _compile(int8_step, bindings, f"{rule.name}_int8{'' if parallel else '_serial'}", parallel)
+
+
+@functools.cache
+def bfloat16_kernel(rule, parallel=True):
+    """The CPU kernel of an element-wise ``rule`` with bfloat16 state (see :func:`bfloat16_step`)."""
+    from .dropout import LANES, _lanes, _words
+
+    bindings = {"prologue": rule.prologue, "apply_bfloat16": TARGET.element(apply_bfloat16, **bfloat16_bindings(rule)),
+                "_lanes": _lanes, "_words": _words, "LANES": LANES}
+    return _compile(bfloat16_step, bindings, f"{rule.name}_bf16{'' if parallel else '_serial'}", parallel)
+
+
+# -- host helpers and references -------------------------------------------------------------------
+
+
+def block_table(segments):
+    """The blocks of ``(start, stop, group)`` segments: ``(bounds, groups)`` of
+    :func:`~.chunks.chunk_table` ``(segments, BLOCK, merge=False)``."""
+    from .chunks import chunk_table
+
+    return chunk_table(segments, BLOCK, merge=False)
+
+
+def encode_reference(values, bounds, state):
+    """NumPy reference of the encoder: float32 ``values`` (rows, n) of state rows ``state`` ->
+    ``(codes uint8 (rows, n), absmax float32 (rows, blocks))``, in the kernels' arithmetic."""
+    values = np.asarray(values, np.float32)
+    rows, blocks = values.shape[0], bounds.size - 1
+    codes = np.zeros(values.shape, np.uint8)
+    absmax = np.zeros((rows, blocks), np.float32)
+    counts = np.diff(bounds.astype(np.int64))
+    for k, (_, _, constants, sign) in enumerate(row_codecs(state)):
+        row = values[k]
+        magnitudes = np.abs(row)
+        tops = np.zeros(blocks, np.float32)
+        nonempty = counts > 0
+        starts = bounds[:-1].astype(np.int64)[nonempty]
+        tops[nonempty] = np.maximum.reduceat(magnitudes, starts) if row.size else []
+        has_nan = np.zeros(blocks, bool)
+        has_nan[nonempty] = np.maximum.reduceat(np.isnan(row), starts) if row.size else []
+        tops[has_nan] = np.nan
+        absmax[k] = tops
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(tops > 0, np.float32(1.0) / tops, np.float32(0.0)).astype(np.float32)
+        y = row * np.repeat(scale, counts)
+        codes[k] = encode_values(y, constants, sign)
+    return codes, absmax
+
+
+def encode_values(y, constants, sign):
+    """NumPy of :func:`encode` over float32 ``y``."""
+    y = np.asarray(y, np.float32)
+    m = np.abs(y)
+    gamma, delta, lo, hi = (np.zeros(y.shape, np.float32) for _ in range(4))
+    for h in range(8):
+        inside = m >= constants[h]
+        gamma[inside], delta[inside] = constants[8 + h], constants[16 + h]
+        lo[inside], hi[inside] = 2**h, 2 ** (h + 1) - 1
+    with np.errstate(invalid="ignore"):
+        r = (m * gamma).astype(np.float32) + delta
+        r = np.where(r >= lo, r, lo)
+        r = np.where(r > hi, hi, r)
+    code = r.astype(np.uint32)
+    if sign:
+        code |= np.signbit(y).astype(np.uint32) << np.uint32(7)
+    return code.astype(np.uint8)
+
+
+def decode_int8(codes, absmax, bounds, state):
+    """float32 values (rows, n) of int8 state: ``map[code] * absmax`` per block."""
+    values = np.zeros(codes.shape, np.float32)
+    counts = np.diff(bounds.astype(np.int64))
+    for k, (code_map, _, _, _) in enumerate(row_codecs(state)):
+        values[k] = code_map[codes[k]] * np.repeat(absmax[k], counts)
+    return values
+
+
+def decode_bfloat16(bits):
+    """float32 values of bfloat16 ``bits`` (uint16, any shape)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def random_words(size, key0, key1, step, offset=0, stream=STATE_STREAM):
+    """Philox word ``i % 4`` of counter ``i // 4`` for elements ``i`` from ``offset`` on, uint32
+    (NumPy, from the Philox reference): row 0's random bits are its low half, row 1's its high
+    half; row 2 takes the low half of stream ``STATE_STREAM + 1``'s word."""
+    index = np.uint64(offset) + np.arange(size, dtype=np.uint64)
+    counter = index >> np.uint64(2)
+    counters = np.stack([counter & MASK32, counter >> SHIFT32, np.full(size, stream, np.uint64),
+                         np.full(size, step, np.uint64)], axis=-1)
+    words = philox4x32_10_reference(counters, np.array([key0, key1], dtype=np.uint64))
+    return words[np.arange(size), (index & np.uint64(3)).astype(np.intp)].astype(np.uint32)
+
+
+def random_halves(size, key0, key1, step, rows, offset=0):
+    """The 16 random bits of each of ``rows`` state rows for elements ``offset ..``: (rows, size)."""
+    words = random_words(size, key0, key1, step, offset)
+    halves = [words & np.uint32(0xFFFF), words >> np.uint32(16)]
+    if rows > 2:
+        halves.append(random_words(size, key0, key1, step, offset, STATE_STREAM + 1) & np.uint32(0xFFFF))
+    return np.stack(halves[:rows]) if rows else np.zeros((0, size), np.uint32)
+
+
+def round_bfloat16_reference(values, random):
+    """NumPy reference of the stochastic rounding: float32 ``values`` and 16-bit ``random``
+    (same shape) -> bfloat16 bits (uint16)."""
+    values = np.asarray(values, np.float32)
+    bits = (values.view(np.uint32).astype(np.uint64) + random.astype(np.uint64)) >> np.uint64(16)
+    bits = bits.astype(np.uint16)
+    bits[np.isnan(values)] = 0x7FC0
+    return bits
+
+
+def round_bfloat16_nearest(values):
+    """float32 ``values`` to bfloat16 bits, rounded to nearest even (a float state dict loaded
+    into bfloat16 state: no randomness where nothing steps)."""
+    bits = np.asarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)).astype(np.uint16)
+    rounded[np.isnan(values)] = 0x7FC0
+    return rounded
+
+
+def kernel_for_size(kind, rule, size):
+    """The CPU kernel of ``rule`` with ``kind`` state, built for ``size`` elements."""
+    build = int8_kernel if kind == "int8" else bfloat16_kernel
+    return build(rule, size > CHUNK_SIZE)
+
+
+__all__ = ["BLOCK", "NONNEGATIVE", "STATE_DTYPES", "STATE_STREAM", "block_table", "bfloat16_kernel", "codec",
+           "decode_bfloat16", "decode_int8", "encode_reference", "encode_values", "int8_kernel", "random_halves",
+           "round_bfloat16_nearest", "round_bfloat16_reference", "row_codecs"]
