@@ -56,6 +56,18 @@ def test_step(benchmark, rule, size, implementation, roofline_gbps):
     record(benchmark, cases.BYTES_PER_ELEMENT[rule] * size, roofline_gbps(size))
 
 
+@pytest.mark.parametrize("implementation", ["fastopt float32", "fastopt int8", "fastopt bfloat16", "torch fused"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+def test_state_dtype(benchmark, implementation, size, roofline_gbps):
+    """AdamW with float32, int8 and bfloat16 state against torch's fused AdamW (float32)."""
+    if not cases.StateDtypeStep.available(implementation):
+        pytest.skip(f"{implementation} needs a library that is not installed")
+    step = cases.StateDtypeStep(implementation, size)
+    benchmark.group = f"adamw state {size:.0e}"
+    timed(benchmark, step.step, size)
+    record(benchmark, cases.StateDtypeStep.BYTES[implementation] * size, roofline_gbps(size))
+
+
 def _gpu():
     from fastopt.bench import gpu as _gpu_bench
 

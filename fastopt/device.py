@@ -127,9 +127,13 @@ class Cpu:
         return np.zeros(shape, dtype)
 
     @staticmethod
-    def work_table(segments, tensors=False):
+    def work_table(segments, tensors=False, blocks=False):
         from .kernels.chunks import TENSOR_TILE, chunk_table
 
+        if blocks:  # int8 state's quantization blocks
+            from .kernels.quantized import block_table
+
+            return block_table(segments)
         return chunk_table(segments, TENSOR_TILE, merge=False) if tensors else chunk_table(segments)
 
     @staticmethod
@@ -182,11 +186,16 @@ class Cuda:
     zeros = staticmethod(zeros)
 
     @staticmethod
-    def work_table(segments, tensors=False):
+    def work_table(segments, tensors=False, blocks=False):
         from .kernels import cuda as kernels
         from .kernels.chunks import TENSOR_TILE, chunk_table
 
-        tables = chunk_table(segments, TENSOR_TILE, merge=False) if tensors else kernels.tile_table(segments)
+        if blocks:  # int8 state's quantization blocks
+            from .kernels.quantized import block_table
+
+            tables = block_table(segments)
+        else:
+            tables = chunk_table(segments, TENSOR_TILE, merge=False) if tensors else kernels.tile_table(segments)
         return tuple(to_device(table) for table in tables)
 
     @staticmethod

@@ -23,7 +23,7 @@ import math
 import warnings
 
 from llvmlite import ir
-from numba import config, cuda, float64, uint32, uint64
+from numba import config, cuda, float32, float64, uint32, uint64
 
 from . import primitives
 from .chunks import chunk_table
@@ -34,6 +34,10 @@ from .philox import MASK32, SHIFT32, philox_source
 from .rule import apply, finish, land, matrix_bindings, measure, stage
 from .factored import COLUMN_BLOCK
 from .tensorwise import LANES, add_tiles
+from . import quantized
+from .elements import element
+from .quantized import BLOCK as QUANTIZED_BLOCK
+from .quantized import STATE_STREAM, apply_bfloat16, bfloat16_bindings, encode, int8_bindings, inverse, magnitude_bits
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -587,6 +591,135 @@ class Penalty:
         self._sum(self._used, self._total)
         self._total.copy_to_host(self._host)
         return float(self._host[0])
+
+
+# -- int8 and bfloat16 state (see kernels/quantized.py) -----------------------------------------------
+
+
+def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars):
+    """One step of a rule with int8 state: a block per quantization block (a tile); its threads
+    decode, update and keep the new values in shared memory, then per row take the maximum by a
+    tree over the threads (a power of two) and encode. The maximum is exact, so the codes are
+    the CPU's."""
+    scratch = cuda.shared.array((3, QUANTIZED_BLOCK), float32)
+    lanes = cuda.shared.array(MAX_THREADS, uint32)
+    scales = cuda.local.array(3, float32)
+    rows = codes.shape[0]
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            start = bounds[t]
+            n = bounds[t + 1] - start
+            for k in range(rows):
+                scales[k] = absmax[k, t]
+            for j in range(uint64(tid), n, uint64(threads)):
+                i = start + j
+                p, values = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+                param[i] = p
+                keep(scratch, j, values)  # noqa: F821
+            cuda.syncthreads()
+            for k in range(rows):
+                lanes[tid] = row_maximum(scratch, k, n, tid, threads)
+                cuda.syncthreads()
+                half = threads // 2
+                while half > 0:
+                    if tid < half:
+                        lanes[tid] = max(lanes[tid], lanes[tid + half])
+                    cuda.syncthreads()
+                    half //= 2
+                top = bits_float(lanes[0])  # noqa: F821
+                encode_row(k, scratch, codes, start, n, tid, threads, inverse(top))  # noqa: F821
+                cuda.syncthreads()  # every thread has read lanes[0] before it changes
+                if tid == 0:
+                    absmax[k, t] = top
+
+
+@element
+def row_maximum(scratch, k, n, tid, threads):
+    """A thread's share of row ``k``'s maximum magnitude bits (elements ``tid, tid + threads, ...``)."""
+    largest = uint32(0)
+    for j in range(uint64(tid), n, uint64(threads)):
+        largest = max(largest, magnitude_bits(scratch[k, j]))
+    return largest
+
+
+@element
+def encode_row_of(scratch, k, codes, start, n, tid, threads, scale):
+    """A thread's share of row ``k``'s codes; ``ENCODE`` and ``SIGN`` are bound per row."""
+    for j in range(uint64(tid), n, uint64(threads)):
+        codes[k, start + j] = encode(scratch[k, j] * scale, ENCODE, SIGN)  # noqa: F821
+
+
+@element
+def _encode_row(k, scratch, codes, start, n, tid, threads, scale):
+    if k == 0:
+        row0(scratch, k, codes, start, n, tid, threads, scale)  # noqa: F821
+    elif k == 1:
+        row1(scratch, k, codes, start, n, tid, threads, scale)  # noqa: F821
+    else:
+        row2(scratch, k, codes, start, n, tid, threads, scale)  # noqa: F821
+
+
+@element
+def _word(w0, w1, w2, w3, i):
+    lane = i & uint64(3)
+    if lane == uint64(0):
+        return uint32(w0)
+    if lane == uint64(1):
+        return uint32(w1)
+    if lane == uint64(2):
+        return uint32(w2)
+    return uint32(w3)
+
+
+def bfloat16_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1, step):
+    """One step of a rule with bfloat16 state over the tile table: each thread runs the Philox
+    counter of its element (``i // 4``, word ``i % 4``: the CPU's words) and rounds."""
+    two_streams = state.shape[0] > 2
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+                j = i >> uint64(2)
+                w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM), step, key0, key1)
+                word = _word(w0, w1, w2, w3, i)
+                word2 = uint32(0)
+                if two_streams:
+                    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM + 1), step, key0, key1)
+                    word2 = _word(w0, w1, w2, w3, i)
+                apply_bfloat16(param, state, grad, i, chunk, word, word2)  # noqa: F821
+
+
+@functools.cache
+def int8_kernel(rule):
+    """The CUDA kernel of an element-wise ``rule`` with int8 state (the CPU's element source)."""
+    bindings = int8_bindings(TARGET, rule)
+    rows = [TARGET.element(encode_row_of, ENCODE=encode_constants, SIGN=sign)
+            for _, _, encode_constants, sign in quantized.row_codecs(rule.state)]
+    rows += rows[:1] * (3 - len(rows))  # rows a rule lacks are never called
+    encode_row = TARGET.element(_encode_row, row0=rows[0], row1=rows[1], row2=rows[2])
+    names = TARGET.names(int8_tiles, {"prologue": rule.prologue, "update": bindings["update"],
+                                      "decode": bindings["decode"], "keep": bindings["keep"],
+                                      "encode_row": encode_row, "row_maximum": row_maximum})
+    return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8"))
+
+
+@functools.cache
+def bfloat16_kernel(rule):
+    """The CUDA kernel of an element-wise ``rule`` with bfloat16 state."""
+    names = TARGET.names(bfloat16_tiles, {"prologue": rule.prologue, "_word": _word,
+                                          "apply_bfloat16": TARGET.element(apply_bfloat16, **bfloat16_bindings(rule))})
+    return cuda.jit(rebound(bfloat16_tiles, names, rule.name + "_bf16"))
+
+
+def quantized_launch(kind, rule, tiles, stream=0):
+    """The configured CUDA kernel of ``rule`` with ``kind`` state over ``tiles`` tiles (the
+    quantization blocks for int8, the tile table for bfloat16): :data:`THREADS_PER_BLOCK`
+    threads a block, a power of two, as the int8 maximum's tree needs."""
+    kernel = int8_kernel(rule) if kind == "int8" else bfloat16_kernel(rule)
+    return configure(kernel, blocks_for(tiles), THREADS_PER_BLOCK, stream)
 
 
 # -- dropout --------------------------------------------------------------------------------------

@@ -322,16 +322,17 @@ _KEEPS = (None, _keep1, _keep2, _keep3)
 _FINISHES = (None, _finish1, _finish2, _finish3)
 
 
-def int8_bindings(target, rule):
-    """What the int8 step's ``decode``, ``keep`` and ``finish`` mean for ``rule`` on ``target``:
-    each row's map constants bound in as constants."""
+def int8_bindings(target, rule, row=finish_row, finishes=_FINISHES):
+    """What the int8 step's ``decode``, ``keep`` and ``finish`` mean for ``rule`` on ``target``
+    (whose ``row`` and ``finishes`` take a block's rows; the CPU's by default): each row's map
+    constants bound in as constants."""
     rows = row_codecs(rule.state)
     decode_names, finish_names = {}, {}
     for k, (_, decode, encode, sign) in enumerate(rows):
         decode_names[f"DECODE{k}"], decode_names[f"SIGN{k}"] = decode, sign
-        finish_names[f"row{k}"] = target.element(finish_row, ENCODE=encode, SIGN=sign)
+        finish_names[f"row{k}"] = target.element(row, ENCODE=encode, SIGN=sign)
     return {"update": rule.update, "decode": target.element(_DECODES[len(rows)], **decode_names),
-            "keep": _KEEPS[len(rows)], "finish": target.element(_FINISHES[len(rows)], **finish_names)}
+            "keep": _KEEPS[len(rows)], "finish": target.element(finishes[len(rows)], **finish_names)}
 
 
 def bfloat16_bindings(rule):
@@ -355,7 +356,9 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars):
             scales = np.empty(rows, np.float32)
             for k in range(rows):
                 scales[k] = absmax[k, t]
-            scratch = np.empty((rows, BLOCK), np.float32)
+            # The block's own length, not BLOCK: the on-disk cache would keep a BLOCK frozen at
+            # compile time, and a test process that changes it must not overrun another's scratch.
+            scratch = np.empty((rows, n), np.float32)
             for j in range(n):
                 i = start + j
                 p, values = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821

@@ -37,11 +37,13 @@ def patch_simulator():
     loops over Philox counters, all turn over at test sizes. (The simulator needs nothing else:
     under it the CUDA target binds the plain-Python primitives of fastopt.kernels.primitives,
     a correctly rounded fma and a dtype-preserving square root.)"""
-    from fastopt.kernels import chunks, cuda
+    from fastopt.kernels import chunks, cuda, quantized
 
     cuda.THREADS_PER_BLOCK, cuda.MAX_BLOCKS, cuda.TILE_SIZE = 8, 3, 16
     # LAMB's tiles: more than one per tensor, and more elements than a tile has lanes (256)
     chunks.TENSOR_TILE = 300
+    # int8 blocks: several per tensor at test sizes (the kernels' scratch holds the full 2,048)
+    quantized.BLOCK = 300
 
 
 def host(array):
@@ -116,6 +118,43 @@ def check(simulator):
                 optimizer.step()
             expect(same(moved.params.data, cpu.data) and same(back.params.data, cpu.data),
                    f"{label}: state dicts continue across devices bitwise")
+
+    # int8 and bfloat16 state: the same steps on both devices, bit for bit, and their state dicts
+    # across devices (a skipped parameter too: fastopt.torch's path).
+    for state_dtype in ("int8", "bfloat16"):
+        for cls_name, options in (("AdamW", {"lr": 1e-2}), ("SGD", {"lr": 1e-2, "momentum": 0.9}),
+                                  ("RMSProp", {"lr": 1e-3, "momentum": 0.5, "centered": True})):
+            cls = getattr(fastopt, cls_name)
+            shapes = {"w": (20, 31), "b": 31, "s": 5} if simulator else {"w": (121, 131), "b": 131, "s": 5}
+            rng = np.random.default_rng(2)
+            cpu = fastopt.FlatParams(shapes)
+            cpu.data[:] = rng.standard_normal(cpu.size)
+            gpu = cpu.to("cuda")
+            made = [cls(p, groups=groups, state_dtype=state_dtype, state_seed=11, **options) for p in (cpu, gpu)]
+            for step in range(steps):
+                g = rng.standard_normal(cpu.size).astype(np.float32)
+                cpu.grad[:] = g
+                gpu.grad.copy_to_device(g)
+                for optimizer in made:
+                    if step == 2:
+                        optimizer._step_at(optimizer.step_count + 1, skipped=frozenset({"b"}))
+                        optimizer._step_count += 1
+                    else:
+                        optimizer.step()
+            label = f"{cls_name} {state_dtype} state"
+            expect(same(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
+            cpu_state, gpu_state = made[0].state_dict(), made[1].state_dict()
+            expect(set(cpu_state["state"]) == set(gpu_state["state"]) and
+                   all(same(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
+                   f"{label}: state bitwise equal")
+            moved = cls(cpu.to("cuda"), groups=groups, state_dtype=state_dtype, **options)
+            moved.load_state_dict(cpu_state)
+            g = rng.standard_normal(cpu.size).astype(np.float32)
+            cpu.grad[:] = g
+            moved.params.grad.copy_to_device(g)
+            made[0].step()
+            moved.step()
+            expect(same(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
 
     # Zero-copy: the optimizer updates the user's own device arrays.
     data, grad = cuda.to_device(np.ones(10, np.float32)), cuda.to_device(np.full(10, 0.5, np.float32))

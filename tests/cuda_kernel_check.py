@@ -25,13 +25,13 @@ from cuda_facade_check import patch_simulator  # noqa: E402
 from kernel_cases import (ELEMENTWISE, FACTORED, MATRIXWISE, TENSORWISE, make_case, make_factored_case,  # noqa: E402
                           make_matrix_case, make_tensor_case)
 
-from fastopt.kernels import cpu, cuda, dropout, factored, matrixwise, penalty, tensorwise  # noqa: E402
+from fastopt.kernels import cpu, cuda, dropout, factored, matrixwise, penalty, quantized, tensorwise  # noqa: E402
 
 
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
     failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + factored_failures()
-                + dropout_failures() + penalty_failures())
+                + quantized_failures() + dropout_failures() + penalty_failures())
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
 
@@ -137,6 +137,45 @@ def factored_failures():
                 b = on_gpu.mutated()[buffer]
                 if not np.array_equal(a, b, equal_nan=True):
                     failures.append(f"{name} {dtype.__name__} shapes {shapes} {buffer}: {np.flatnonzero(a != b)[:5]}")
+    return failures
+
+
+def quantized_failures():
+    """int8 and bfloat16 state: every element-wise rule with state, CPU kernel against CUDA
+    kernel on the same blocks (int8) or on their own tables (bfloat16), a group skipping, a
+    NaN gradient, and two blocks with a short one."""
+    failures = []
+    for name in ELEMENTWISE:
+        for size, seed in ((0, 0), (1, 1), (7, 2), (700, 3)):
+            rng = np.random.default_rng(seed)
+            case, segments = make_case(name, size, np.float32, rng, 3 if size > 2 else 1, chunk_size=40)
+            rule = case.rule
+            if not rule.state:
+                break
+            if size == 700:
+                segments = [(a, b, -1 if k == 1 else k) for a, b, k in segments]
+                case.grad[-1] = np.nan
+            blocks, block_groups = quantized.block_table(segments)
+            codes, absmax = quantized.encode_reference(case.state, blocks, rule.state)
+            on_cpu = [case.param.copy(), codes.copy(), absmax.copy()]
+            quantized.int8_kernel(rule)(on_cpu[0], on_cpu[1], on_cpu[2], case.grad, blocks, block_groups, case.table,
+                                        case.scalars)
+            on_gpu = [device(a) for a in (case.param, codes, absmax, case.grad, blocks, block_groups, case.table)]
+            cuda.quantized_launch("int8", rule, block_groups.size)(*on_gpu, case.scalars)
+            for label, a, b in zip(("param", "codes", "absmax"), on_cpu, on_gpu[:3]):
+                if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
+                    failures.append(f"int8 {name} size {size} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
+            bits = quantized.round_bfloat16_nearest(case.state)
+            key = (np.uint64(0xDEADBEEF), np.uint64(0x1234), np.uint64(9))
+            cpu_bounds, cpu_groups = cpu_table(segments)
+            on_cpu = [case.param.copy(), bits.copy()]
+            quantized.bfloat16_kernel(rule)(*on_cpu, case.grad, cpu_bounds, cpu_groups, case.table, case.scalars, *key)
+            tiles = cuda.tile_table(segments)
+            on_gpu = [device(a) for a in (case.param, bits, case.grad, *tiles, case.table)]
+            cuda.quantized_launch("bfloat16", rule, tiles[1].size)(*on_gpu, case.scalars, *key)
+            for label, a, b in zip(("param", "state"), on_cpu, on_gpu[:2]):
+                if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
+                    failures.append(f"bfloat16 {name} size {size} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
     return failures
 
 

@@ -229,6 +229,34 @@ def test_factored_kernels_round_as_written(name, dtype, cc, tmp_path):
 
 
 @CCS
+@pytest.mark.parametrize("name", ["adamw_step", "adam_amsgrad_step", "sgd_momentum_step", "rmsprop_centered_momentum_step"])
+def test_quantized_state_kernels_round_as_written(name, cc, tmp_path):
+    """The int8 and bfloat16 state kernels of a rule with one, two and three state rows: the
+    rule's fmas, the map's fma, the blocks' tree and the Philox products; float64 only in the
+    prologue."""
+    from fastopt.kernels import cuda, quantized
+
+    case, segments = make_case(name, 64, np.float32, np.random.default_rng(0), 2)
+    blocks, block_groups = quantized.block_table(segments)
+    codes, absmax = quantized.encode_reference(case.state, blocks, case.rule.state)
+    int8 = check_kernel(cuda.int8_kernel(case.rule).py_func,
+                        (case.param, codes, absmax, case.grad, blocks, block_groups, case.table, case.scalars),
+                        cc, tmp_path)
+    assert re.search(r"\bfma\.rn\.f32\b", int8) and re.search(r"\bbar\.sync\b", int8)
+    assert re.search(r"\bcvt\.rzi\.u32\.f32|\bcvt\.rzi\.u64\.f32", int8), "the code's conversion"
+    bits = quantized.round_bfloat16_nearest(case.state)
+    u = np.uint64
+    bfloat16 = check_kernel(cuda.bfloat16_kernel(case.rule).py_func,
+                            (case.param, bits, case.grad, case.bounds, case.groups, case.table, case.scalars,
+                             u(1), u(2), u(3)), cc, tmp_path)
+    assert re.search(r"\bmul\.(hi|wide)\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", bfloat16), "no Philox products"
+    for body in (int8, bfloat16):
+        arithmetic = [line.split()[0] for line in body.splitlines()
+                      if re.search(r"\.f64\b", line) and not line.split()[0].startswith((".", "ld.", "mov."))]
+        assert set(arithmetic) <= {"cvt.rn.f32.f64", "mul.f64", "mul.rn.f64", "div.rn.f64", "sub.f64"}, arithmetic
+
+
+@CCS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8], ids=["float32", "float64", "mask"])
 def test_dropout_kernel_rounds_as_written(dtype, cc, tmp_path):
     from fastopt.kernels import cuda

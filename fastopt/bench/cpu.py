@@ -294,6 +294,57 @@ class TorchStep:
         self.step = self.optimizer.step
 
 
+class StateDtypeStep:
+    """One AdamW step over ``n`` float32 parameters with its state in fewer bytes: fastopt
+    with ``state_dtype`` float32, int8 or bfloat16, torch's fused AdamW (float32 state), and,
+    where installed, bitsandbytes' and torchao's 8-bit AdamW on the CPU (blocks of 256 and
+    128, their defaults). ``bytes`` is what a step moves per parameter (fastopt's reads and
+    writes, as :data:`BYTES_PER_ELEMENT`); ``state_bytes`` the state a parameter keeps."""
+
+    IMPLEMENTATIONS = ("fastopt float32", "fastopt int8", "fastopt bfloat16", "torch fused", "bitsandbytes 8-bit",
+                       "torchao 8-bit")
+    #: Reads + writes per parameter: p 8, g 4, and each state row read and written.
+    BYTES = {"fastopt float32": 28, "fastopt int8": 16, "fastopt bfloat16": 20, "torch fused": 28}
+    STATE_BYTES = {"fastopt float32": 8.0, "fastopt int8": 2 + 8 / 2048, "fastopt bfloat16": 4.0,
+                   "torch fused": 8.0, "bitsandbytes 8-bit": 2 + 8 / 256, "torchao 8-bit": 2 + 8 / 128}
+
+    def __init__(self, implementation, n):
+        self.implementation = implementation
+        if implementation.startswith("fastopt"):
+            state_dtype = implementation.split()[1]
+            self.params = fastopt.FlatParams.wrap(random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3),
+                                                  {"p": n})
+            self.optimizer = fastopt.AdamW(self.params, lr=1e-3, state_dtype=state_dtype)
+            self.step = self.optimizer.step
+            return
+        import torch
+
+        p = torch.from_numpy(random_buffer(n, 10)).requires_grad_()
+        p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3))
+        self.params = [p]
+        if implementation == "torch fused":
+            self.optimizer = torch.optim.AdamW(self.params, lr=1e-3, fused=True)
+        elif implementation == "bitsandbytes 8-bit":
+            import bitsandbytes
+
+            # min_8bit_size=0: every tensor quantized (its default keeps tensors under 4096 in float32)
+            self.optimizer = bitsandbytes.optim.AdamW8bit(self.params, lr=1e-3, min_8bit_size=0)
+        else:
+            from torchao.optim import AdamW8bit
+
+            self.optimizer = AdamW8bit(self.params, lr=1e-3)
+        self.step = self.optimizer.step
+
+    @staticmethod
+    def available(implementation):
+        """Whether the library an implementation needs is installed."""
+        import importlib.util
+
+        module = {"torch fused": "torch", "bitsandbytes 8-bit": "bitsandbytes", "torchao 8-bit": "torchao"}.get(
+            implementation)
+        return module is None or importlib.util.find_spec(module) is not None
+
+
 def muon_shapes(n):
     """Muon's matrices for ``n`` parameters: pairs of a 500 x 1000 and a 1000 x 500 matrix
     (a wide and a tall one, as a transformer's MLP has), ``n // 1e6`` pairs (at least one)."""

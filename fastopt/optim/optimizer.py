@@ -33,7 +33,7 @@ class _Plan(NamedTuple):
     penalty: object
     masked: dict  # skipped parameter names -> (bounds, groups), built when first asked for
     group_index: dict  # parameter name -> its group's row in the table (for masked tables)
-    tiles: bool  # whether the work table is tiles from each tensor's start (per-tensor rules, int8 state)
+    blocks: bool  # whether the work table is int8 state's quantization blocks
     takes_step: bool  # whether the launch takes the step number (int8 and bfloat16 state)
 
 
@@ -358,7 +358,7 @@ class Optimizer:
         # A rule with per-tensor passes (LAMB, Muon) gets tiles that start at each tensor, and the
         # tables that say which tiles make a tensor (and, for Muon, the matrices).
         per_tensor = self._rule.per_tensor
-        bounds, chunk_group = self._device.work_table(segments, tensors=per_tensor or self._storage.tiles)
+        bounds, chunk_group = self._device.work_table(segments, tensors=per_tensor, blocks=self._storage.tiles)
         self._tensors = self._device.tensor_table(segments) if per_tensor else None
         if self._rule.matrixwise is not None:
             from ..kernels.matrixwise import Matrices
@@ -382,12 +382,12 @@ class Optimizer:
             launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
                                             self._tensors)
         else:
-            launch = self._storage.launch(self._rule, buffers[0].size)
+            launch = self._storage.launch(self._rule, buffers[0].size, buffers[4].size, self._stream)
         penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"))
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])
         sizes = tuple(buffer.size for buffer in buffers[:3])
         self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {}, group_index,
-                           self._rule.per_tensor or self._storage.tiles, self._storage.kind is not None)
+                           self._storage.tiles, self._storage.kind is not None)
 
     def _group_table(self):
         """The float64 group table of the rule: one row per group, its spec's columns."""
@@ -475,7 +475,7 @@ class Optimizer:
                     plan.masked.clear()
                 tables = plan.masked[skipped] = self._device.work_table(
                     [(*self._params.segment(name), -1 if name in skipped else plan.group_index[name])
-                     for name in self._params], tensors=plan.tiles)
+                     for name in self._params], tensors=plan.rule.per_tensor, blocks=plan.blocks)
         self._run(plan, tables, step, scalars)
 
     def _on_stream(self, stream):

@@ -30,8 +30,6 @@ def check_state_dtype(state_dtype, params, optimizer_class):
     if params.dtype != np.float32:
         raise ValueError(f"state_dtype={state_dtype!r} needs float32 parameters (the step computes in float32), "
                          f"but params are {params.dtype}")
-    if params.device != "cpu":
-        raise ValueError(f"state_dtype={state_dtype!r} runs on the CPU only so far; params live on {params.device!r}")
     if optimizer_class.per_tensor:
         raise ValueError(f"state_dtype={state_dtype!r} is for the element-wise rules; {optimizer_class.__name__} works "
                          "on whole tensors and keeps its state in the parameters' dtype")
@@ -73,33 +71,33 @@ class Storage:
     codes, or the bfloat16 bits."""
 
     def __init__(self, kind, rule, params, device, seed=0):
-        self.kind, self.rule, self.seed, self.params = kind, rule, seed, params
+        self.kind, self.rule, self.seed, self.params, self.device = kind, rule, seed, params, device
         rows, size = len(rule.state), params.size
         self.absmax = self.blocks = None
-        if kind is None:
-            self.dtype = params.dtype
-            self.buffer = device.zeros((rows, size), params.dtype)
-        elif kind == "int8":
-            self.dtype = np.dtype(np.uint8)
+        self.dtype = {None: params.dtype, "int8": np.dtype(np.uint8), "bfloat16": np.dtype(np.uint16)}[kind]
+        self.buffer = device.zeros((rows, size), self.dtype)
+        if kind == "int8":
             self.blocks = block_bounds(params)
-            self.buffer = np.zeros((rows, size), np.uint8)
-            self.absmax = np.zeros((rows, self.blocks.size - 1), np.float32)
-        else:
-            self.dtype = np.dtype(np.uint16)
-            self.buffer = np.zeros((rows, size), np.uint16)
+            self.absmax = device.zeros((rows, self.blocks.size - 1), np.float32)
 
     @property
     def tiles(self):
         """Whether a step runs over the blocks (tiles that start at each tensor)."""
         return self.kind == "int8"
 
-    def launch(self, rule, size):
-        """The CPU step of ``rule`` (this state's rule, or another over the same state) over
-        these arrays, called as ``launch(param, buffer, grad, bounds, groups, table, scalars,
-        step)``."""
+    def launch(self, rule, size, tiles, stream=0):
+        """The step of ``rule`` (this state's rule, or another over the same state) over these
+        arrays and a work table of ``tiles`` tiles, called as ``launch(param, buffer, grad,
+        bounds, groups, table, scalars, step)``: the CPU kernel, or the CUDA kernel on
+        ``stream``."""
         from ..kernels import quantized
 
-        kernel = quantized.kernel_for_size(self.kind, rule, size)
+        if self.device.name == "cuda":
+            from ..kernels import cuda
+
+            kernel = cuda.quantized_launch(self.kind, rule, tiles, stream)
+        else:
+            kernel = quantized.kernel_for_size(self.kind, rule, size)
         if self.kind == "int8":
             absmax = self.absmax
 
@@ -121,9 +119,10 @@ class Storage:
         if self.kind is None:
             return {name: self.buffer[k] for k, name in enumerate(self.rule.state)}
         if self.kind == "int8":
-            decoded = quantized.decode_int8(self.buffer, self.absmax, self.blocks, self.rule.state)
+            decoded = quantized.decode_int8(_device.host_copy(self.buffer), _device.host_copy(self.absmax), self.blocks,
+                                            self.rule.state)
         else:
-            decoded = quantized.decode_bfloat16(self.buffer)
+            decoded = quantized.decode_bfloat16(_device.host_copy(self.buffer))
         return {name: decoded[k] for k, name in enumerate(self.rule.state)}
 
     def saved(self):
@@ -135,10 +134,12 @@ class Storage:
         if self.kind is None:
             return {name: _device.host_copy(self.buffer[k]) for k, name in enumerate(self.rule.state)}
         arrays = {}
+        codes = _device.host_copy(self.buffer)
+        absmax = None if self.absmax is None else _device.host_copy(self.absmax)
         for k, name in enumerate(self.rule.state):
-            arrays[name] = self.buffer[k].copy()
+            arrays[name] = codes[k].copy()
             if self.kind == "int8":
-                arrays[name + ".absmax"] = self.absmax[k].copy()
+                arrays[name + ".absmax"] = absmax[k].copy()
                 arrays[name + ".map"] = quantized.row_codecs((name,))[0][0].copy()
         return arrays
 
@@ -152,7 +153,7 @@ class Storage:
             for k, name in enumerate(state_names):
                 _device.copy_into(self.buffer[k], arrays[name])
                 if kind == "int8":
-                    self.absmax[k] = arrays[name + ".absmax"]
+                    _device.copy_into(self.absmax[k], arrays[name + ".absmax"])
             return
         if kind is None:
             values = np.stack([np.asarray(arrays[name], np.float32) for name in state_names]) if state_names else None
@@ -170,14 +171,15 @@ class Storage:
         from ..kernels import quantized
 
         if self.kind is None:
-            for k in range(values.shape[0]):
-                _device.copy_into(self.buffer[k], values[k].astype(self.dtype))
+            encoded = values.astype(self.dtype)
         elif self.kind == "int8":
-            codes, absmax = quantized.encode_reference(values, self.blocks, self.rule.state)
-            self.buffer[...] = codes
-            self.absmax[...] = absmax
+            encoded, absmax = quantized.encode_reference(values, self.blocks, self.rule.state)
+            for k in range(absmax.shape[0]):
+                _device.copy_into(self.absmax[k], absmax[k])
         else:
-            self.buffer[...] = quantized.round_bfloat16_nearest(values)
+            encoded = quantized.round_bfloat16_nearest(values)
+        for k in range(encoded.shape[0]):
+            _device.copy_into(self.buffer[k], encoded[k])
 
 
 __all__ = ["MAX_SEED", "STATE_DTYPES", "Storage", "block_bounds", "check_seed", "check_state_dtype", "saved_arrays"]
