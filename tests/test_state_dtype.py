@@ -218,6 +218,18 @@ def test_a_saved_state_continues_bit_for_bit(state_dtype, make):
         np.testing.assert_array_equal(value, restored.state_dict()["state"][name])
 
 
+def test_the_seed_travels_with_the_state_dict():
+    opt = AdamW(_params(), lr=1e-2, state_dtype="bfloat16", state_seed=2**40 + 5)
+    _run(opt, 2)
+    restored = AdamW(_params(), lr=1e-2, state_dtype="bfloat16")  # seed 0 until it loads
+    restored.params.data[:] = opt.params.data
+    restored.load_state_dict(opt.state_dict())
+    assert restored.state_dict()["state_seed"] == 2**40 + 5
+    _run(opt, 3, start=2)
+    _run(restored, 3, start=2)
+    np.testing.assert_array_equal(opt.state_dict()["state"]["exp_avg"], restored.state_dict()["state"]["exp_avg"])
+
+
 def test_state_dicts_move_between_encodings():
     full = AdamW(_params(), lr=1e-2)
     _run(full, 3)

@@ -216,13 +216,16 @@ def test_checkpoint_metadata_is_checked_on_load(changes, message, tmp_path, caps
     assert message in capsys.readouterr().err
 
 
-def test_resume_with_the_same_flags_continues_bit_for_bit(tmp_path, capsys, digits_csv, monkeypatch):
+@pytest.mark.parametrize("state", [[], ["--state-dtype", "int8"], ["--state-dtype", "bfloat16"]],
+                         ids=["float32", "int8", "bfloat16"])
+def test_resume_with_the_same_flags_continues_bit_for_bit(tmp_path, capsys, digits_csv, monkeypatch, state):
     """A 4-epoch run interrupted after epoch 2 (its checkpoint written), resumed with no flags at
-    all (the checkpoint holds them), ends where the uninterrupted run does, bit for bit."""
+    all (the checkpoint holds them), ends where the uninterrupted run does, bit for bit: with
+    float32, int8 and bfloat16 optimizer state."""
     from fastopt.train import trainer as trainers
     from fastopt.train.checkpoint import load_checkpoint
 
-    common = ["--data", digits_csv, "--epochs", "4", "--lr", "0.003", "--dropout", "0.2"]
+    common = ["--data", digits_csv, "--epochs", "4", "--lr", "0.003", "--dropout", "0.2", *state]
     assert run(capsys, *common, "--checkpoint", str(tmp_path / "whole"))[0] == 0
     save = trainers.Checkpoint.on_epoch_end
 
@@ -249,7 +252,7 @@ def test_resume_refuses_changed_flags_naming_each_and_replans_when_asked(tmp_pat
     with pytest.raises(SystemExit):
         run(capsys, *common, "--resume", "--hidden", "64", "--dropout", "0.5")
     error = capsys.readouterr().err
-    assert "--hidden '32' there, not hidden" in error and "--dropout 0.1 there, not dropout" in error
+    assert "--hidden '32' there, not '64'" in error and "--dropout 0.1 there, not 0.5" in error
     with pytest.raises(SystemExit):
         run(capsys, *common, "--resume", "--lr", "0.5", "--epochs", "4")
     error = capsys.readouterr().err

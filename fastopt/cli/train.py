@@ -63,13 +63,13 @@ def settings_of(args, saved=None):
     return {**DEFAULTS, **saved, **given}, differing
 
 
-def check_resume(differing, saved, replan, resumed_epoch):
+def check_resume(differing, saved, replan, resumed_epoch, settings):
     """Refuse a resume whose flags differ from the checkpoint's, unless only the plan changes
     and ``--replan`` says to apply it from the resume point."""
     fixed = [name for name in differing if name in FIXED]
     if fixed:
         raise ValueError("--resume keeps what the checkpoint was trained with: " + "; ".join(
-            f"{FLAG[name]} {saved[name]!r} there, not {name}" for name in fixed)
+            f"{FLAG[name]} {saved[name]!r} there, not {settings[name]!r}" for name in fixed)
             + " (start a new run, in another --checkpoint folder, to change them)")
     plan = [name for name in differing if name in PLAN]
     if plan and not replan:
@@ -223,7 +223,7 @@ def train(args, out):
         resumed_epoch = meta.get("epoch", 0)
     settings, differing = settings_of(args, saved)
     if args.resume:
-        check_resume(differing, saved, args.replan, resumed_epoch)
+        check_resume(differing, saved, args.replan, resumed_epoch, settings)
     for name in ("dropout", "l2", "momentum"):
         if not 0.0 <= settings[name] < math.inf or (name == "dropout" and settings[name] >= 1):
             raise ValueError(f"{FLAG[name]} must be a number in [0, {'1)' if name == 'dropout' else 'inf)'}, "
