@@ -674,21 +674,23 @@ def _word(w0, w1, w2, w3, i):
     return uint32(w3)
 
 
-def bfloat16_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1, step):
+def bfloat16_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
     """One step of a rule with bfloat16 state over the tile table: each thread runs the Philox
-    counter of its element (``i // 4``, word ``i % 4``: the CPU's words) and rounds."""
+    counter of its element (``(offset + i) // 4``, word ``(offset + i) % 4``: the CPU's words)
+    and rounds."""
     two_streams = state.shape[0] > 2
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
         if groups[t] >= 0:
             chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
             for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
-                j = i >> uint64(2)
+                whole = offset + i
+                j = whole >> uint64(2)
                 w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM), step, key0, key1)
-                word = _word(w0, w1, w2, w3, i)
+                word = _word(w0, w1, w2, w3, whole)
                 word2 = uint32(0)
                 if two_streams:
                     w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM + 1), step, key0, key1)
-                    word2 = _word(w0, w1, w2, w3, i)
+                    word2 = _word(w0, w1, w2, w3, whole)
                 apply_bfloat16(param, state, grad, i, chunk, word, word2)  # noqa: F821
 
 

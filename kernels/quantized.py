@@ -9,21 +9,29 @@ a tensor (nor, with it, a parameter group), and the blocks do not depend on the 
 which parameters skip a step. A block stores one uint8 code per element and one float32
 ``absmax``, the largest magnitude in the block; an element's value is ``map[code] * absmax``.
 
-The maps are the paper's dynamic tree type, 256 entries:
+The maps are the paper's dynamic tree type, 256 entries, with a magnitude code ``b`` whose
+leading one bit ``h`` says the decade and whose ``h`` bits below it a linear fraction: the
+magnitude is ``10**(h + 1 - B) * (1 - 0.9 * (2**(h + 1) - 1 - b) / 2**h)`` for ``B``
+magnitude bits (computed as one FMA of float32 constants per decade, so that every target
+evaluates it alike and the decade's last value is its power of ten exactly):
 
-* signed (first moments, momentum buffers): bit 7 is the sign, bits 6..0 a magnitude code
-  ``0..127``: 0 is zero; otherwise, with ``e`` leading zero bits, an indicator bit and ``f = 6
-  - e`` fraction bits ``k``, the magnitude is ``10**-e * (0.1 + 0.9 * (k + 1) / 2**f)``: 64
-  values in ``(0.1, 1]``, 32 in ``(0.01, 0.1]``, ..., one at ``1e-6``. Code 128 is -0.
+* signed (first moments, momentum buffers): bit 7 is the sign, bits 6..0 the magnitude code
+  (``B = 7``): zero, then 1 value at ``1e-6``, 2 in ``(1e-6, 1e-5]``, ..., 64 in ``(0.1, 1]``.
+  Code 128 is -0.
 * unsigned (second moments and other state that is never negative, :data:`NONNEGATIVE`):
-  the same with 8 bits and ``f = 7 - e``: 255 values from ``1e-7`` to 1, and zero.
+  all 8 bits (``B = 8``): zero and 255 values from ``1e-7`` to 1.
 
-Both include 1, so a block's largest element is exact. Quantizing takes the nearest map entry
-to ``y = x * (1 / absmax)`` (float32; a tie goes to the smaller magnitude): a table indexed by
-the top 16 bits of ``|y|`` gives the magnitude code below (no two midpoints share an index,
-checked when the table is built) and one comparison with the midpoint above decides. A block
-whose ``absmax`` is NaN decodes to NaN (a NaN reaches the state and the parameters); a block of
-zeros has ``absmax`` 0.
+Both include 1, so a block's largest element is exact. Quantizing ``y = x * (1 / absmax)``
+(float32) finds its decade by comparing ``|y|`` with each decade's lower bound (the midpoint
+below its first value) and takes the nearest code in it, ``|y| * gamma + delta`` rounded down
+and clamped to the decade: the nearest map value but within about 1/4096 of a step of a
+midpoint, where the float32 arithmetic may take the other side (tested against a float64
+nearest-value reference). No table is gathered from: LLVM does not vectorise gathers on this
+class of CPU, and compares and selects it does. A NaN or an infinity in a block makes its
+``absmax`` NaN or inf, and the whole block decodes to NaN (a NaN reaches the state and the
+parameters, as a float32 state's element would, but for the block); a block of zeros has
+``absmax`` 0, and one whose ``absmax`` is below float32's smallest normal number (1.2e-38)
+is stored as zeros.
 
 A step is one fused pass per block: decode the state, run the rule's ``update`` per element in
 float32 (the same source as the float32 kernel), keep the new values in a block-sized scratch
@@ -34,10 +42,13 @@ and encode. Nothing else ever holds a float32 copy of the state. Adam's state ta
 **bfloat16**: each state value is stored as the upper 16 bits of its float32, rounded
 stochastically: ``(bits + r) >> 16`` with 16 random bits ``r``, so that a value rounds up with
 probability proportional to its distance from the value below (unbiased). ``r`` for element
-``i`` and state row ``k`` comes from Philox4x32-10 at the same counter layout (seed, stream, step, element index) as dropout's: word ``i % 4`` of counter ``(j & 0xffffffff,
-j >> 32, STATE_STREAM, step)``, ``j = i // 4``, under the optimizer's seed as key; row 0 takes
-its low half, row 1 its high half, row 2 the low half of stream ``STATE_STREAM + 1``: the state is a function of (seed, step, element index) alone, the
-same on every device and for any number of threads. NaN is stored as the quiet NaN 0x7FC0.
+``i`` and state row ``k`` comes from Philox4x32-10 with dropout's counter layout: word
+``i % 4`` of counter ``(j & 0xffffffff, j >> 32, STATE_STREAM, step)``, ``j = i // 4``, under
+the optimizer's seed as key (its low and high 32 bits); row 0 takes the word's low half, row 1
+its high half, row 2 the low half of stream ``STATE_STREAM + 1``'s word. The state is a
+function of (seed, step, element index) alone, the same on every device and for any number of
+threads; a ZeRO shard counts ``i`` from the whole buffer's start. NaN is stored as the quiet
+NaN 0x7FC0.
 """
 
 import functools
@@ -52,6 +63,8 @@ from .philox import MASK32, SHIFT32, philox4x32_10_reference
 
 #: Elements per quantization block: the tiles of the per-tensor rules (one CUDA block each).
 BLOCK = TENSOR_TILE
+#: float32's smallest normal number: a block whose absmax is below it is stored as zeros.
+SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 #: The state dtypes besides the parameters' own.
 STATE_DTYPES = ("int8", "bfloat16")
 #: State rows that are never negative by their meaning: quantized with the unsigned map.
@@ -179,8 +192,9 @@ def decode_value(code, constants, sign_mask):
 
 @element
 def inverse(absmax):
-    """``1 / absmax`` in float32, 0 where the block is all zeros or ``absmax`` is NaN."""
-    if absmax > np.float32(0.0):
+    """``1 / absmax`` in float32; 0 where ``absmax`` is NaN or below float32's smallest normal
+    number (1.2e-38), whose reciprocal would overflow: such a block encodes as zeros."""
+    if absmax >= np.float32(SMALLEST_NORMAL):
         return np.float32(1.0) / absmax
     return np.float32(0.0)
 
@@ -367,11 +381,12 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars):
             finish(scratch, codes, absmax, t, start, n)  # noqa: F821
 
 
-def bfloat16_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step):
+def bfloat16_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
     """One step of a rule with bfloat16 state over the chunk table; ``prologue`` and
-    ``apply_bfloat16`` are bound per rule. Per chunk, the Philox words of its elements' counters
-    are made :data:`~.dropout.LANES` counters at a time (rounds outer, lanes inner: vectorised)
-    into element order, as dropout does."""
+    ``apply_bfloat16`` are bound per rule. Element ``i`` of the buffer is element ``offset + i``
+    of the whole (a ZeRO shard's start), which picks its Philox counter. Per chunk, the Philox
+    words of its elements' counters are made :data:`~.dropout.LANES` counters at a time (rounds
+    outer, lanes inner: vectorised) into element order, as dropout does."""
     two_streams = state.shape[0] > 2
     stream = uint64(STATE_STREAM)
     for c in prange(groups.size):
@@ -379,7 +394,7 @@ def bfloat16_step(param, state, grad, bounds, groups, table, scalars, key0, key1
             chunk = prologue(param, table[groups[c]], scalars)  # noqa: F821
             c0, c1, c2, c3, words = _lanes()
             words2 = np.zeros_like(words)
-            start, stop = bounds[c], bounds[c + 1]
+            start, stop = bounds[c] + offset, bounds[c + 1] + offset  # in the whole's elements
             for batch in range(start >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):
                 _words(batch, c0, c1, c2, c3, words, stream, step, key0, key1)
                 if two_streams:
@@ -388,7 +403,7 @@ def bfloat16_step(param, state, grad, bounds, groups, table, scalars, key0, key1
                 lo = max(start, base)
                 hi = min(stop, base + LANES * uint64(4))
                 for i in range(lo, hi):
-                    apply_bfloat16(param, state, grad, i, chunk, np.uint32(words[i - base]),  # noqa: F821
+                    apply_bfloat16(param, state, grad, i - offset, chunk, np.uint32(words[i - base]),  # noqa: F821
                                    np.uint32(words2[i - base]))
 
 
@@ -444,9 +459,9 @@ def encode_reference(values, bounds, state):
         has_nan[nonempty] = np.maximum.reduceat(np.isnan(row), starts) if row.size else []
         tops[has_nan] = np.nan
         absmax[k] = tops
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(tops > 0, np.float32(1.0) / tops, np.float32(0.0)).astype(np.float32)
-        y = row * np.repeat(scale, counts)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            scale = np.where(tops >= SMALLEST_NORMAL, np.float32(1.0) / tops, np.float32(0.0)).astype(np.float32)
+            y = row * np.repeat(scale, counts)  # inf * 0: NaN, in a block that decodes to NaN anyway
         codes[k] = encode_values(y, constants, sign)
     return codes, absmax
 
@@ -475,7 +490,8 @@ def decode_int8(codes, absmax, bounds, state):
     values = np.zeros(codes.shape, np.float32)
     counts = np.diff(bounds.astype(np.int64))
     for k, (code_map, _, _, _) in enumerate(row_codecs(state)):
-        values[k] = code_map[codes[k]] * np.repeat(absmax[k], counts)
+        with np.errstate(invalid="ignore"):  # 0 * inf: a block with an infinity decodes to NaN
+            values[k] = code_map[codes[k]] * np.repeat(absmax[k], counts)
     return values
 
 

@@ -166,7 +166,7 @@ def quantized_failures():
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                     failures.append(f"int8 {name} size {size} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
             bits = quantized.round_bfloat16_nearest(case.state)
-            key = (np.uint64(0xDEADBEEF), np.uint64(0x1234), np.uint64(9))
+            key = (np.uint64(0xDEADBEEF), np.uint64(0x1234), np.uint64(9), np.uint64(size % 5))  # offset too
             cpu_bounds, cpu_groups = cpu_table(segments)
             on_cpu = [case.param.copy(), bits.copy()]
             quantized.bfloat16_kernel(rule)(*on_cpu, case.grad, cpu_bounds, cpu_groups, case.table, case.scalars, *key)

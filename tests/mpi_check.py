@@ -134,11 +134,13 @@ def equivalence(out):
                    "params_error": relative_difference(tiny.data, tiny_single.data)}
     refusals = refused(comm)
     muon_results = muon(comm)
+    quantized_results = quantized_state(comm)
     if rank == 0:
         with open(out, "w") as stream:
             json.dump({"ranks": size, "size": make_params(np.float32).size,
                        "segments": {n: make_params(np.float32).segment(n) for n in SHAPES},
-                       "results": results, "tiny": tiny_result, "refusals": refusals, "muon": muon_results}, stream)
+                       "results": results, "tiny": tiny_result, "refusals": refusals, "muon": muon_results,
+                       "quantized": quantized_results}, stream)
 
 
 def muon(comm):
@@ -189,6 +191,63 @@ def adafactor_with_empty_tensors(comm):
     single.load_state_dict(whole)
     return {"shapes_equal": shapes_equal, "state_error": state_error,
             "reload_error": max(relative_difference(reloaded["state"][k], v) for k, v in alone["state"].items() if v.size)}
+
+
+def quantized_state(comm):
+    """int8 and bfloat16 state, sharded (whole tensors per rank) and all-reduce, against one
+    process: rank 0 holds the whole gradient and the others zeros, summed (average=False), so
+    every rank's shard sees one process's gradient exactly and the steps, codes, absmax and
+    stochastic roundings must be the same bits. Then state dicts across the layouts: the
+    gathered one loads into one process, one process's into the shards, a float32 one into the
+    int8 shards, all continuing bit for bit."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    shapes = {"a": (40, 70), "b": 70, "c": (3000,), "d": (5,)}  # c: two blocks, a short one
+    results = {}
+    for state_dtype in ("int8", "bfloat16"):
+        for name, (cls, options) in (("adamw", (fastopt.AdamW, dict(lr=1e-2))),
+                                     ("rmsprop", (fastopt.RMSProp, dict(lr=1e-3, centered=True, momentum=0.5)))):
+            for mode, wrapper in (("zero", ShardedOptimizer), ("allreduce", AllReduceOptimizer)):
+                params = fastopt.FlatParams(shapes)
+                params.data[:] = np.random.default_rng(3).standard_normal(params.size)
+                optimizer = wrapper(params, cls, average=False, state_dtype=state_dtype, state_seed=5, **options)
+                alone = fastopt.FlatParams(shapes)
+                alone.data[:] = params.data
+                reference = cls(alone, state_dtype=state_dtype, state_seed=5, **options)
+
+                def steps(first, count):
+                    for step in range(first, first + count):
+                        g = np.random.default_rng([6, step]).standard_normal(params.size).astype(np.float32)
+                        params.grad[:] = g if rank == 0 else 0.0
+                        alone.grad[:] = g
+                        optimizer.step()
+                        reference.step()
+
+                steps(0, 6)
+                whole, expected = optimizer.state_dict(), reference.state_dict()
+                same_state = set(whole["state"]) == set(expected["state"]) and all(
+                    np.array_equal(whole["state"][k], v) for k, v in expected["state"].items())
+                same_params = np.array_equal(params.data, alone.data)
+                # the single process's state dict into the shards, and the gathered one into one process
+                optimizer.load_state_dict(expected)
+                reference.load_state_dict(whole)
+                steps(6, 3)
+                continued = np.array_equal(params.data, alone.data) and all(
+                    np.array_equal(optimizer.state_dict()["state"][k], v)
+                    for k, v in reference.state_dict()["state"].items())
+                # a float32 state dict into the quantized shards: quantized as one process does
+                plain = cls(fastopt.FlatParams(shapes), **options)
+                plain.params.data[:] = params.data
+                plain.params.grad[:] = 1e-3
+                plain.step()
+                optimizer.load_state_dict(plain.state_dict())
+                reference.load_state_dict(plain.state_dict())
+                converted = all(np.array_equal(optimizer.state_dict()["state"][k], v)
+                                for k, v in reference.state_dict()["state"].items())
+                results[f"{name} {state_dtype} {mode}"] = {
+                    "same_params": bool(same_params), "same_state": bool(same_state), "continued": bool(continued),
+                    "converted": bool(converted),
+                    "shards": comm.gather(list(getattr(optimizer, "shard", (0, params.size))), root=0)}
+    return results
 
 
 def refused(comm):

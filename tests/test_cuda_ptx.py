@@ -248,7 +248,7 @@ def test_quantized_state_kernels_round_as_written(name, cc, tmp_path):
     u = np.uint64
     bfloat16 = check_kernel(cuda.bfloat16_kernel(case.rule).py_func,
                             (case.param, bits, case.grad, case.bounds, case.groups, case.table, case.scalars,
-                             u(1), u(2), u(3)), cc, tmp_path)
+                             u(1), u(2), u(3), u(4)), cc, tmp_path)
     assert re.search(r"\bmul\.(hi|wide)\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", bfloat16), "no Philox products"
     for body in (int8, bfloat16):
         arithmetic = [line.split()[0] for line in body.splitlines()

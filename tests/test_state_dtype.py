@@ -82,6 +82,15 @@ def test_a_block_round_trip_is_within_half_the_map_spacing():
         assert np.all(np.abs(decoded[k] - values[k]) <= scale * (gap / 2 + 2.0**-23))
 
 
+def test_an_inf_poisons_its_block_and_a_subnormal_block_is_zeros():
+    bounds = q.block_table([(0, 4, 0), (4, 8, 0)])[0]
+    values = np.array([[np.inf, 1.0, 0.0, -2.0, 2.5e-39, -1e-39, 0.0, 1e-45]], np.float32)
+    codes, absmax = q.encode_reference(values, bounds, ("exp_avg",))
+    decoded = q.decode_int8(codes, absmax, bounds, ("exp_avg",))
+    assert absmax[0, 0] == np.inf and np.all(np.isnan(decoded[0, :4]))
+    assert np.all(decoded[0, 4:] == 0)
+
+
 def test_a_block_of_zeros_and_a_block_with_nan():
     bounds = q.block_table([(0, 3000, 0)])[0]
     values = np.zeros((1, 3000), np.float32)
@@ -110,8 +119,9 @@ def test_the_int8_step_is_decode_then_the_rule_then_encode(name, size):
     rule = case.rule
     bounds, groups = q.block_table(segments)
     codes, absmax = q.encode_reference(case.state, bounds, rule.state)
-    codes[:, :1] = 0  # an element exactly zero, and (below) a block at a NaN
+    codes[:, :1] = 0  # an element exactly zero, and a NaN gradient in the last block
     param, grad = case.param.copy(), case.grad.copy()
+    grad[-1] = np.nan
     for parallel in (True, False):
         p, c, a = param.copy(), codes.copy(), absmax.copy()
         q.int8_kernel(rule, parallel)(p, c, a, grad, bounds, groups, case.table, case.scalars)
@@ -125,6 +135,8 @@ def test_the_int8_step_is_decode_then_the_rule_then_encode(name, size):
         np.testing.assert_array_equal(p, expected_param)
         np.testing.assert_array_equal(c, expected_codes)
         np.testing.assert_array_equal(a, expected_absmax)
+        if groups[-1] >= 0 and rule.name != "lion_step":  # Lion's sign() of NaN is NaN too, but say so
+            assert np.isnan(a[:, -1]).any()
 
 
 @pytest.mark.parametrize("name", STATEFUL)
@@ -137,14 +149,15 @@ def test_the_bfloat16_step_is_decode_then_the_rule_then_stochastic_rounding(name
     bits = q.round_bfloat16_nearest(case.state)
     case.grad[-1] = np.nan  # stored as the quiet NaN on both sides
     key0, key1, step = 0x12345678, 0x9ABCDEF0, 77
-    for parallel in (True, False):
+    for parallel, offset in ((True, 0), (False, 0), (True, 3)):  # offset: a shard's start in the whole
         p, s = case.param.copy(), bits.copy()
         q.bfloat16_kernel(rule, parallel)(p, s, case.grad, bounds, groups, case.table, case.scalars,
-                                          np.uint64(key0), np.uint64(key1), np.uint64(step))
+                                          np.uint64(key0), np.uint64(key1), np.uint64(step), np.uint64(offset))
         state = q.decode_bfloat16(bits)
         expected_param = case.param.copy()
         rule_kernel(rule)(expected_param, state, case.grad, bounds, groups, case.table, case.scalars)
-        expected = q.round_bfloat16_reference(state, q.random_halves(size, key0, key1, step, len(rule.state)))
+        random = q.random_halves(size, key0, key1, step, len(rule.state), offset)
+        expected = q.round_bfloat16_reference(state, random)
         active = np.repeat(groups >= 0, np.diff(bounds.astype(np.int64)))
         expected[:, ~active] = bits[:, ~active]
         np.testing.assert_array_equal(p, expected_param)
@@ -216,6 +229,12 @@ def test_a_saved_state_continues_bit_for_bit(state_dtype, make):
     np.testing.assert_array_equal(opt.params.data, restored.params.data)
     for name, value in opt.state_dict()["state"].items():
         np.testing.assert_array_equal(value, restored.state_dict()["state"][name])
+
+
+def test_a_float32_state_dict_keeps_the_loading_optimizers_seed():
+    opt = AdamW(_params(), lr=1e-2, state_dtype="bfloat16", state_seed=5)
+    opt.load_state_dict(AdamW(_params(), lr=1e-2).state_dict())
+    assert opt.state_dict()["state_seed"] == 5
 
 
 def test_the_seed_travels_with_the_state_dict():
@@ -297,6 +316,7 @@ def test_the_whole_tensor_rules_and_zero_refuse_quantized_state():
     (lambda s: s["state"].__setitem__("exp_avg", s["state"]["exp_avg"].astype(np.int8)), "uint8"),
     (lambda s: s.__setitem__("state_dtype", "int4"), "state_dtype"),
     (lambda s: s.__setitem__("state_seed", -3), "state_seed"),
+    (lambda s: s["state"]["exp_avg_sq.absmax"].__setitem__(0, -1.0), "negative"),
 ])
 def test_a_state_dict_of_another_layout_is_refused_and_nothing_changes(change, message):
     source = AdamW(_params(), lr=1e-2, state_dtype="int8")
@@ -312,6 +332,27 @@ def test_a_state_dict_of_another_layout_is_refused_and_nothing_changes(change, m
     assert after["step"] == before["step"]
     for name in before["state"]:
         np.testing.assert_array_equal(after["state"][name], before["state"][name])
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_a_rule_without_state_steps_as_plain_sgd(state_dtype):
+    plain, asked = SGD(_params(), lr=0.1), SGD(_params(), lr=0.1, state_dtype=state_dtype)
+    _run(plain, 3)
+    _run(asked, 3)
+    np.testing.assert_array_equal(asked.params.data, plain.params.data)
+    assert asked.state_dtype == state_dtype and asked.state_dict()["state"] == {}
+    with_momentum = SGD(_params(), lr=0.1, momentum=0.9, state_dtype=state_dtype)
+    with_momentum.load_state_dict(asked.state_dict())  # the saved config (no momentum) wins, as in torch
+    _run(with_momentum, 1)
+    assert with_momentum.config.momentum == 0.0
+
+
+def test_the_bytes_a_distributed_optimizer_reports_are_the_stored_ones():
+    from fastopt.optim.storage import Storage
+
+    opt = AdamW(_params(), state_dtype="int8")
+    assert isinstance(opt._storage, Storage) and opt._storage.nbytes == 2 * opt.params.size + 2 * 4 * (
+        block_bounds(opt.params).size - 1)
 
 
 @pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])

@@ -224,7 +224,7 @@ def main(argv=None):
     fit.add_argument("--optimizer", choices=sorted(training.OPTIMIZERS), help=f"default {d['optimizer']}")
     fit.add_argument("--state-dtype", choices=["int8", "bfloat16"],
                      help="store the optimizer state as block-wise int8 or stochastically rounded bfloat16 "
-                          "(element-wise optimizers, CPU; default: float32)")
+                          "(the element-wise optimizers; default: float32)")
     fit.add_argument("--lr", type=_nonnegative_float, help="default: per optimizer")
     fit.add_argument("--momentum", type=_nonnegative_float, help=f"SGD and RMSProp (default {d['momentum']})")
     fit.add_argument("--schedule", choices=training.SCHEDULES, help=f"default {d['schedule']}")

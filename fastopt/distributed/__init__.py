@@ -233,7 +233,9 @@ class DistributedOptimizer:
         return self._local.state
 
     def state_nbytes(self):
-        """Bytes of optimizer state this rank holds."""
+        """Bytes of optimizer state this rank holds (as stored: int8 codes and absmax, say)."""
+        if self._local.rule.factored is None:
+            return self._local._storage.nbytes
         return sum(buffer.nbytes for buffer in self._local.state.values())
 
     def zero_grad(self):
@@ -327,11 +329,11 @@ class ShardedOptimizer(DistributedOptimizer):
 
     def _build_local(self, optimizer, hyperparameters):
         state_dtype = hyperparameters.get("state_dtype")
-        if state_dtype is not None and state_dtype != str(self._params.dtype):
-            raise ValueError(f"state_dtype={state_dtype!r}: ShardedOptimizer keeps each shard's state in the "
-                             "parameters' dtype (int8 and bfloat16 state are not sharded yet)")
-        # A rule over whole tensors gets shards cut at tensor boundaries, each piece keeping its shape.
-        self._whole_tensors = optimizer.per_tensor
+        quantized = state_dtype in ("int8", "bfloat16")
+        # A rule over whole tensors gets shards cut at tensor boundaries, each piece keeping its
+        # shape; so does int8 state, whose blocks start at each tensor (a shard holds whole
+        # blocks, the same as one process's), and bfloat16 state with it.
+        self._whole_tensors = optimizer.per_tensor or quantized
         bounds = (tensor_shard_bounds(self._params, self.size) if self._whole_tensors
                   else shard_bounds(self._params.size, self.size))
         self._start, self._stop = bounds[self.rank]
@@ -352,6 +354,8 @@ class ShardedOptimizer(DistributedOptimizer):
         gathered = self._data_host if self._on_gpu else self._params.data
         self._gather_spec = [gathered, (self._counts, self._displacements)]
         local = optimizer(shard, groups=_shard_groups(self._groups, pieces), **hyperparameters)
+        if quantized and self._start:
+            local._offset_state(self._start)  # bfloat16 rounds as one process does at these elements
         self._state_spec = self._state_counts(local)
         return local
 
@@ -359,11 +363,17 @@ class ShardedOptimizer(DistributedOptimizer):
         """``{state name: (counts, displacements)}`` of each rank's part of each whole state
         buffer: the shards' for state rows; for factored state (Adafactor) each section's part
         of the rank's whole tensors (collective)."""
-        if local.rule.factored is None:
+        if local.rule.factored is None and local.state_dtype == str(self._params.dtype):
             return {name: (self._counts, self._displacements) for name in local.state}
-        sizes = self._comm.allgather({name: buffer.size for name, buffer in local.state.items()})
+        # factored state's sections, int8 state's absmax per block: each rank's own count; an
+        # int8 map is the same on every rank and is not gathered (None)
+        saved = local.state_dict()["state"] if local.rule.factored is None else local.state
+        sizes = self._comm.allgather({name: buffer.size for name, buffer in saved.items()})
         spec = {}
-        for name in local.state:
+        for name in saved:
+            if name.endswith(".map"):
+                spec[name] = None
+                continue
             counts = np.array([part[name] for part in sizes], dtype=np.int64)
             spec[name] = counts, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         return spec
@@ -408,8 +418,11 @@ class ShardedOptimizer(DistributedOptimizer):
         local = self._local.state_dict()
         state = {}
         for name, shard in local.pop("state").items():
+            if self._state_spec[name] is None:  # the same on every rank (an int8 map)
+                state[name] = shard
+                continue
             counts, displacements = self._state_spec[name]
-            whole = np.empty(int(counts.sum()), self._params.dtype) if root in (None, self.rank) else None
+            whole = np.empty(int(counts.sum()), shard.dtype) if root in (None, self.rank) else None
             spec = None if whole is None else [whole, (counts, displacements)]
             if root is None:
                 self._comm.Allgatherv(shard, spec)
@@ -424,14 +437,25 @@ class ShardedOptimizer(DistributedOptimizer):
     def load_state_dict(self, state_dict):
         """Restore a whole state dict (from :meth:`state_dict`, any number of ranks, or a plain
         optimizer): each rank takes its shard. Checked in full before anything changes."""
-        _, _, _, groups, _, buffers, kind = self._local._checked_state(state_dict, self._params)
-        if kind is not None:
-            raise ValueError(f"state_dict holds {kind} state; ShardedOptimizer keeps state in the parameters' dtype "
-                             "(load it into a plain optimizer and save that one's float32 state_dict)")
+        _, rule, _, groups, _, buffers, kind = self._local._checked_state(state_dict, self._params)
+        own = self._local._storage.kind
+        if kind != own and rule.factored is None:  # another encoding: decoded whole, each rank its part
+            from ..optim.storage import Storage
+
+            whole = Storage(kind, rule, self._params, _device.for_device("cpu"))
+            whole.load(kind, buffers, rule.state)
+            buffers = {name: np.ascontiguousarray(values, self._params.dtype)
+                       for name, values in whole.values().items()}
+            # float32 parts, which the local optimizer encodes as it keeps its own state
+            state_dict = {**state_dict, "state_dtype": str(self._params.dtype)}
         pieces = self._pieces
         parts = {}
         for name, buffer in buffers.items():
-            counts, displacements = self._state_spec[name]
+            if name.endswith(".map") and kind == own:
+                parts[name] = buffer
+                continue
+            counts, displacements = (self._counts, self._displacements) if kind != own and rule.factored is None \
+                else self._state_spec[name]
             lo = int(displacements[self.rank])
             parts[name] = buffer[lo:lo + int(counts[self.rank])]
         shard = {**state_dict,

@@ -341,7 +341,7 @@ class Optimizer:
         plan = self._plan
         if plan.rule.factored is not None:
             return self._factor_layout.views(self._factors)
-        if self._storage.kind is not None:
+        if self._storage.active:
             return self._storage.values()
         return {name: plan.buffers[1][k] for k, name in enumerate(plan.rule.state)}
 
@@ -378,7 +378,7 @@ class Optimizer:
         step reads."""
         group_index = self._plan.group_index if group_index is None else group_index
         # The scalars' types do not change between steps (nor with the config), only their values.
-        if self._storage.kind is None:
+        if not self._storage.active:
             launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
                                             self._tensors)
         else:
@@ -387,7 +387,7 @@ class Optimizer:
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])
         sizes = tuple(buffer.size for buffer in buffers[:3])
         self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {}, group_index,
-                           self._storage.tiles, self._storage.kind is not None)
+                           self._storage.tiles, self._storage.active)
 
     def _group_table(self):
         """The float64 group table of the rule: one row per group, its spec's columns."""
@@ -514,7 +514,7 @@ class Optimizer:
         A state dict loads into an optimizer of any ``state_dtype``: its state is encoded as
         that optimizer keeps its own.
         """
-        if self._storage.kind is not None:
+        if self._storage.active:
             state = self._storage.saved()
         else:
             state = {name: _device.host_copy(buffer) for name, buffer in self.state.items()}
@@ -584,6 +584,9 @@ class Optimizer:
                 if not np.array_equal(buffers[name + ".map"], code_map):
                     raise ValueError(f"state_dict state {name + '.map'!r} is not the int8 map this version decodes "
                                      "with; its codes cannot be read")
+                if np.any(buffers[name + ".absmax"] < 0):
+                    raise ValueError(f"state_dict state {name + '.absmax'!r} holds negative values; an absmax is "
+                                     "a block's largest magnitude (>= 0, or NaN)")
         _storage.check_seed(state_dict.get("state_seed", 0))
         sections = tuple(arrays) if rule.factored is not None else rule.state
         return config, rule, sections, groups, int(step), buffers, kind
@@ -613,9 +616,12 @@ class Optimizer:
         # another thread meanwhile runs the old plan or the new one, whole; the state values
         # are copied in place where the state buffers stay the same.) The saved state is
         # encoded as this optimizer keeps its own (state_dtype), whatever the saved encoding.
-        seed = int(state_dict.get("state_seed", 0))  # the saved stochastic rounding continues
+        # A bfloat16 state continues with its own stochastic rounding; other state keeps this seed.
+        seed = int(state_dict.get("state_seed", 0)) if kind == "bfloat16" else self._storage.seed
         if rule.state != self._rule.state:
+            offset = self._storage.offset
             self._storage = _storage.Storage(self._storage.kind, rule, self._params, self._device, seed)
+            self._storage.offset = offset
             self._state = self._storage.buffer
         self._storage.seed = seed
         if rule.factored is not None:
@@ -628,6 +634,13 @@ class Optimizer:
         self._adopt_config(config)
         self._step_count = int(step)
         self._set_groups(groups)
+
+    def _offset_state(self, offset):
+        """Make element 0 of these parameters element ``offset`` of a whole buffer for the
+        stochastic rounding of bfloat16 state (a ZeRO shard's start), so that a shard rounds as
+        one process over the whole buffer does."""
+        self._storage.offset = int(offset)
+        self._publish(self._plan.buffers)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.config}, groups={len(self._groups)}, step={self._step_count})"

@@ -72,18 +72,29 @@ class Storage:
 
     def __init__(self, kind, rule, params, device, seed=0):
         self.kind, self.rule, self.seed, self.params, self.device = kind, rule, seed, params, device
+        #: The whole buffer's index of element 0 (a ZeRO shard's start): bfloat16's Philox counters.
+        self.offset = 0
         rows, size = len(rule.state), params.size
         self.absmax = self.blocks = None
-        self.dtype = {None: params.dtype, "int8": np.dtype(np.uint8), "bfloat16": np.dtype(np.uint16)}[kind]
+        #: Whether the state is encoded: a rule without state (SGD without momentum) runs the
+        #: plain kernel whatever ``kind`` says.
+        self.active = kind is not None and rows > 0
+        self.dtype = {None: params.dtype, "int8": np.dtype(np.uint8), "bfloat16": np.dtype(np.uint16)}[
+            kind if self.active else None]
         self.buffer = device.zeros((rows, size), self.dtype)
-        if kind == "int8":
+        if self.active and kind == "int8":
             self.blocks = block_bounds(params)
             self.absmax = device.zeros((rows, self.blocks.size - 1), np.float32)
 
     @property
     def tiles(self):
         """Whether a step runs over the blocks (tiles that start at each tensor)."""
-        return self.kind == "int8"
+        return self.active and self.kind == "int8"
+
+    @property
+    def nbytes(self):
+        """Bytes of state held (codes and absmax, bfloat16 bits, or the state itself)."""
+        return self.buffer.nbytes + (0 if self.absmax is None else self.absmax.nbytes)
 
     def launch(self, rule, size, tiles, stream=0):
         """The step of ``rule`` (this state's rule, or another over the same state) over these
@@ -106,9 +117,10 @@ class Storage:
 
             return int8_launch
         key0, key1 = np.uint64(self.seed & 0xFFFFFFFF), np.uint64(self.seed >> 32)
+        offset = np.uint64(self.offset)
 
         def bfloat16_launch(param, state, grad, bounds, groups, table, scalars, step):
-            kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step))
+            kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
 
         return bfloat16_launch
 
@@ -116,7 +128,7 @@ class Storage:
         """``{name: float array}``: the state decoded (copies), in the rule's order."""
         from ..kernels import quantized
 
-        if self.kind is None:
+        if not self.active:
             return {name: self.buffer[k] for k, name in enumerate(self.rule.state)}
         if self.kind == "int8":
             decoded = quantized.decode_int8(_device.host_copy(self.buffer), _device.host_copy(self.absmax), self.blocks,
@@ -131,7 +143,7 @@ class Storage:
         by code); bfloat16: ``name`` (uint16, the upper half of float32 bits)."""
         from ..kernels import quantized
 
-        if self.kind is None:
+        if not self.active:
             return {name: _device.host_copy(self.buffer[k]) for k, name in enumerate(self.rule.state)}
         arrays = {}
         codes = _device.host_copy(self.buffer)
@@ -170,7 +182,7 @@ class Storage:
         """Set the whole state from float ``values`` (rows, size), encoding it."""
         from ..kernels import quantized
 
-        if self.kind is None:
+        if not self.active:
             encoded = values.astype(self.dtype)
         elif self.kind == "int8":
             encoded, absmax = quantized.encode_reference(values, self.blocks, self.rule.state)
