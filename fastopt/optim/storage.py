@@ -3,14 +3,13 @@ block-wise int8 codes with a float32 ``absmax`` per block, or as bfloat16 rounde
 stochastically (see :mod:`fastopt.kernels.quantized` for both encodings).
 
 A :class:`Storage` owns the state arrays of one rule over one :class:`~fastopt.FlatParams`:
-it allocates them, builds the CPU launch of a step over them, decodes them for
+it allocates them, builds a step's launch over them (CPU or CUDA), decodes them for
 :attr:`Optimizer.state <fastopt.optim.optimizer.Optimizer.state>`, and turns them into the
 plain arrays of a state dict and back (from any of the three encodings into any other).
 """
 
 import numpy as np
 
-from .. import checks as _checks
 from .. import device as _device
 
 #: The encodings ``state_dtype`` may name besides the parameters' own dtype.
