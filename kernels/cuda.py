@@ -28,14 +28,13 @@ from numba import config, cuda, float32, float64, uint32, uint64
 from . import primitives
 from .chunks import chunk_table
 from .dropout import drop
-from .elements import Target, rebound
+from .elements import Target, element, rebound
 from .penalty import square
 from .philox import MASK32, SHIFT32, philox_source
 from .rule import apply, finish, land, matrix_bindings, measure, stage
 from .factored import COLUMN_BLOCK
 from .tensorwise import LANES, add_tiles
 from . import quantized
-from .elements import element
 from .quantized import BLOCK as QUANTIZED_BLOCK
 from .quantized import STATE_STREAM, apply_bfloat16, bfloat16_bindings, encode, int8_bindings, inverse, magnitude_bits
 
@@ -697,13 +696,11 @@ def bfloat16_tiles(param, state, grad, bounds, groups, table, scalars, key0, key
 @functools.cache
 def int8_kernel(rule):
     """The CUDA kernel of an element-wise ``rule`` with int8 state (the CPU's element source)."""
-    bindings = int8_bindings(TARGET, rule)
     rows = [TARGET.element(encode_row_of, ENCODE=encode_constants, SIGN=sign)
             for _, _, encode_constants, sign in quantized.row_codecs(rule.state)]
     rows += rows[:1] * (3 - len(rows))  # rows a rule lacks are never called
     encode_row = TARGET.element(_encode_row, row0=rows[0], row1=rows[1], row2=rows[2])
-    names = TARGET.names(int8_tiles, {"prologue": rule.prologue, "update": bindings["update"],
-                                      "decode": bindings["decode"], "keep": bindings["keep"],
+    names = TARGET.names(int8_tiles, {"prologue": rule.prologue, **int8_bindings(TARGET, rule),
                                       "encode_row": encode_row, "row_maximum": row_maximum})
     return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8"))
 

@@ -65,8 +65,6 @@ from .philox import MASK32, SHIFT32, philox4x32_10_reference
 BLOCK = TENSOR_TILE
 #: float32's smallest normal number: a block whose absmax is below it is stored as zeros.
 SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
-#: The state dtypes besides the parameters' own.
-STATE_DTYPES = ("int8", "bfloat16")
 #: State rows that are never negative by their meaning: quantized with the unsigned map.
 NONNEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf"})
 #: The Philox stream of the stochastic rounding of optimizer state (dropout uses layer ids).
@@ -336,17 +334,14 @@ _KEEPS = (None, _keep1, _keep2, _keep3)
 _FINISHES = (None, _finish1, _finish2, _finish3)
 
 
-def int8_bindings(target, rule, row=finish_row, finishes=_FINISHES):
-    """What the int8 step's ``decode``, ``keep`` and ``finish`` mean for ``rule`` on ``target``
-    (whose ``row`` and ``finishes`` take a block's rows; the CPU's by default): each row's map
-    constants bound in as constants."""
-    rows = row_codecs(rule.state)
-    decode_names, finish_names = {}, {}
-    for k, (_, decode, encode, sign) in enumerate(rows):
+def int8_bindings(target, rule):
+    """What the int8 step's ``update``, ``decode`` and ``keep`` mean for ``rule`` on ``target``
+    (each row's map constants bound in as constants); the targets finish a block their own way."""
+    decode_names = {}
+    for k, (_, decode, _, sign) in enumerate(row_codecs(rule.state)):
         decode_names[f"DECODE{k}"], decode_names[f"SIGN{k}"] = decode, sign
-        finish_names[f"row{k}"] = target.element(row, ENCODE=encode, SIGN=sign)
-    return {"update": rule.update, "decode": target.element(_DECODES[len(rows)], **decode_names),
-            "keep": _KEEPS[len(rows)], "finish": target.element(finishes[len(rows)], **finish_names)}
+    n = len(rule.state)
+    return {"update": rule.update, "decode": target.element(_DECODES[n], **decode_names), "keep": _KEEPS[n]}
 
 
 def bfloat16_bindings(rule):
@@ -415,7 +410,10 @@ def _compile(function, bindings, name, parallel):
 @functools.cache
 def int8_kernel(rule, parallel=True):
     """The CPU kernel of an element-wise ``rule`` with int8 state (see :func:`int8_step`)."""
-    bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule)}
+    rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
+            for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
+    bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule),
+                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows)}
     return _compile(int8_step, bindings, f"{rule.name}_int8{'' if parallel else '_serial'}", parallel)
 
 
@@ -546,6 +544,6 @@ def kernel_for_size(kind, rule, size):
     return build(rule, size > CHUNK_SIZE)
 
 
-__all__ = ["BLOCK", "NONNEGATIVE", "STATE_DTYPES", "STATE_STREAM", "block_table", "bfloat16_kernel", "codec",
+__all__ = ["BLOCK", "NONNEGATIVE", "STATE_STREAM", "block_table", "bfloat16_kernel", "codec",
            "decode_bfloat16", "decode_int8", "encode_reference", "encode_values", "int8_kernel", "random_halves",
            "round_bfloat16_nearest", "round_bfloat16_reference", "row_codecs"]
