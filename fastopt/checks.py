@@ -65,12 +65,44 @@ def float_dtype(name, dtype):
     return resolved
 
 
-def flat_buffer(name, array):
+def bfloat16():
+    """``ml_dtypes.bfloat16``'s numpy dtype, or an ImportError that says how to install it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError('bfloat16 parameters need ml_dtypes (numpy has no bfloat16): '
+                          'pip install "fastopt[bfloat16]"') from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ml_dtypes' bfloat16 (without importing ml_dtypes)."""
+    return np.dtype(dtype).name == "bfloat16"
+
+
+def param_dtype(name, dtype):
+    """A parameter buffer's dtype: float32, float64 or bfloat16 (``"bfloat16"`` or
+    ``ml_dtypes.bfloat16``, whose numpy dtype is returned), else TypeError."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return bfloat16()
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32, float64 or 'bfloat16', got {name}={dtype!r}") from None
+    if resolved not in FLOAT_DTYPES and not is_bfloat16(resolved):
+        raise TypeError(f"{name} must be float32, float64 or 'bfloat16', got {name}={resolved}")
+    return resolved
+
+
+def flat_buffer(name, array, *, bfloat16_ok=False):
     """Check that ``array`` can be updated in place by a kernel: 1-D, C-contiguous, writeable,
-    float32 or float64."""
+    float32 or float64 (or, ``bfloat16_ok``, bfloat16)."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
-    float_dtype(f"{name}.dtype", array.dtype)
+    if bfloat16_ok:
+        param_dtype(f"{name}.dtype", array.dtype)
+    else:
+        float_dtype(f"{name}.dtype", array.dtype)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
     if not array.flags.c_contiguous:

@@ -165,11 +165,12 @@ class Cpu:
         return cpu.rule_kernel_for_size(rule, arguments[0].size)
 
     @staticmethod
-    def penalty(param, bounds, groups, table, column):
+    def penalty(param, bounds, groups, table, column, bfloat16=False):
         from .kernels import penalty
         from .kernels.cpu import for_size
 
-        return functools.partial(for_size(penalty.l2_penalty, param.size), param, bounds, groups, table, column)
+        kernel = penalty.l2_penalty_bfloat16() if bfloat16 else penalty.l2_penalty
+        return functools.partial(for_size(kernel, param.size), param, bounds, groups, table, column)
 
 
 class Cuda:
@@ -219,9 +220,11 @@ class Cuda:
         return kernels.rule_launch(rule, arguments, stream)
 
     @staticmethod
-    def penalty(param, bounds, groups, table, column):
+    def penalty(param, bounds, groups, table, column, bfloat16=False):
         from .kernels import cuda as kernels
 
+        if bfloat16:
+            raise ValueError("bfloat16 parameters live on the CPU for now")
         return kernels.Penalty(param, bounds, groups, table, column)
 
 

@@ -23,6 +23,12 @@ def _shape(name, shape):
     return tuple(int(d) for d in dims)
 
 
+def _check_bfloat16_device(dtype, device):
+    if device == "cuda" and _checks.is_bfloat16(dtype):
+        raise ValueError(f"bfloat16 parameters live on the CPU for now, got device={device!r} (the CUDA kernels "
+                         "exist, fastopt.kernels.cuda.rounded_kernel, but the façade does not move bfloat16 buffers)")
+
+
 class FlatParams:
     """All parameters of a model in one contiguous 1-D buffer, and a gradient buffer.
 
@@ -34,8 +40,11 @@ class FlatParams:
     ----------
     shapes : mapping of str to int or tuple of int
         Parameter names and shapes, laid out in this order. Values start at zero.
-    dtype : float32 or float64
-        The dtype of both buffers.
+    dtype : float32, float64 or "bfloat16"
+        The dtype of both buffers. ``"bfloat16"`` (or ``ml_dtypes.bfloat16``; numpy has no
+        bfloat16 of its own: ``pip install "fastopt[bfloat16]"``) keeps 2 bytes a parameter
+        and a gradient: the optimizers step in float32 and write each new value back rounded
+        stochastically (see :class:`~fastopt.optim.optimizer.Optimizer`). CPU only for now.
     device : "cpu" or "cuda"
         Where the buffers live: numpy arrays, or numba.cuda device arrays on the current GPU
         (an optimizer over them then runs its CUDA kernel). :meth:`to` moves them.
@@ -54,8 +63,9 @@ class FlatParams:
 
     def __init__(self, shapes, *, dtype=np.float32, device="cpu"):
         layout = self._layout(shapes)
-        dtype = _checks.float_dtype("dtype", dtype)
+        dtype = _checks.param_dtype("dtype", dtype)
         _device.check_device("device", device)
+        _check_bfloat16_device(dtype, device)
         size = sum(math.prod(shape) for _, shape in layout)
         zeros = np.zeros if device == "cpu" else _device.zeros
         self._adopt(layout, zeros(size, dtype), zeros(size, dtype), device)
@@ -101,8 +111,8 @@ class FlatParams:
             raise TypeError(f"data and grad must live on the same device: data is a {device} array, "
                             f"grad a {_device.device_of('grad', grad)} array")
         if device == "cpu":
-            _checks.flat_buffer("data", data)
-            _checks.flat_buffer("grad", grad)
+            _checks.flat_buffer("data", data, bfloat16_ok=True)
+            _checks.flat_buffer("grad", grad, bfloat16_ok=True)
         else:
             data = _device.flat_device_buffer("data", data)
             grad = _device.flat_device_buffer("grad", grad)
@@ -166,6 +176,7 @@ class FlatParams:
         _device.check_device("device", device)
         if device == self._device:
             return self
+        _check_bfloat16_device(self.dtype, device)
         if device == "cuda":
             data, grad = _device.to_device(self._data), _device.to_device(self._grad)
         else:

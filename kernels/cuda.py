@@ -36,7 +36,8 @@ from .factored import COLUMN_BLOCK
 from .tensorwise import LANES, add_tiles
 from . import quantized
 from .quantized import BLOCK as QUANTIZED_BLOCK
-from .quantized import STATE_STREAM, apply_bfloat16, bfloat16_bindings, encode, int8_bindings, inverse, magnitude_bits
+from .quantized import (PARAM_STREAM, STATE_STREAM, apply_rounded, encode, int8_bindings, inverse, magnitude_bits,
+                        rounded_bindings)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -673,24 +674,31 @@ def _word(w0, w1, w2, w3, i):
     return uint32(w3)
 
 
-def bfloat16_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
-    """One step of a rule with bfloat16 state over the tile table: each thread runs the Philox
-    counter of its element (``(offset + i) // 4``, word ``(offset + i) % 4``: the CPU's words)
-    and rounds."""
+def rounded_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
+    """One step of a rule that rounds stochastically (bfloat16 state, bfloat16 parameters or
+    both; ``STATE_WORDS`` and ``PARAM_WORDS`` say which) over the tile table: each thread runs
+    the Philox counters of its element (``(offset + i) // 4``, word ``(offset + i) % 4``: the
+    CPU's words) and rounds. The chunk's constants are float32 (``like``: the prologue reads
+    only its dtype)."""
     two_streams = state.shape[0] > 2
+    like = cuda.local.array(1, float32)
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
         if groups[t] >= 0:
-            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
                 whole = offset + i
                 j = whole >> uint64(2)
-                w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM), step, key0, key1)
-                word = _word(w0, w1, w2, w3, whole)
-                word2 = uint32(0)
-                if two_streams:
-                    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM + 1), step, key0, key1)
-                    word2 = _word(w0, w1, w2, w3, whole)
-                apply_bfloat16(param, state, grad, i, chunk, word, word2)  # noqa: F821
+                word, word2, pword = uint32(0), uint32(0), uint32(0)
+                if STATE_WORDS:  # noqa: F821
+                    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM), step, key0, key1)
+                    word = _word(w0, w1, w2, w3, whole)
+                    if two_streams:
+                        w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM + 1), step, key0, key1)
+                        word2 = _word(w0, w1, w2, w3, whole)
+                if PARAM_WORDS:  # noqa: F821
+                    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(PARAM_STREAM), step, key0, key1)
+                    pword = _word(w0, w1, w2, w3, whole)
+                apply_rounded(param, state, grad, i, chunk, word, word2, pword)  # noqa: F821
 
 
 @functools.cache
@@ -705,19 +713,30 @@ def int8_kernel(rule):
     return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8"))
 
 
-@functools.cache
 def bfloat16_kernel(rule):
-    """The CUDA kernel of an element-wise ``rule`` with bfloat16 state."""
-    names = TARGET.names(bfloat16_tiles, {"prologue": rule.prologue, "_word": _word,
-                                          "apply_bfloat16": TARGET.element(apply_bfloat16, **bfloat16_bindings(rule))})
-    return cuda.jit(rebound(bfloat16_tiles, names, rule.name + "_bf16"))
+    """The CUDA kernel of an element-wise ``rule`` with bfloat16 state over float32 parameters."""
+    return rounded_kernel(rule, "bfloat16", False)
 
 
-def quantized_launch(kind, rule, tiles, stream=0):
-    """The configured CUDA kernel of ``rule`` with ``kind`` state over ``tiles`` tiles (the
-    quantization blocks for int8, the tile table for bfloat16): :data:`THREADS_PER_BLOCK`
-    threads a block, a power of two, as the int8 maximum's tree needs."""
-    kernel = int8_kernel(rule) if kind == "int8" else bfloat16_kernel(rule)
+@functools.cache
+def rounded_kernel(rule, state_kind, bfloat16_params):
+    """The CUDA kernel of an element-wise ``rule`` with ``state_kind`` state (``"bfloat16"`` or
+    None: float32) over float32 or (``bfloat16_params``) bfloat16 parameters, the CPU's
+    :func:`~.quantized.rounded_kernel` from the same source."""
+    apply = TARGET.element(apply_rounded, **rounded_bindings(TARGET, rule, state_kind, bfloat16_params))
+    state_words = state_kind == "bfloat16" and len(rule.state) > 0
+    names = TARGET.names(rounded_tiles, {"prologue": rule.prologue, "_word": _word, "apply_rounded": apply,
+                                         "STATE_WORDS": state_words, "PARAM_WORDS": bool(bfloat16_params)})
+    name = f"{rule.name}_{'bf16' if state_words else 'f32'}{'_bf16p' if bfloat16_params else ''}"
+    return cuda.jit(rebound(rounded_tiles, names, name))
+
+
+def quantized_launch(kind, rule, tiles, stream=0, bfloat16_params=False):
+    """The configured CUDA kernel of ``rule`` with ``kind`` state (``"int8"``, ``"bfloat16"``
+    or None: float32) over float32 or bfloat16 parameters and ``tiles`` tiles (the
+    quantization blocks for int8, the tile table otherwise): :data:`THREADS_PER_BLOCK` threads
+    a block, a power of two, as the int8 maximum's tree needs."""
+    kernel = int8_kernel(rule) if kind == "int8" else rounded_kernel(rule, kind, bool(bfloat16_params))
     return configure(kernel, blocks_for(tiles), THREADS_PER_BLOCK, stream)
 
 

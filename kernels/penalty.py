@@ -14,12 +14,14 @@ Argument order: ``param, bounds, groups, table, column``: the chunk table and a 
 group table, whose column ``column`` holds each group's weight decay.
 """
 
+import functools
+
 import numpy as np
 from numba import float64, njit, prange
 
 from .rules._reference import expand
 from .cpu import JIT_OPTIONS, TARGET, reduction_kernel
-from .elements import element
+from .elements import element, rebound
 from .primitives import mul
 
 
@@ -42,6 +44,20 @@ def l2_penalty(param, bounds, groups, table, column):
             total += _square(param[i])
         out[c] = 0.5 * table[groups[c], column] * total
     return _sum_in_order(out)
+
+
+@functools.cache
+def l2_penalty_bfloat16():
+    """:func:`l2_penalty` of bfloat16 parameters, given as their uint16 bits."""
+    from .quantized import bfloat16_value
+
+    square_of_bits = TARGET.element(_square_bits, bfloat16_value=bfloat16_value)
+    return reduction_kernel(rebound(l2_penalty.py_func, {"_square": square_of_bits}, "l2_penalty_bfloat16"))
+
+
+@element
+def _square_bits(bits):
+    return square(bfloat16_value(bits))  # noqa: F821
 
 
 @njit(**{**JIT_OPTIONS, "cache": False})  # compiled into l2_penalty, which is cached

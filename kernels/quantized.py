@@ -69,6 +69,8 @@ SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 NONNEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf"})
 #: The Philox stream of the stochastic rounding of optimizer state (dropout uses layer ids).
 STATE_STREAM = 0x53544154  # "STAT"
+#: The Philox stream of the stochastic rounding of bfloat16 parameters.
+PARAM_STREAM = 0x5041524D  # "PARM"
 # -- the maps ---------------------------------------------------------------------------------
 #
 # Magnitude code ``b`` (1 <= b < 2**bits) lies in decade ``h = floor(log2(b))`` (its ``h``
@@ -255,12 +257,41 @@ _STORES_BF = (None, _store_bf1, _store_bf2, _store_bf3)
 
 
 @element
-def apply_bfloat16(param, state, grad, i, chunk, word, word2):
-    """One element with bfloat16 state: decode, update in float32, round stochastically with
-    element ``i``'s Philox word of :data:`STATE_STREAM` (rows 0 and 1) and of the next stream
-    (row 2)."""
-    p, values = update(param[i], load(state, i), grad[i], chunk)  # noqa: F821
-    param[i] = p
+def _store_plain(state, i, values, word, word2):
+    """Store float state, which takes no random bits (``store`` is the rule's own)."""
+    store(state, i, values)  # noqa: F821
+
+
+@element
+def _value_plain(x, i):
+    return x[i]
+
+
+@element
+def _value_bfloat16(x, i):
+    return bfloat16_value(x[i])
+
+
+@element
+def _put_plain(x, i, value, word):
+    x[i] = value
+
+
+@element
+def _put_bfloat16(x, i, value, word):
+    x[i] = round_bfloat16(value, word & np.uint32(0xFFFF))
+
+
+@element
+def apply_rounded(param, state, grad, i, chunk, word, word2, pword):
+    """One element of a step that rounds stochastically: the parameter and its gradient read
+    (``value``: as they are, or widened from bfloat16), the rule's update in the compute dtype,
+    the parameter written back (``put``: as it is, or rounded to bfloat16 with the low half of
+    ``pword``, its Philox word of :data:`PARAM_STREAM`) and the state stored (``store``: as it
+    is, or rounded to bfloat16 with ``word`` of :data:`STATE_STREAM`, rows 0 and 1, and
+    ``word2`` of the next stream, row 2)."""
+    p, values = update(value(param, i), load(state, i), value(grad, i), chunk)  # noqa: F821
+    put(param, i, p, pword)  # noqa: F821
     store(state, i, values, word, word2)  # noqa: F821
 
 
@@ -344,10 +375,17 @@ def int8_bindings(target, rule):
     return {"update": rule.update, "decode": target.element(_DECODES[n], **decode_names), "keep": _KEEPS[n]}
 
 
-def bfloat16_bindings(rule):
-    """What :func:`apply_bfloat16` means for ``rule``."""
+def rounded_bindings(target, rule, state_kind, bfloat16_params):
+    """What :func:`apply_rounded` means for ``rule`` on ``target`` with ``state_kind`` state
+    (``"bfloat16"``, or None: the compute dtype's) and bfloat16 parameters or not."""
     n = len(rule.state)
-    return {"update": rule.update, "load": _LOADS_BF[n], "store": _STORES_BF[n]}
+    plain = rule.element_bindings()
+    if state_kind == "bfloat16" and n:
+        load, store = _LOADS_BF[n], _STORES_BF[n]
+    else:
+        load, store = plain["load"], target.element(_store_plain, store=plain["store"])
+    value, put = (_value_bfloat16, _put_bfloat16) if bfloat16_params else (_value_plain, _put_plain)
+    return {"update": rule.update, "load": load, "store": store, "value": value, "put": put}
 
 
 # -- the CPU kernels ----------------------------------------------------------------------------
@@ -376,30 +414,38 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars):
             finish(scratch, codes, absmax, t, start, n)  # noqa: F821
 
 
-def bfloat16_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
-    """One step of a rule with bfloat16 state over the chunk table; ``prologue`` and
-    ``apply_bfloat16`` are bound per rule. Element ``i`` of the buffer is element ``offset + i``
-    of the whole (a ZeRO shard's start), which picks its Philox counter. Per chunk, the Philox
-    words of its elements' counters are made :data:`~.dropout.LANES` counters at a time (rounds
-    outer, lanes inner: vectorised) into element order, as dropout does."""
+def rounded_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
+    """One step of a rule that rounds stochastically (bfloat16 state, bfloat16 parameters or
+    both) over the chunk table; ``prologue`` and ``apply_rounded`` are bound per rule, and
+    ``STATE_WORDS`` and ``PARAM_WORDS`` say which Philox words it draws. Element ``i`` of the
+    buffer is element ``offset + i`` of the whole (a ZeRO shard's start), which picks its
+    Philox counter. Per chunk, the Philox words of its elements' counters are made
+    :data:`~.dropout.LANES` counters at a time (rounds outer, lanes inner: vectorised) into
+    element order, as dropout does. The chunk's constants are float32 whatever the parameters'
+    storage (``like``: the prologue reads only its dtype)."""
     two_streams = state.shape[0] > 2
     stream = uint64(STATE_STREAM)
+    like = np.empty(0, np.float32)
     for c in prange(groups.size):
         if groups[c] >= 0:
-            chunk = prologue(param, table[groups[c]], scalars)  # noqa: F821
+            chunk = prologue(like, table[groups[c]], scalars)  # noqa: F821
             c0, c1, c2, c3, words = _lanes()
             words2 = np.zeros_like(words)
+            pwords = np.zeros_like(words)
             start, stop = bounds[c] + offset, bounds[c + 1] + offset  # in the whole's elements
             for batch in range(start >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):
-                _words(batch, c0, c1, c2, c3, words, stream, step, key0, key1)
-                if two_streams:
-                    _words(batch, c0, c1, c2, c3, words2, stream + uint64(1), step, key0, key1)
+                if STATE_WORDS:  # noqa: F821
+                    _words(batch, c0, c1, c2, c3, words, stream, step, key0, key1)
+                    if two_streams:
+                        _words(batch, c0, c1, c2, c3, words2, stream + uint64(1), step, key0, key1)
+                if PARAM_WORDS:  # noqa: F821
+                    _words(batch, c0, c1, c2, c3, pwords, uint64(PARAM_STREAM), step, key0, key1)
                 base = batch * uint64(4)
                 lo = max(start, base)
                 hi = min(stop, base + LANES * uint64(4))
                 for i in range(lo, hi):
-                    apply_bfloat16(param, state, grad, i - offset, chunk, np.uint32(words[i - base]),  # noqa: F821
-                                   np.uint32(words2[i - base]))
+                    apply_rounded(param, state, grad, i - offset, chunk, np.uint32(words[i - base]),  # noqa: F821
+                                  np.uint32(words2[i - base]), np.uint32(pwords[i - base]))
 
 
 def _compile(function, bindings, name, parallel):
@@ -417,14 +463,25 @@ def int8_kernel(rule, parallel=True):
     return _compile(int8_step, bindings, f"{rule.name}_int8{'' if parallel else '_serial'}", parallel)
 
 
-@functools.cache
 def bfloat16_kernel(rule, parallel=True):
-    """The CPU kernel of an element-wise ``rule`` with bfloat16 state (see :func:`bfloat16_step`)."""
+    """The CPU kernel of an element-wise ``rule`` with bfloat16 state over float32 parameters
+    (see :func:`rounded_step`)."""
+    return rounded_kernel(rule, "bfloat16", False, parallel)
+
+
+@functools.cache
+def rounded_kernel(rule, state_kind, bfloat16_params, parallel=True):
+    """The CPU kernel of an element-wise ``rule`` with ``state_kind`` state (``"bfloat16"`` or
+    None: float32) over float32 or (``bfloat16_params``) bfloat16 parameters and gradients,
+    passed as their uint16 bits (see :func:`rounded_step`)."""
     from .dropout import LANES, _lanes, _words
 
-    bindings = {"prologue": rule.prologue, "apply_bfloat16": TARGET.element(apply_bfloat16, **bfloat16_bindings(rule)),
-                "_lanes": _lanes, "_words": _words, "LANES": LANES}
-    return _compile(bfloat16_step, bindings, f"{rule.name}_bf16{'' if parallel else '_serial'}", parallel)
+    state_words = state_kind == "bfloat16" and len(rule.state) > 0
+    apply = TARGET.element(apply_rounded, **rounded_bindings(TARGET, rule, state_kind, bfloat16_params))
+    bindings = {"prologue": rule.prologue, "apply_rounded": apply, "_lanes": _lanes, "_words": _words,
+                "LANES": LANES, "STATE_WORDS": state_words, "PARAM_WORDS": bool(bfloat16_params)}
+    name = f"{rule.name}_{'bf16' if state_words else 'f32'}{'_bf16p' if bfloat16_params else ''}"
+    return _compile(rounded_step, bindings, name + ('' if parallel else '_serial'), parallel)
 
 
 # -- host helpers and references -------------------------------------------------------------------
@@ -519,6 +576,12 @@ def random_halves(size, key0, key1, step, rows, offset=0):
     return np.stack(halves[:rows]) if rows else np.zeros((0, size), np.uint32)
 
 
+def random_param_halves(size, key0, key1, step, offset=0):
+    """The 16 random bits that round bfloat16 parameters ``offset ..`` (uint32, (size,)): the
+    low half of each element's word of :data:`PARAM_STREAM`."""
+    return random_words(size, key0, key1, step, offset, PARAM_STREAM) & np.uint32(0xFFFF)
+
+
 def round_bfloat16_reference(values, random):
     """NumPy reference of the stochastic rounding: float32 ``values`` and 16-bit ``random``
     (same shape) -> bfloat16 bits (uint16)."""
@@ -538,12 +601,15 @@ def round_bfloat16_nearest(values):
     return rounded
 
 
-def kernel_for_size(kind, rule, size):
-    """The CPU kernel of ``rule`` with ``kind`` state, built for ``size`` elements."""
-    build = int8_kernel if kind == "int8" else bfloat16_kernel
-    return build(rule, size > CHUNK_SIZE)
+def kernel_for_size(kind, rule, size, bfloat16_params=False):
+    """The CPU kernel of ``rule`` with ``kind`` state (``"int8"``, ``"bfloat16"`` or None:
+    float32) over float32 or bfloat16 parameters, built for ``size`` elements."""
+    if kind == "int8":
+        return int8_kernel(rule, size > CHUNK_SIZE)
+    return rounded_kernel(rule, kind, bool(bfloat16_params), size > CHUNK_SIZE)
 
 
-__all__ = ["BLOCK", "NONNEGATIVE", "STATE_STREAM", "block_table", "bfloat16_kernel", "codec",
+__all__ = ["BLOCK", "NONNEGATIVE", "PARAM_STREAM", "STATE_STREAM", "block_table", "bfloat16_kernel", "codec",
            "decode_bfloat16", "decode_int8", "encode_reference", "encode_values", "int8_kernel", "random_halves",
-           "round_bfloat16_nearest", "round_bfloat16_reference", "row_codecs"]
+           "random_param_halves", "round_bfloat16_nearest", "round_bfloat16_reference", "rounded_kernel",
+           "row_codecs"]

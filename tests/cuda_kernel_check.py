@@ -31,7 +31,7 @@ from fastopt.kernels import cpu, cuda, dropout, factored, matrixwise, penalty, q
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
     failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + factored_failures()
-                + quantized_failures() + dropout_failures() + penalty_failures())
+                + quantized_failures() + bfloat16_params_failures() + dropout_failures() + penalty_failures())
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
 
@@ -176,6 +176,43 @@ def quantized_failures():
             for label, a, b in zip(("param", "state"), on_cpu, on_gpu[:2]):
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                     failures.append(f"bfloat16 {name} size {size} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
+    return failures
+
+
+def bfloat16_params_failures():
+    """bfloat16 parameters (as uint16 bits), with float32 or bfloat16 state: every element-wise
+    rule at a few elements, and over several tiles with a group skipping (a stateless rule,
+    one with two state rows and one with three: each Philox stream), CPU kernel against CUDA
+    kernel, a NaN gradient, an offset. (The simulator runs Philox in Python: minutes a rule.)"""
+    failures = []
+    for name in ELEMENTWISE:
+        sizes = ((0, 0), (1, 1), (7, 2))
+        if name in ("sgd_step", "adam_step", "adamw_amsgrad_step"):
+            sizes += ((300, 3),)
+        for size, seed in sizes:
+            rng = np.random.default_rng(seed + 10)
+            case, segments = make_case(name, size, np.float32, rng, 3 if size > 2 else 1, chunk_size=40)
+            rule = case.rule
+            if size == 300:
+                segments = [(a, b, -1 if k == 1 else k) for a, b, k in segments]
+            param, grad = (quantized.round_bfloat16_nearest(a) for a in (case.param, case.grad))
+            if size:
+                grad[-1] = 0x7FC0
+            key = (np.uint64(0xFEEDF00D), np.uint64(0x77), np.uint64(4), np.uint64(size % 3))
+            cpu_bounds, cpu_groups = cpu_table(segments)
+            tiles = cuda.tile_table(segments)
+            for state_kind in (None, "bfloat16"):
+                state = case.state if state_kind is None else quantized.round_bfloat16_nearest(case.state)
+                on_cpu = [param.copy(), state.copy()]
+                quantized.rounded_kernel(rule, state_kind, True)(*on_cpu, grad, cpu_bounds, cpu_groups, case.table,
+                                                                 case.scalars, *key)
+                on_gpu = [device(a) for a in (param, state, grad, *tiles, case.table)]
+                cuda.quantized_launch(state_kind, rule, tiles[1].size, bfloat16_params=True)(*on_gpu, case.scalars,
+                                                                                             *key)
+                for label, a, b in zip(("param", "state"), on_cpu, on_gpu[:2]):
+                    if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
+                        failures.append(f"bfloat16 params, {state_kind} state, {name} size {size} {label}: "
+                                        f"{np.flatnonzero(a != b.copy_to_host())[:5]}")
     return failures
 
 

@@ -250,7 +250,16 @@ def test_quantized_state_kernels_round_as_written(name, cc, tmp_path):
                             (case.param, bits, case.grad, case.bounds, case.groups, case.table, case.scalars,
                              u(1), u(2), u(3), u(4)), cc, tmp_path)
     assert re.search(r"\bmul\.(hi|wide)\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", bfloat16), "no Philox products"
-    for body in (int8, bfloat16):
+    # bfloat16 parameters, with float32 and with bfloat16 state: the parameters' bits widened by
+    # a shift, the same arithmetic
+    param_bits, grad_bits = quantized.round_bfloat16_nearest(case.param), quantized.round_bfloat16_nearest(case.grad)
+    params = [check_kernel(cuda.rounded_kernel(case.rule, kind, True).py_func,
+                           (param_bits, state, grad_bits, case.bounds, case.groups, case.table, case.scalars,
+                            u(1), u(2), u(3), u(4)), cc, tmp_path)
+              for kind, state in ((None, case.state), ("bfloat16", bits))]
+    for body in params:
+        assert re.search(r"\bshl\.b32|\bshl\.b64|\bprmt\.b32|\bcvt\.u32\.u16", body), "no widening of the bits"
+    for body in (int8, bfloat16, *params):
         arithmetic = [line.split()[0] for line in body.splitlines()
                       if re.search(r"\.f64\b", line) and not line.split()[0].startswith((".", "ld.", "mov."))]
         assert set(arithmetic) <= {"cvt.rn.f32.f64", "mul.f64", "mul.rn.f64", "div.rn.f64", "sub.f64"}, arithmetic

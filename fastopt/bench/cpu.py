@@ -303,17 +303,33 @@ class StateDtypeStep:
 
     IMPLEMENTATIONS = ("fastopt float32", "fastopt int8", "fastopt bfloat16", "torch fused", "bitsandbytes 8-bit",
                        "torchao 8-bit")
-    #: Reads + writes per parameter: p 8, g 4, and each state row read and written.
-    BYTES = {"fastopt float32": 28, "fastopt int8": 16, "fastopt bfloat16": 20, "torch fused": 28}
+    #: The contenders over bfloat16 parameters (and float32 ones for scale): fastopt with
+    #: bfloat16 state (the default) and with float32 state, torch's fused AdamW over bfloat16
+    #: parameters (bfloat16 state, rounded to nearest).
+    BFLOAT16_IMPLEMENTATIONS = ("fastopt float32", "torch fused", "fastopt bf16 params", "fastopt bf16 params f32 state",
+                                "torch fused bf16 params")
+    #: Reads + writes per parameter: p 8, g 4, and each state row read and written (bfloat16
+    #: parameters: p 4, g 2).
+    BYTES = {"fastopt float32": 28, "fastopt int8": 16, "fastopt bfloat16": 20, "torch fused": 28,
+             "fastopt bf16 params": 14, "fastopt bf16 params f32 state": 22, "torch fused bf16 params": 14}
     STATE_BYTES = {"fastopt float32": 8.0, "fastopt int8": 2 + 8 / 2048, "fastopt bfloat16": 4.0,
-                   "torch fused": 8.0, "bitsandbytes 8-bit": 2 + 8 / 256, "torchao 8-bit": 2 + 8 / 128}
+                   "torch fused": 8.0, "bitsandbytes 8-bit": 2 + 8 / 256, "torchao 8-bit": 2 + 8 / 128,
+                   "fastopt bf16 params": 4.0, "fastopt bf16 params f32 state": 8.0, "torch fused bf16 params": 4.0}
+    #: fastopt's (parameter dtype, state_dtype) of each of its contenders.
+    FASTOPT = {"fastopt float32": ("float32", None), "fastopt int8": ("float32", "int8"),
+               "fastopt bfloat16": ("float32", "bfloat16"), "fastopt bf16 params": ("bfloat16", None),
+               "fastopt bf16 params f32 state": ("bfloat16", "float32")}
 
     def __init__(self, implementation, n):
         self.implementation = implementation
         if implementation.startswith("fastopt"):
-            state_dtype = implementation.split()[1]
-            self.params = fastopt.FlatParams.wrap(random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3),
-                                                  {"p": n})
+            param_dtype, state_dtype = self.FASTOPT[implementation]
+            data, grad = random_buffer(n, 0), random_buffer(n, 1) * np.float32(1e-3)
+            if param_dtype == "bfloat16":
+                from ..checks import bfloat16
+
+                data, grad = data.astype(bfloat16()), grad.astype(bfloat16())
+            self.params = fastopt.FlatParams.wrap(data, grad, {"p": n})
             self.optimizer = fastopt.AdamW(self.params, lr=1e-3, state_dtype=state_dtype)
             self.step = self.optimizer.step
             return
@@ -321,8 +337,11 @@ class StateDtypeStep:
 
         p = torch.from_numpy(random_buffer(n, 10)).requires_grad_()
         p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3))
+        if implementation == "torch fused bf16 params":
+            p = p.detach().to(torch.bfloat16).requires_grad_()
+            p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3)).to(torch.bfloat16)
         self.params = [p]
-        if implementation == "torch fused":
+        if implementation.startswith("torch fused"):
             self.optimizer = torch.optim.AdamW(self.params, lr=1e-3, fused=True)
         elif implementation == "bitsandbytes 8-bit":
             import bitsandbytes

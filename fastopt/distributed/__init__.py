@@ -140,6 +140,8 @@ class DistributedOptimizer:
     """
 
     def __init__(self, params, optimizer, comm=None, *, average=True, groups=(), **hyperparameters):
+        if isinstance(params, FlatParams) and params.dtype.name == "bfloat16":  # MPI has no bfloat16 sum
+            raise ValueError("params are bfloat16; data parallelism takes float32 or float64 parameters for now")
         MPI = _mpi()
         if not isinstance(params, FlatParams):
             raise TypeError(f"params must be a FlatParams, got {type(params).__name__}")

@@ -34,7 +34,7 @@ class _Plan(NamedTuple):
     masked: dict  # skipped parameter names -> (bounds, groups), built when first asked for
     group_index: dict  # parameter name -> its group's row in the table (for masked tables)
     blocks: bool  # whether the work table is int8 state's quantization blocks
-    takes_step: bool  # whether the launch takes the step number (int8 and bfloat16 state)
+    takes_step: bool  # whether the launch takes the step number (int8 or bfloat16 state, bfloat16 params)
 
 
 class Config:
@@ -175,8 +175,8 @@ class Optimizer:
                 raise ValueError(f"device={device!r}, but params live on {params.device!r}: move them "
                                  f"first (params = params.to({device!r})) and build the optimizer over those")
         if params.device == "cpu":
-            _checks.flat_buffer("params.data", params.data)
-            _checks.flat_buffer("params.grad", params.grad)
+            _checks.flat_buffer("params.data", params.data, bfloat16_ok=True)
+            _checks.flat_buffer("params.grad", params.grad, bfloat16_ok=True)
         if params.grad.dtype != params.data.dtype or params.grad.size != params.data.size:
             raise ValueError(
                 f"params.grad ({params.grad.dtype}, {params.grad.size}) must match the layout of "
@@ -184,11 +184,13 @@ class Optimizer:
             )
         self._params = params
         self._device = _device.for_device(params.device)
-        self._dtype = params.dtype.type
+        self._dtype = _storage.compute_dtype(params).type
         self._rule = self._rule_for(config)
         kind = _storage.check_state_dtype(state_dtype, params, type(self))
         self._storage = _storage.Storage(kind, self._rule, params, self._device, _storage.check_seed(state_seed))
         self._state = self._storage.buffer
+        #: The parameters' and gradients' dtype as the kernels take them (bfloat16: uint16 bits).
+        self._kernel_dtype = self._storage.kernel_view(params.data).dtype
         # Factored state (Adafactor): one more buffer, laid out per tensor.
         self._factor_layout = self._factors = None
         if self._rule.factored is not None:
@@ -283,7 +285,7 @@ class Optimizer:
         naming the value and the dtype: the kernels take every hyperparameter in that dtype.
         Returns the largest learning rate these groups allow (the ``lr`` setter's bound); changes
         nothing."""
-        dtype = self._params.dtype
+        dtype = _storage.compute_dtype(self._params)
         largest = float(np.finfo(dtype).max)
         factors = [1.0] + [g.lr_factor for g in groups]
         decays = [g.weight_decay for g in groups if g.weight_decay is not None]
@@ -370,7 +372,9 @@ class Optimizer:
         table = self._device.resident(self._host_table.copy())
         self._refresh()
         self._lr_limit = limit
-        self._publish((self._params.data, self._state, self._params.grad, bounds, chunk_group, table), group_index)
+        view = self._storage.kernel_view
+        self._publish((view(self._params.data), self._state, view(self._params.grad), bounds, chunk_group, table),
+                      group_index)
 
     def _publish(self, buffers, group_index=None):
         """Build the plan over ``buffers`` (the kernel's launch, specialised for their types on
@@ -378,16 +382,17 @@ class Optimizer:
         step reads."""
         group_index = self._plan.group_index if group_index is None else group_index
         # The scalars' types do not change between steps (nor with the config), only their values.
-        if not self._storage.active:
+        if not self._storage.custom:
             launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
                                             self._tensors)
         else:
             launch = self._storage.launch(self._rule, buffers[0].size, buffers[4].size, self._stream)
-        penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"))
+        penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"),
+                                       bfloat16=self._storage.bfloat16_params)
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])
         sizes = tuple(buffer.size for buffer in buffers[:3])
         self._plan = _Plan(self._rule, buffers, shapes, sizes, launch, penalty, {}, group_index,
-                           self._storage.tiles, self._storage.active)
+                           self._storage.tiles, self._storage.custom)
 
     def _group_table(self):
         """The float64 group table of the rule: one row per group, its spec's columns."""
@@ -447,7 +452,7 @@ class Optimizer:
     def _layout_change(self, plan):
         """What no longer matches the buffers' layout the plan was built for, or ''."""
         names = ("params.data", "the optimizer state", "params.grad")
-        dtypes = (self._params.dtype, self._storage.dtype, self._params.dtype)
+        dtypes = (self._kernel_dtype, self._storage.dtype, self._kernel_dtype)
         for name, buffer, shape, dtype in zip(names, plan.buffers[:3], plan.shapes, dtypes):
             if tuple(buffer.shape) != shape:
                 return (f"{name} changed shape since the optimizer was built: {shape} -> {tuple(buffer.shape)}; "
@@ -497,7 +502,7 @@ class Optimizer:
         """
         plan = self._plan
         buffer = plan.buffers[0]
-        if buffer.size != plan.sizes[0] or buffer.dtype != self._params.dtype:
+        if buffer.size != plan.sizes[0] or buffer.dtype != self._kernel_dtype:
             raise ValueError(self._layout_change(plan))
         return plan.penalty()
 
@@ -559,7 +564,7 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= MAX_STEP:
             raise ValueError(f"state_dict step must be an int in [0, 2**63), got {step!r}")
         buffers = state_dict["state"]
-        kind = self._saved_kind(state_dict, params, rule)
+        kind = _storage.saved_kind(state_dict.get("state_dtype", str(params.dtype)), params, rule)
         if rule.factored is not None:  # the sections of these params' layout (a whole buffer's, for a shard's)
             from ..kernels.factored import FactorLayout
 
@@ -591,18 +596,6 @@ class Optimizer:
         sections = tuple(arrays) if rule.factored is not None else rule.state
         return config, rule, sections, groups, int(step), buffers, kind
 
-    def _saved_kind(self, state_dict, params, rule):
-        """The encoding of a state dict's ``state`` (None: the parameters' dtype), checked."""
-        saved = state_dict.get("state_dtype", str(params.dtype))
-        if saved == str(params.dtype):
-            return None
-        if saved not in _storage.STATE_DTYPES:
-            raise ValueError(f"state_dict state_dtype must be {str(params.dtype)!r}, 'int8' or 'bfloat16', "
-                             f"got {saved!r}")
-        if rule.factored is not None or rule.per_tensor:
-            raise ValueError(f"state_dict holds {saved} state, which {rule.name} does not take")
-        return saved
-
     def load_state_dict(self, state_dict):
         """Restore :meth:`state_dict` output: config, groups, step count and state.
 
@@ -617,7 +610,9 @@ class Optimizer:
         # are copied in place where the state buffers stay the same.) The saved state is
         # encoded as this optimizer keeps its own (state_dtype), whatever the saved encoding.
         # A bfloat16 state continues with its own stochastic rounding; other state keeps this seed.
-        seed = int(state_dict.get("state_seed", 0)) if kind == "bfloat16" else self._storage.seed
+        # (bfloat16 parameters: the saved seed, which rounded them, whatever the state's encoding)
+        adopt = kind == "bfloat16" or self._storage.bfloat16_params
+        seed = int(state_dict.get("state_seed", 0)) if adopt else self._storage.seed
         if rule.state != self._rule.state:
             offset = self._storage.offset
             self._storage = _storage.Storage(self._storage.kind, rule, self._params, self._device, seed)

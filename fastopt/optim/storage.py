@@ -1,6 +1,8 @@
 """How an optimizer keeps its per-element state: in the parameters' dtype (the default), as
 block-wise int8 codes with a float32 ``absmax`` per block, or as bfloat16 rounded
-stochastically (see :mod:`fastopt.kernels.quantized` for both encodings).
+stochastically (see :mod:`fastopt.kernels.quantized` for both encodings). Over bfloat16
+parameters the state is bfloat16 (the default) or float32, and every step rounds the
+parameters stochastically as well.
 
 A :class:`Storage` owns the state arrays of one rule over one :class:`~fastopt.FlatParams`:
 it allocates them, builds a step's launch over them (CPU or CUDA), decodes them for
@@ -10,6 +12,7 @@ plain arrays of a state dict and back (from any of the three encodings into any 
 
 import numpy as np
 
+from .. import checks as _checks
 from .. import device as _device
 
 #: The encodings ``state_dtype`` may name besides the parameters' own dtype.
@@ -18,10 +21,27 @@ STATE_DTYPES = ("int8", "bfloat16")
 MAX_SEED = 2**64 - 1
 
 
+def compute_dtype(params):
+    """The dtype the kernels compute in over ``params``: float32 for bfloat16 parameters."""
+    return np.dtype(np.float32) if _checks.is_bfloat16(params.dtype) else params.dtype
+
+
 def check_state_dtype(state_dtype, params, optimizer_class):
-    """``None`` (the parameters' dtype), ``"int8"`` or ``"bfloat16"``, checked against the
-    parameters and the optimizer; the error names ``state_dtype`` and its value."""
+    """The state's encoding, checked against the parameters and the optimizer (the error names
+    ``state_dtype`` and its value): None (the parameters' float dtype), ``"int8"`` or
+    ``"bfloat16"``; over bfloat16 parameters ``"bfloat16"`` (the default) or ``"float32"``."""
     native = str(params.dtype)
+    if _checks.is_bfloat16(params.dtype):
+        if optimizer_class.per_tensor:
+            raise ValueError(f"{optimizer_class.__name__} works on whole tensors and does not take bfloat16 "
+                             "parameters; the element-wise optimizers do")
+        if state_dtype is None or (isinstance(state_dtype, str) and state_dtype in ("bfloat16", "float32")):
+            return state_dtype or "bfloat16"
+        if isinstance(state_dtype, str) and state_dtype == "int8":
+            raise ValueError("state_dtype='int8' needs float32 parameters, but params are bfloat16; over bfloat16 "
+                             "parameters the state is 'bfloat16' or 'float32'")
+        raise ValueError(f"state_dtype must be None, 'bfloat16' or 'float32' over bfloat16 parameters, "
+                         f"got state_dtype={state_dtype!r}")
     if state_dtype is None or (isinstance(state_dtype, str) and state_dtype == native):
         return None
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
@@ -33,6 +53,22 @@ def check_state_dtype(state_dtype, params, optimizer_class):
         raise ValueError(f"state_dtype={state_dtype!r} is for the element-wise rules; {optimizer_class.__name__} works "
                          "on whole tensors and keeps its state in the parameters' dtype")
     return state_dtype
+
+
+def saved_kind(saved, params, rule):
+    """The encoding (a :class:`Storage` kind) of a state dict's ``state_dtype`` ``saved``, checked."""
+    if _checks.is_bfloat16(params.dtype):
+        if saved not in ("bfloat16", "float32"):
+            raise ValueError(f"state_dict state_dtype must be 'bfloat16' or 'float32' over bfloat16 parameters, "
+                             f"got {saved!r}")
+        return saved
+    if saved == str(params.dtype):
+        return None
+    if saved not in STATE_DTYPES:
+        raise ValueError(f"state_dict state_dtype must be {str(params.dtype)!r}, 'int8' or 'bfloat16', got {saved!r}")
+    if rule.factored is not None or rule.per_tensor:
+        raise ValueError(f"state_dict holds {saved} state, which {rule.name} does not take")
+    return saved
 
 
 def check_seed(seed):
@@ -53,6 +89,8 @@ def saved_arrays(kind, state_names, params):
     over ``params``."""
     if kind is None:
         return {name: (params.dtype, (params.size,)) for name in state_names}
+    if kind == "float32":
+        return {name: (np.dtype(np.float32), (params.size,)) for name in state_names}
     if kind == "bfloat16":
         return {name: (np.dtype(np.uint16), (params.size,)) for name in state_names}
     blocks = block_bounds(params).size - 1
@@ -65,9 +103,9 @@ def saved_arrays(kind, state_names, params):
 
 
 class Storage:
-    """The state arrays of ``rule`` over ``params`` in encoding ``kind`` (None, "int8",
-    "bfloat16"); ``buffer`` (rows, size) is what the kernels update: the state itself, the
-    codes, or the bfloat16 bits."""
+    """The state arrays of ``rule`` over ``params`` in encoding ``kind`` (None: the parameters'
+    float dtype, "int8", "bfloat16", or "float32" over bfloat16 parameters); ``buffer`` (rows,
+    size) is what the kernels update: the state itself, the codes, or the bfloat16 bits."""
 
     def __init__(self, kind, rule, params, device, seed=0):
         self.kind, self.rule, self.seed, self.params, self.device = kind, rule, seed, params, device
@@ -77,13 +115,26 @@ class Storage:
         self.absmax = self.blocks = None
         #: Whether the state is encoded: a rule without state (SGD without momentum) runs the
         #: plain kernel whatever ``kind`` says.
-        self.active = kind is not None and rows > 0
-        self.dtype = {None: params.dtype, "int8": np.dtype(np.uint8), "bfloat16": np.dtype(np.uint16)}[
-            kind if self.active else None]
+        self.active = kind in STATE_DTYPES and rows > 0
+        #: Whether the parameters are bfloat16 (their kernels take the uint16 bits of
+        #: :attr:`kernel_view` and round each new value stochastically).
+        self.bfloat16_params = _checks.is_bfloat16(params.dtype)
+        self.dtype = {"int8": np.dtype(np.uint8), "bfloat16": np.dtype(np.uint16)}[kind] if self.active else \
+            compute_dtype(params)
         self.buffer = device.zeros((rows, size), self.dtype)
         if self.active and kind == "int8":
             self.blocks = block_bounds(params)
             self.absmax = device.zeros((rows, self.blocks.size - 1), np.float32)
+
+    @property
+    def custom(self):
+        """Whether a step runs this storage's :meth:`launch` (encoded state or bfloat16
+        parameters) rather than the device's plain rule kernel."""
+        return self.active or self.bfloat16_params
+
+    def kernel_view(self, buffer):
+        """A parameter or gradient buffer as the kernels take it: bfloat16 as its uint16 bits."""
+        return buffer.view(np.uint16) if self.bfloat16_params else buffer
 
     @property
     def tiles(self):
@@ -107,7 +158,7 @@ class Storage:
 
             kernel = cuda.quantized_launch(self.kind, rule, tiles, stream)
         else:
-            kernel = quantized.kernel_for_size(self.kind, rule, size)
+            kernel = quantized.kernel_for_size(self.kind if self.active else None, rule, size, self.bfloat16_params)
         if self.kind == "int8":
             absmax = self.absmax
 
@@ -166,7 +217,7 @@ class Storage:
                 if kind == "int8":
                     _device.copy_into(self.absmax[k], arrays[name + ".absmax"])
             return
-        if kind is None:
+        if kind is None or kind == "float32":
             values = np.stack([np.asarray(arrays[name], np.float32) for name in state_names]) if state_names else None
         elif kind == "int8":
             codes = np.stack([arrays[name] for name in state_names])
@@ -193,4 +244,5 @@ class Storage:
             _device.copy_into(self.buffer[k], encoded[k])
 
 
-__all__ = ["MAX_SEED", "STATE_DTYPES", "Storage", "block_bounds", "check_seed", "check_state_dtype", "saved_arrays"]
+__all__ = ["MAX_SEED", "STATE_DTYPES", "Storage", "block_bounds", "check_seed", "check_state_dtype", "compute_dtype",
+           "saved_arrays", "saved_kind"]

@@ -31,7 +31,13 @@ frameworks take them. What differs is where the parameters live:
   gradients are copied into the flat buffer at the next step.
 * ``state_dict()``/``load_state_dict()`` in torch.optim's format: a state dict of
   ``torch.optim.AdamW`` loads into ``fastopt.torch.AdamW`` and the reverse.
-* float32 and float64 parameters; float16 and bfloat16 ones are refused at construction.
+* float32 and float64 parameters, and bfloat16 ones on the CPU: a step widens them to float32,
+  runs the float32 rule and writes each new value back rounded stochastically (Philox, keyed by
+  ``state_seed``), and the state is bfloat16 as torch's is, rounded stochastically too: torch's
+  state tensors, live. The element-wise classes take ``state_dtype="bfloat16"`` over float32
+  parameters as well (4 bytes of Adam state a parameter; ``state[p]["exp_avg"]`` is then a
+  live torch.bfloat16 view). float16 parameters, and bfloat16 ones on the GPU, are refused at
+  construction.
 * A model changed after construction so that its parameters are no longer views of the flat
   buffer (``model.float()``, ``model.to(other device)``) is detected at the next ``step()``:
   build the optimizer again.
@@ -51,13 +57,15 @@ import numpy as np
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
+from .. import checks as _checks
 from .. import optim as _core
+from ..optim import storage as _core_storage
 from ..optim.muon import NS_COEFFICIENTS, NS_STEPS
 from ..params import FlatParams
 
 __all__ = ["LAMB", "SGD", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon", "NAdam", "RAdam", "RMSprop"]
 
-_FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_FLOAT_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: "bfloat16"}
 
 
 class _Slice:
@@ -113,10 +121,17 @@ class _FlatOptimizer(torch.optim.Optimizer):
     #: set from a parameter's values before its step and read back after.
     _carried = {}
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, state_dtype=None, state_seed=0):
         self._built = False
         self._hooks = []
         _check_flags(defaults)
+        if state_dtype is not None and not (isinstance(state_dtype, str) and state_dtype == "bfloat16"):
+            raise ValueError(f"state_dtype must be None or 'bfloat16' in fastopt.torch, got "
+                             f"state_dtype={state_dtype!r} (int8 state has no live torch view; "
+                             "fastopt.AdamW(..., state_dtype='int8') has it)")
+        #: The state's encoding and seed over float32 parameters (bfloat16 parameters keep
+        #: bfloat16 state, as torch's do, rounded stochastically): every group's core takes them.
+        self._state_dtype, self._state_seed = state_dtype, _core_storage.check_seed(state_seed)
         super().__init__(params, defaults)
         self._build()
 
@@ -199,7 +214,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
             shapes = {f"p{index}": tuple(p.shape) for index, p, _ in params}
             flat = FlatParams.wrap(_host_or_device(data[start:stop]), _host_or_device(grad[start:stop]), shapes)
             group = self.param_groups[group_index]
-            core = self._core_class_for(group)(flat, **self._core_options(group))
+            cls = self._core_class_for(group)
+            core = cls(flat, **self._core_options(group), **self._state_options(dtype, cls))
+            if core._storage.custom:  # Philox counts from the start of the buffer, as one core over it would
+                core._offset_state(start)
             views_of = _state_views(core, device)
             entries = []
             for position, (index, p, offset) in enumerate(params):
@@ -210,6 +228,13 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 entries.append(entry)
             self._slices.append(_Slice(group_index, entries, core, {k: group.get(k) for k in self._sync_keys}, device))
             self._entries.extend(entries)
+
+    def _state_options(self, dtype, cls):
+        """The state keywords of a group's core (of class ``cls``) over parameters of torch
+        ``dtype``: none for the rules on whole tensors, which refuse bfloat16 parameters."""
+        if cls.per_tensor or (self._state_dtype is None and dtype != torch.bfloat16):
+            return {}
+        return {"state_dtype": "bfloat16", "state_seed": self._state_seed}
 
     def _adopt(self, entry, previous):
         """Make ``entry.param`` a view of the flat buffer, carry its gradient and state over,
@@ -434,11 +459,15 @@ class _FlatOptimizer(torch.optim.Optimizer):
         carried over by name and new state zero, as torch creates it. A new momentum buffer
         starts as torch's does, from the next gradient (the step count restarts for SGD)."""
         old = piece.core
-        core = cls(old.params, **options)
+        dtype = piece.entries[0].data.dtype if piece.entries else torch.float32
+        core = cls(old.params, **options, **self._state_options(dtype, cls))
+        if core._storage.custom:
+            core._offset_state(old._storage.offset)
         new_buffer = False
-        for name, rows in core.state.items():
-            if name in old.state:
-                _device_copy(rows, old.state[name])
+        old_rows = _state_rows(old)
+        for name, rows in _state_rows(core).items():
+            if name in old_rows:
+                _device_copy(rows, old_rows[name])
             else:
                 new_buffer = True
         piece.core = core
@@ -560,14 +589,20 @@ class _LiveState(defaultdict):
 _hooked_step = torch.optim.Optimizer.profile_hook_step(_FlatOptimizer._step)
 
 
+def _state_rows(core):
+    """``{name: row}`` of a fastopt optimizer's state as its kernels hold it (bfloat16 state:
+    the uint16 bits), live."""
+    return {name: core._storage.buffer[k] for k, name in enumerate(core.rule.state)}
+
+
 def _state_views(core, device):
     """``views(position, offset, p)``: parameter ``p``'s state as torch shapes it, views of the
     fastopt optimizer's state (``p`` the ``position``-th of the core's parameters, at element
-    ``offset`` of its buffer)."""
+    ``offset`` of its buffer); bfloat16 state as torch.bfloat16 tensors."""
     if core.rule.factored is not None:
         layout, factors = core._factor_layout, _as_tensor(core._factors, device)
         return lambda position, offset, p: layout.tensor_state(factors, position)
-    state = {name: _as_tensor(buffer, device) for name, buffer in core.state.items()}
+    state = {name: _as_tensor(buffer, device) for name, buffer in _state_rows(core).items()}
     return lambda position, offset, p: {name: rows[offset:offset + p.numel()].view(p.shape)
                                         for name, rows in state.items()}
 
@@ -609,13 +644,21 @@ def _saved_steps(saved, has_step):
 
 
 def _host_or_device(tensor):
-    """A NumPy view of a CPU tensor, or the CUDA tensor itself (adopted zero-copy by fastopt)."""
-    return tensor.numpy() if tensor.device.type == "cpu" else tensor
+    """A NumPy view of a CPU tensor (bfloat16: ml_dtypes' bfloat16), or the CUDA tensor itself
+    (adopted zero-copy by fastopt)."""
+    if tensor.device.type != "cpu":
+        return tensor
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(_checks.bfloat16())
+    return tensor.numpy()
 
 
 def _as_tensor(buffer, device):
-    """A torch view of a fastopt state buffer (NumPy or CUDA), no copy."""
+    """A torch view of a fastopt state buffer (NumPy or CUDA; uint16 bits as torch.bfloat16),
+    no copy."""
     if device.type == "cpu":
+        if buffer.dtype == np.uint16:
+            return torch.from_numpy(buffer.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(buffer)
     return torch.as_tensor(buffer, device=device)
 
@@ -624,8 +667,11 @@ def _check_parameter(index, p):
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"params[{index}] must be a torch.Tensor, got {type(p).__name__}")
     if p.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"params[{index}] has dtype {p.dtype}; fastopt.torch takes float32 and float64 "
-                        "parameters (float16 and bfloat16 ones need compressed state, not here yet)")
+        raise TypeError(f"params[{index}] has dtype {p.dtype}; fastopt.torch takes float32, float64 and (on the "
+                        "CPU) bfloat16 parameters")
+    if p.dtype == torch.bfloat16 and p.device.type != "cpu":
+        raise ValueError(f"params[{index}] is a bfloat16 parameter on {p.device}; fastopt.torch steps bfloat16 "
+                         "parameters on the CPU for now")
     if p.device.type not in ("cpu", "cuda"):
         raise ValueError(f"params[{index}] is on {p.device}; fastopt.torch takes CPU and CUDA tensors")
     if p.layout != torch.strided:
@@ -664,7 +710,7 @@ class SGD(_FlatOptimizer):
     _has_step = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None):
+                 maximize=False, foreach=None, differentiable=False, fused=None, state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
@@ -672,7 +718,8 @@ class SGD(_FlatOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize, foreach=foreach,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
 
 class Adam(_FlatOptimizer):
@@ -684,7 +731,7 @@ class Adam(_FlatOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
@@ -694,7 +741,8 @@ class Adam(_FlatOptimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, foreach=foreach, capturable=capturable,
                                       differentiable=differentiable, fused=fused,
-                                      decoupled_weight_decay=decoupled_weight_decay))
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
     def _core_class_for(self, group):
         """Adam, or AdamW where the group asks for decoupled weight decay (torch's per-group key)."""
@@ -705,10 +753,11 @@ class AdamW(Adam):
     """``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2), stepped by fastopt."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None):
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 state_dtype=None, state_seed=0):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, state_dtype=state_dtype, state_seed=state_seed)
 
 
 class RMSprop(_FlatOptimizer):
@@ -719,14 +768,16 @@ class RMSprop(_FlatOptimizer):
     _keys = _sync_keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                 capturable=False, foreach=None, maximize=False, differentiable=False):
+                 capturable=False, foreach=None, maximize=False, differentiable=False, *,
+                 state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         for name, value in (("epsilon", eps), ("momentum", momentum), ("alpha", alpha)):
             if not 0.0 <= value:
                 raise ValueError(f"Invalid {name} value: {value}")
         super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                                       weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable))
+                                      maximize=maximize, differentiable=differentiable),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
 
 class Adagrad(_FlatOptimizer):
@@ -742,7 +793,7 @@ class Adagrad(_FlatOptimizer):
     _eager_state = True
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
-                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+                 foreach=None, *, maximize=False, differentiable=False, fused=None, state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         for name, value in (("lr_decay", lr_decay), ("initial_accumulator_value", initial_accumulator_value),
                             ("epsilon", eps)):
@@ -750,7 +801,8 @@ class Adagrad(_FlatOptimizer):
                 raise ValueError(f"Invalid {name} value: {value}")
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable, fused=fused))
+                                      maximize=maximize, differentiable=differentiable, fused=fused),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
     def _core_options(self, group):
         options = {**super()._core_options(group),
@@ -777,13 +829,14 @@ class Adamax(_FlatOptimizer):
     _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
-                 maximize=False, differentiable=False, capturable=False):
+                 maximize=False, differentiable=False, capturable=False, state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         _check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable, capturable=capturable))
+                                      maximize=maximize, differentiable=differentiable, capturable=capturable),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
 
 class RAdam(_FlatOptimizer):
@@ -794,14 +847,16 @@ class RAdam(_FlatOptimizer):
     _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False,
-                 *, foreach=None, maximize=False, capturable=False, differentiable=False):
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False,
+                 state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         _check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
-                                      maximize=maximize, capturable=capturable, differentiable=differentiable))
+                                      maximize=maximize, capturable=capturable, differentiable=differentiable),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
 
 class NAdam(_FlatOptimizer):
@@ -817,7 +872,7 @@ class NAdam(_FlatOptimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False):
+                 differentiable=False, state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
@@ -827,7 +882,7 @@ class NAdam(_FlatOptimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                                       foreach=foreach, maximize=maximize, capturable=capturable,
-                                      differentiable=differentiable))
+                                      differentiable=differentiable), state_dtype=state_dtype, state_seed=state_seed)
 
     def _round_carried(self, core, dtype):
         # torch multiplies its mu_product tensor in place, in that tensor's dtype
@@ -841,10 +896,12 @@ class Lion(_FlatOptimizer):
     _core_class = _core.Lion
     _keys = _sync_keys = ("lr", "betas", "weight_decay", "maximize")
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False):
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
+                 state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         _check_betas(betas)
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
+                         state_dtype=state_dtype, state_seed=state_seed)
 
 
 class LAMB(_FlatOptimizer):
