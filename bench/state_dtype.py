@@ -11,7 +11,8 @@ same run. Bars: int8 >= 1.4x torch fused, bfloat16 >= 1.2x.
 
 ``--params bfloat16``: AdamW over bfloat16 parameters instead: fastopt with bfloat16 state (the
 default over bfloat16 parameters) and with float32 state, against torch's fused AdamW over
-bfloat16 parameters, with the float32 contenders for scale. The ratios are then against torch
+bfloat16 parameters (rounded to nearest) and torchao's AdamW with ``bf16_stochastic_round``
+where installed, with the float32 contenders for scale. The ratios are then against torch
 fused over bfloat16 parameters.
 """
 
@@ -51,7 +52,7 @@ def main(argv=None):
     times = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, case in steps.items():
-            slow = name in ("bitsandbytes 8-bit", "torchao 8-bit")
+            slow = name in ("bitsandbytes 8-bit", "torchao 8-bit", "torchao bf16 params")
             times[name].append(cases.median_seconds(case.step, 1 if slow else 3, warmup=1))
     peer_name = "torch fused bf16 params" if bfloat16 else "torch fused"
     peer = float(np.median(times[peer_name]))

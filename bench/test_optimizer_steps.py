@@ -68,6 +68,20 @@ def test_state_dtype(benchmark, implementation, size, roofline_gbps):
     record(benchmark, cases.StateDtypeStep.BYTES[implementation] * size, roofline_gbps(size))
 
 
+@pytest.mark.parametrize("implementation", ["fastopt bf16 params", "fastopt bf16 params f32 state",
+                                            "torch fused bf16 params"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
+def test_bfloat16_params(benchmark, implementation, size, roofline_gbps):
+    """AdamW over bfloat16 parameters: fastopt (bfloat16 or float32 state, stochastic rounding)
+    against torch's fused AdamW over bfloat16 parameters (bfloat16 state, rounded to nearest)."""
+    if not cases.StateDtypeStep.available(implementation):
+        pytest.skip(f"{implementation} needs a library that is not installed")
+    step = cases.StateDtypeStep(implementation, size)
+    benchmark.group = f"adamw bfloat16 params {size:.0e}"
+    timed(benchmark, step.step, size)
+    record(benchmark, cases.StateDtypeStep.BYTES[implementation] * size, roofline_gbps(size))
+
+
 def _gpu():
     from fastopt.bench import gpu as _gpu_bench
 

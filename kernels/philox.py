@@ -44,15 +44,20 @@ philox4x32_10 = inline_helper(philox_source)
 @inline_helper
 def philox_lanes(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of ``len(c0)`` counters in place; the arrays hold uint64 words."""
-    for _ in range(ROUNDS):
-        for j in range(c0.size):
-            # The masks tell LLVM the factors fit 32 bits: one vpmuludq per product.
-            product0 = MULTIPLIER0 * (c0[j] & MASK32)
-            product1 = MULTIPLIER1 * (c2[j] & MASK32)
-            c0[j], c1[j], c2[j], c3[j] = ((product1 >> SHIFT32) ^ c1[j] ^ k0, product1 & MASK32,
-                                          (product0 >> SHIFT32) ^ c3[j] ^ k1, product0 & MASK32)
-        k0 = (k0 + WEYL0) & MASK32
-        k1 = (k1 + WEYL1) & MASK32
+    for j in range(c0.size):
+        # Lanes outer, the ten rounds inner (unrolled: their count is a constant), so that a
+        # counter's words stay in registers through the rounds; the masks tell LLVM the
+        # factors fit 32 bits: one vpmuludq per product.
+        x0, x1, x2, x3 = c0[j] & MASK32, c1[j] & MASK32, c2[j] & MASK32, c3[j] & MASK32
+        a, b = k0, k1
+        for _ in range(ROUNDS):
+            product0 = MULTIPLIER0 * (x0 & MASK32)
+            product1 = MULTIPLIER1 * (x2 & MASK32)
+            x0, x1, x2, x3 = ((product1 >> SHIFT32) ^ x1 ^ a, product1 & MASK32,
+                              (product0 >> SHIFT32) ^ x3 ^ b, product0 & MASK32)
+            a = (a + WEYL0) & MASK32
+            b = (b + WEYL1) & MASK32
+        c0[j], c1[j], c2[j], c3[j] = x0, x1, x2, x3
 
 
 def philox4x32_10_reference(counter, key):

@@ -305,16 +305,19 @@ class StateDtypeStep:
                        "torchao 8-bit")
     #: The contenders over bfloat16 parameters (and float32 ones for scale): fastopt with
     #: bfloat16 state (the default) and with float32 state, torch's fused AdamW over bfloat16
-    #: parameters (bfloat16 state, rounded to nearest).
+    #: parameters (bfloat16 state, rounded to nearest), and torchao's compiled AdamW with
+    #: ``bf16_stochastic_round=True`` (the parameters rounded stochastically, its state bfloat16).
     BFLOAT16_IMPLEMENTATIONS = ("fastopt float32", "torch fused", "fastopt bf16 params", "fastopt bf16 params f32 state",
-                                "torch fused bf16 params")
+                                "torch fused bf16 params", "torchao bf16 params")
     #: Reads + writes per parameter: p 8, g 4, and each state row read and written (bfloat16
     #: parameters: p 4, g 2).
     BYTES = {"fastopt float32": 28, "fastopt int8": 16, "fastopt bfloat16": 20, "torch fused": 28,
-             "fastopt bf16 params": 14, "fastopt bf16 params f32 state": 22, "torch fused bf16 params": 14}
+             "fastopt bf16 params": 14, "fastopt bf16 params f32 state": 22, "torch fused bf16 params": 14,
+             "torchao bf16 params": 14}
     STATE_BYTES = {"fastopt float32": 8.0, "fastopt int8": 2 + 8 / 2048, "fastopt bfloat16": 4.0,
                    "torch fused": 8.0, "bitsandbytes 8-bit": 2 + 8 / 256, "torchao 8-bit": 2 + 8 / 128,
-                   "fastopt bf16 params": 4.0, "fastopt bf16 params f32 state": 8.0, "torch fused bf16 params": 4.0}
+                   "fastopt bf16 params": 4.0, "fastopt bf16 params f32 state": 8.0, "torch fused bf16 params": 4.0,
+                   "torchao bf16 params": 4.0}
     #: fastopt's (parameter dtype, state_dtype) of each of its contenders.
     FASTOPT = {"fastopt float32": ("float32", None), "fastopt int8": ("float32", "int8"),
                "fastopt bfloat16": ("float32", "bfloat16"), "fastopt bf16 params": ("bfloat16", None),
@@ -337,11 +340,15 @@ class StateDtypeStep:
 
         p = torch.from_numpy(random_buffer(n, 10)).requires_grad_()
         p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3))
-        if implementation == "torch fused bf16 params":
+        if implementation in ("torch fused bf16 params", "torchao bf16 params"):
             p = p.detach().to(torch.bfloat16).requires_grad_()
             p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3)).to(torch.bfloat16)
         self.params = [p]
-        if implementation.startswith("torch fused"):
+        if implementation == "torchao bf16 params":
+            from torchao.optim import _AdamW
+
+            self.optimizer = _AdamW(self.params, lr=1e-3, bf16_stochastic_round=True)
+        elif implementation.startswith("torch fused"):
             self.optimizer = torch.optim.AdamW(self.params, lr=1e-3, fused=True)
         elif implementation == "bitsandbytes 8-bit":
             import bitsandbytes
@@ -359,8 +366,9 @@ class StateDtypeStep:
         """Whether the library an implementation needs is installed."""
         import importlib.util
 
-        module = {"torch fused": "torch", "bitsandbytes 8-bit": "bitsandbytes", "torchao 8-bit": "torchao"}.get(
-            implementation)
+        module = {"torch fused": "torch", "torch fused bf16 params": "torch", "bitsandbytes 8-bit": "bitsandbytes",
+                  "torchao 8-bit": "torchao", "torchao bf16 params": "torchao", "fastopt bf16 params": "ml_dtypes",
+                  "fastopt bf16 params f32 state": "ml_dtypes"}.get(implementation)
         return module is None or importlib.util.find_spec(module) is not None
 
 
