@@ -49,6 +49,13 @@ its high half, row 2 the low half of stream ``STATE_STREAM + 1``'s word. The sta
 function of (seed, step, element index) alone, the same on every device and for any number of
 threads; a ZeRO shard counts ``i`` from the whole buffer's start. NaN is stored as the quiet
 NaN 0x7FC0.
+
+**bfloat16 parameters**: :func:`rounded_kernel` also runs a rule over bfloat16 parameters and
+gradients (their uint16 bits): each is widened to float32 (exact), the rule's ``update`` runs in
+float32 as over float32 parameters, and the new parameter is written back rounded
+stochastically with the low half of element ``i``'s word of stream :data:`PARAM_STREAM`
+(counters as above), so a parameter too is a function of (seed, step, element index). No
+float32 copy of the parameters is kept. The state is bfloat16 as above, or float32.
 """
 
 import functools

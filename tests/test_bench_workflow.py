@@ -61,6 +61,14 @@ def test_bench_command_times_the_added_rules_on_request(capsys):
         ("lion", "fastopt"), ("lion", "numpy"), ("nadam", "fastopt"), ("nadam", "numpy"), ("nadam", "torch")]
 
 
+def test_bench_command_times_fewer_bytes_of_state_and_parameters(capsys):
+    kernels = ("adamw_int8", "adamw_bf16", "adamw_bf16_params")
+    assert cli.main(["bench", "--sizes", "1e4", "--kernels", ",".join(kernels)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(kernels)]
+    assert sorted((row[0], row[3]) for row in rows) == sorted((k, i) for k in kernels for i in ("fastopt", "torch"))
+    assert all(float(row[4]) > 0 for row in rows)
+
+
 @pytest.mark.parametrize("arguments, message", [(["--sizes", "abc"], "--sizes"), (["--sizes", "0"], "--sizes"),
                                                 (["--kernels", "nosuch"], "unknown ['nosuch']")])
 def test_bench_command_refuses_bad_arguments(arguments, message, capsys):

@@ -191,6 +191,10 @@ def test_what_bfloat16_params_do_not_do_yet_is_refused():
         FlatParams({"w": 10}, dtype="bfloat16", device="cuda")
     with pytest.raises(ValueError, match="bfloat16 parameters live on the CPU"):
         FlatParams({"w": 10}, dtype="bfloat16").to("cuda")
+    from fastopt.nn.model import MLP
+
+    with pytest.raises(TypeError, match=r"dtype must be float32 or float64, got dtype=bfloat16"):
+        MLP([4, 3], dtype="bfloat16")
     from fastopt.distributed import ShardedOptimizer
 
     with pytest.raises(ValueError, match="params are bfloat16; data parallelism"):

@@ -504,6 +504,15 @@ REPORT_KERNELS.update({rule: (BYTES_PER_ELEMENT[rule], {
 REPORT_KERNELS["adafactor"] = (BYTES_PER_ELEMENT["adafactor"], {
     "fastopt": lambda n: FastoptStep("adafactor", n), "torch": lambda n: TorchStep("adafactor", n)})
 
+#: AdamW with its state or parameters in fewer bytes, on request: fastopt's int8 and bfloat16
+#: state against torch's fused AdamW (float32 state), and over bfloat16 parameters against
+#: torch's fused AdamW over bfloat16 parameters (see :class:`StateDtypeStep`).
+REPORT_KERNELS.update({kernel: ({"fastopt": StateDtypeStep.BYTES[mine], "torch": StateDtypeStep.BYTES[peer]}, {
+    "fastopt": lambda n, mine=mine: StateDtypeStep(mine, n), "torch": lambda n, peer=peer: StateDtypeStep(peer, n)})
+    for kernel, mine, peer in (("adamw_int8", "fastopt int8", "torch fused"),
+                               ("adamw_bf16", "fastopt bfloat16", "torch fused"),
+                               ("adamw_bf16_params", "fastopt bf16 params", "torch fused bf16 params"))})
+
 
 def _torch_available():
     try:
@@ -548,10 +557,12 @@ def report(sizes, kernels=None, rounds=3):
 
 def report_rows(kernel, n, device, bytes_per_element, medians, roofline):
     """One report row per implementation from ``{implementation: median seconds}``; fastopt's
-    row carries its speed-up against each peer."""
+    row carries its speed-up against each peer. ``bytes_per_element``: what each moves, one
+    number for all or ``{implementation: bytes}``."""
     rows = []
     for name, seconds in medians.items():
-        gbps = bytes_per_element * n / seconds / 1e9
+        moved = bytes_per_element[name] if isinstance(bytes_per_element, dict) else bytes_per_element
+        gbps = moved * n / seconds / 1e9
         row = {"kernel": kernel, "size": n, "device": device, "implementation": name,
                "ms": seconds * 1e3, "gbps": gbps, "roofline_gbps": roofline,
                "pct_roofline": 100 * gbps / roofline}
@@ -564,13 +575,13 @@ def report_rows(kernel, n, device, bytes_per_element, medians, roofline):
 def format_table(rows):
     """The report as a fixed-width text table."""
     peers = sorted({peer for row in rows for peer in row.get("speedup", {})})
-    header = (f"{'kernel':<13} {'size':>8} {'device':<6} {'implementation':<14} {'ms':>10} "
+    header = (f"{'kernel':<17} {'size':>8} {'device':<6} {'implementation':<14} {'ms':>10} "
               f"{'GB/s':>7} {'% roof':>7} " + " ".join(f"{'vs ' + p:>9}" for p in peers))
     lines = [header, "-" * len(header)]
     for row in rows:
         speedups = " ".join(f"{'x%.2f' % row['speedup'][p]:>9}" if p in row.get("speedup", {}) else f"{'':>9}"
                             for p in peers)
-        lines.append(f"{row['kernel']:<13} {row['size']:>8.0e} {row['device']:<6} {row['implementation']:<14} "
+        lines.append(f"{row['kernel']:<17} {row['size']:>8.0e} {row['device']:<6} {row['implementation']:<14} "
                      f"{row['ms']:>10.4f} {row['gbps']:>7.1f} {row['pct_roofline']:>7.1f} {speedups}")
     return "\n".join(lines)
 

@@ -260,7 +260,8 @@ def main(argv=None):
     measure = commands.add_parser("bench", help="time the kernels against numpy and torch here")
     measure.add_argument("--sizes", default="1e5,1e6,1e7", help="elements, comma-separated")
     measure.add_argument("--kernels", help="comma-separated kernels: adam,sgd_nesterov,rmsprop,dropout (the "
-                         "default), adagrad,adamax,nadam,radam,lion,lamb,adafactor")
+                         "default), adagrad,adamax,nadam,radam,lion,lamb,adafactor, and AdamW with int8 or "
+                         "bfloat16 state or bfloat16 parameters: adamw_int8,adamw_bf16,adamw_bf16_params")
     measure.add_argument("--json", help="write the rows here")
     measure.add_argument("--plot", help="image of GB/s against size, roofline dashed")
 

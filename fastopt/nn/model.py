@@ -105,6 +105,7 @@ class MLP:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got activation={activation!r}")
         self.dropout_p = _checks.in_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         _device.check_device("device", device)
+        dtype = _checks.float_dtype("dtype", dtype)  # the model computes in its dtype: not bfloat16
         self.sizes, self.activation, self.seed = tuple(int(s) for s in sizes), activation, int(seed)
         shapes = {}
         for k, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):

@@ -149,6 +149,13 @@ class Optimizer:
     ``decoupled_weight_decay``) it takes effect at the next step; where the state differs
     (``amsgrad``, ``centered``, momentum to or from 0) it is refused: build a new optimizer.
 
+    State and parameters in fewer bytes: ``state_dtype`` keeps the state of the element-wise
+    rules as block-wise ``"int8"`` or stochastically rounded ``"bfloat16"`` (over float32
+    parameters); over bfloat16 parameters (``FlatParams(..., dtype="bfloat16")``) a step
+    computes in float32 and writes each parameter back rounded stochastically, with the state
+    in bfloat16 (the default) or ``"float32"``. ``state_seed`` keys every stochastic rounding
+    (:mod:`fastopt.kernels.quantized`).
+
     Threads: :meth:`step` and :meth:`l2_penalty` may run while another thread changes the
     configuration (``load_state_dict``, groups, hyperparameters); each reads one published plan
     (rule, buffers, tables, launch) and sees the old configuration or the new one whole, never
@@ -515,7 +522,8 @@ class Optimizer:
         says how ``state`` is encoded: the parameters' dtype (one array per state buffer),
         ``"int8"`` (per buffer ``name``: uint8 codes, ``name.absmax``: float32 per block,
         ``name.map``: the 256 float32 values by code) or ``"bfloat16"`` (per buffer: uint16,
-        the upper half of float32 bits); ``state_seed`` keys bfloat16's stochastic rounding.
+        the upper half of float32 bits), or ``"float32"`` (over bfloat16 parameters);
+        ``state_seed`` keys the stochastic rounding of bfloat16 state and parameters.
         A state dict loads into an optimizer of any ``state_dtype``: its state is encoded as
         that optimizer keeps its own.
         """
