@@ -596,28 +596,36 @@ class Penalty:
 # -- int8 and bfloat16 state (see kernels/quantized.py) -----------------------------------------------
 
 
-def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars):
+def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset):
     """One step of a rule with int8 state: a block per quantization block (a tile); its threads
     decode, update and keep the new values in shared memory, then per row take the maximum by a
     tree over the threads (a power of two) and encode. The maximum is exact, so the codes are
-    the CPU's."""
+    the CPU's. Over bfloat16 parameters (``PARAM_WORDS``) each thread runs its element's Philox
+    counter of :data:`~.quantized.PARAM_STREAM` (the CPU's words) to round the parameter."""
     scratch = cuda.shared.array((3, QUANTIZED_BLOCK), float32)
     lanes = cuda.shared.array(MAX_THREADS, uint32)
     scales = cuda.local.array(3, float32)
+    like = cuda.local.array(1, float32)
     rows = codes.shape[0]
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
         if groups[t] >= 0:
-            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             start = bounds[t]
             n = bounds[t + 1] - start
             for k in range(rows):
                 scales[k] = absmax[k, t]
             for j in range(uint64(tid), n, uint64(threads)):
                 i = start + j
-                p, values = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
-                param[i] = p
+                pword = uint32(0)
+                if PARAM_WORDS:  # noqa: F821
+                    whole = offset + i
+                    c = whole >> uint64(2)
+                    w0, w1, w2, w3 = _philox(c & MASK32, c >> SHIFT32, uint64(PARAM_STREAM), step, key0, key1)
+                    pword = _word(w0, w1, w2, w3, whole)
+                p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
+                put(param, i, p, pword)  # noqa: F821
                 keep(scratch, j, values)  # noqa: F821
             cuda.syncthreads()
             for k in range(rows):
@@ -702,15 +710,16 @@ def rounded_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1
 
 
 @functools.cache
-def int8_kernel(rule):
-    """The CUDA kernel of an element-wise ``rule`` with int8 state (the CPU's element source)."""
+def int8_kernel(rule, bfloat16_params=False):
+    """The CUDA kernel of an element-wise ``rule`` with int8 state over float32 or bfloat16
+    parameters (the CPU's element source)."""
     rows = [TARGET.element(encode_row_of, ENCODE=encode_constants, SIGN=sign)
             for _, _, encode_constants, sign in quantized.row_codecs(rule.state)]
     rows += rows[:1] * (3 - len(rows))  # rows a rule lacks are never called
     encode_row = TARGET.element(_encode_row, row0=rows[0], row1=rows[1], row2=rows[2])
-    names = TARGET.names(int8_tiles, {"prologue": rule.prologue, **int8_bindings(TARGET, rule),
-                                      "encode_row": encode_row, "row_maximum": row_maximum})
-    return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8"))
+    names = TARGET.names(int8_tiles, {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
+                                      "encode_row": encode_row, "row_maximum": row_maximum, "_word": _word})
+    return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8" + ("_bf16p" if bfloat16_params else "")))
 
 
 def bfloat16_kernel(rule):
@@ -736,7 +745,10 @@ def quantized_launch(kind, rule, tiles, stream=0, bfloat16_params=False):
     or None: float32) over float32 or bfloat16 parameters and ``tiles`` tiles (the
     quantization blocks for int8, the tile table otherwise): :data:`THREADS_PER_BLOCK` threads
     a block, a power of two, as the int8 maximum's tree needs."""
-    kernel = int8_kernel(rule) if kind == "int8" else rounded_kernel(rule, kind, bool(bfloat16_params))
+    if kind == "int8":
+        kernel = int8_kernel(rule, bool(bfloat16_params))
+    else:
+        kernel = rounded_kernel(rule, kind, bool(bfloat16_params))
     return configure(kernel, blocks_for(tiles), THREADS_PER_BLOCK, stream)
 
 

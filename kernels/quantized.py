@@ -55,7 +55,8 @@ gradients (their uint16 bits): each is widened to float32 (exact), the rule's ``
 float32 as over float32 parameters, and the new parameter is written back rounded
 stochastically with the low half of element ``i``'s word of stream :data:`PARAM_STREAM`
 (counters as above), so a parameter too is a function of (seed, step, element index). No
-float32 copy of the parameters is kept. The state is bfloat16 as above, or float32.
+float32 copy of the parameters is kept. The state is bfloat16 as above, float32, or int8
+(:func:`int8_kernel` draws the parameters' words block by block).
 """
 
 import functools
@@ -372,14 +373,17 @@ _KEEPS = (None, _keep1, _keep2, _keep3)
 _FINISHES = (None, _finish1, _finish2, _finish3)
 
 
-def int8_bindings(target, rule):
-    """What the int8 step's ``update``, ``decode`` and ``keep`` mean for ``rule`` on ``target``
-    (each row's map constants bound in as constants); the targets finish a block their own way."""
+def int8_bindings(target, rule, bfloat16_params=False):
+    """What the int8 step's ``update``, ``decode``, ``keep``, ``value`` and ``put`` mean for
+    ``rule`` on ``target`` (each row's map constants bound in as constants) over float32 or
+    bfloat16 parameters; the targets finish a block their own way."""
     decode_names = {}
     for k, (_, decode, _, sign) in enumerate(row_codecs(rule.state)):
         decode_names[f"DECODE{k}"], decode_names[f"SIGN{k}"] = decode, sign
     n = len(rule.state)
-    return {"update": rule.update, "decode": target.element(_DECODES[n], **decode_names), "keep": _KEEPS[n]}
+    value, put = (_value_bfloat16, _put_bfloat16) if bfloat16_params else (_value_plain, _put_plain)
+    return {"update": rule.update, "decode": target.element(_DECODES[n], **decode_names), "keep": _KEEPS[n],
+            "value": value, "put": put, "PARAM_WORDS": bool(bfloat16_params)}
 
 
 def rounded_bindings(target, rule, state_kind, bfloat16_params):
@@ -398,13 +402,17 @@ def rounded_bindings(target, rule, state_kind, bfloat16_params):
 # -- the CPU kernels ----------------------------------------------------------------------------
 
 
-def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars):
+def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset):
     """One step of a rule with int8 state over the blocks (the tiles ``bounds``, ``groups``);
-    ``prologue``, ``decode``, ``update``, ``keep`` and ``finish`` are bound per rule."""
+    ``prologue``, ``decode``, ``update``, ``keep``, ``value``, ``put`` and ``finish`` are bound
+    per rule. Over bfloat16 parameters (``PARAM_WORDS``) each block draws its parameters'
+    Philox words of :data:`PARAM_STREAM` :data:`~.dropout.LANES` counters at a time, counted
+    from the whole buffer's start (``offset``: a ZeRO shard's), as :func:`rounded_step` does."""
     rows = codes.shape[0]
+    like = np.empty(0, np.float32)
     for t in prange(groups.size):
         if groups[t] >= 0:
-            chunk = prologue(param, table[groups[t]], scalars)  # noqa: F821
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             start = bounds[t]
             n = bounds[t + 1] - start
             scales = np.empty(rows, np.float32)
@@ -413,11 +421,23 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars):
             # The block's own length, not BLOCK: the on-disk cache would keep a BLOCK frozen at
             # compile time, and a test process that changes it must not overrun another's scratch.
             scratch = np.empty((rows, n), np.float32)
-            for j in range(n):
-                i = start + j
-                p, values = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
-                param[i] = p
-                keep(scratch, j, values)  # noqa: F821
+            if PARAM_WORDS:  # noqa: F821
+                c0, c1, c2, c3, words = _lanes()  # noqa: F821
+                first, stop = start + offset, start + n + offset  # in the whole's elements
+                for batch in range(first >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):  # noqa: F821
+                    _words(batch, c0, c1, c2, c3, words, uint64(PARAM_STREAM), step, key0, key1)  # noqa: F821
+                    base = batch * uint64(4)
+                    for w in range(max(first, base), min(stop, base + LANES * uint64(4))):  # noqa: F821
+                        i = w - offset
+                        p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
+                        put(param, i, p, np.uint32(words[w - base]))  # noqa: F821
+                        keep(scratch, i - start, values)  # noqa: F821
+            else:
+                for j in range(n):
+                    i = start + j
+                    p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
+                    put(param, i, p, np.uint32(0))  # noqa: F821
+                    keep(scratch, j, values)  # noqa: F821
             finish(scratch, codes, absmax, t, start, n)  # noqa: F821
 
 
@@ -461,13 +481,18 @@ def _compile(function, bindings, name, parallel):
 
 
 @functools.cache
-def int8_kernel(rule, parallel=True):
-    """The CPU kernel of an element-wise ``rule`` with int8 state (see :func:`int8_step`)."""
+def int8_kernel(rule, parallel=True, bfloat16_params=False):
+    """The CPU kernel of an element-wise ``rule`` with int8 state over float32 or (its uint16
+    bits) bfloat16 parameters (see :func:`int8_step`)."""
+    from .dropout import LANES, _lanes, _words
+
     rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
             for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
-    bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule),
-                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows)}
-    return _compile(int8_step, bindings, f"{rule.name}_int8{'' if parallel else '_serial'}", parallel)
+    bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
+                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows), "_lanes": _lanes, "_words": _words,
+                "LANES": LANES}
+    name = f"{rule.name}_int8{'_bf16p' if bfloat16_params else ''}{'' if parallel else '_serial'}"
+    return _compile(int8_step, bindings, name, parallel)
 
 
 def bfloat16_kernel(rule, parallel=True):
@@ -612,7 +637,7 @@ def kernel_for_size(kind, rule, size, bfloat16_params=False):
     """The CPU kernel of ``rule`` with ``kind`` state (``"int8"``, ``"bfloat16"`` or None:
     float32) over float32 or bfloat16 parameters, built for ``size`` elements."""
     if kind == "int8":
-        return int8_kernel(rule, size > CHUNK_SIZE)
+        return int8_kernel(rule, size > CHUNK_SIZE, bool(bfloat16_params))
     return rounded_kernel(rule, kind, bool(bfloat16_params), size > CHUNK_SIZE)
 
 

@@ -158,10 +158,11 @@ def quantized_failures():
             blocks, block_groups = quantized.block_table(segments)
             codes, absmax = quantized.encode_reference(case.state, blocks, rule.state)
             on_cpu = [case.param.copy(), codes.copy(), absmax.copy()]
+            no_words = (np.uint64(0),) * 4
             quantized.int8_kernel(rule)(on_cpu[0], on_cpu[1], on_cpu[2], case.grad, blocks, block_groups, case.table,
-                                        case.scalars)
+                                        case.scalars, *no_words)
             on_gpu = [device(a) for a in (case.param, codes, absmax, case.grad, blocks, block_groups, case.table)]
-            cuda.quantized_launch("int8", rule, block_groups.size)(*on_gpu, case.scalars)
+            cuda.quantized_launch("int8", rule, block_groups.size)(*on_gpu, case.scalars, *no_words)
             for label, a, b in zip(("param", "codes", "absmax"), on_cpu, on_gpu[:3]):
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                     failures.append(f"int8 {name} size {size} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
@@ -180,7 +181,7 @@ def quantized_failures():
 
 
 def bfloat16_params_failures():
-    """bfloat16 parameters (as uint16 bits), with float32 or bfloat16 state: every element-wise
+    """bfloat16 parameters (as uint16 bits), with float32, bfloat16 or int8 state: every element-wise
     rule at a few elements, and over several tiles with a group skipping (a stateless rule,
     one with two state rows and one with three: each Philox stream), CPU kernel against CUDA
     kernel, a NaN gradient, an offset. (The simulator runs Philox in Python: minutes a rule.)"""
@@ -213,6 +214,18 @@ def bfloat16_params_failures():
                     if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                         failures.append(f"bfloat16 params, {state_kind} state, {name} size {size} {label}: "
                                         f"{np.flatnonzero(a != b.copy_to_host())[:5]}")
+            if not rule.state:
+                continue
+            blocks, block_groups = quantized.block_table(segments)
+            codes, absmax = quantized.encode_reference(case.state, blocks, rule.state)
+            on_cpu = [param.copy(), codes.copy(), absmax.copy()]
+            quantized.int8_kernel(rule, True, True)(*on_cpu, grad, blocks, block_groups, case.table, case.scalars, *key)
+            on_gpu = [device(a) for a in (param, codes, absmax, grad, blocks, block_groups, case.table)]
+            cuda.quantized_launch("int8", rule, block_groups.size, bfloat16_params=True)(*on_gpu, case.scalars, *key)
+            for label, a, b in zip(("param", "codes", "absmax"), on_cpu, on_gpu[:3]):
+                if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
+                    failures.append(f"bfloat16 params, int8 state, {name} size {size} {label}: "
+                                    f"{np.flatnonzero(a != b.copy_to_host())[:5]}")
     return failures
 
 

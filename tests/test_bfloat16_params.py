@@ -10,6 +10,8 @@ from fastopt import SGD, Adam, AdamW, FlatParams, RMSProp
 from fastopt.kernels import quantized as q
 from fastopt.kernels.chunks import chunk_table
 from fastopt.kernels.cpu import rule_kernel
+from fastopt.kernels.rules import RULES
+from fastopt.optim.storage import block_bounds
 
 from .kernel_cases import ELEMENTWISE, make_case
 
@@ -60,6 +62,38 @@ def test_the_step_widens_runs_the_rule_and_rounds_stochastically(name, size, sta
             assert p[-1] == 0x7FC0
 
 
+@pytest.mark.parametrize("name", [name for name in ELEMENTWISE if RULES[name].state])
+@pytest.mark.parametrize("size", [7, 4099])
+def test_the_int8_step_over_bfloat16_params_widens_decodes_and_rounds(name, size):
+    rng = np.random.default_rng(size + 11)
+    case, segments = make_case(name, size, np.float32, rng, n_groups=3)
+    rule = case.rule
+    skipped = [(a, b, -1 if g == 1 else g) for a, b, g in segments]
+    bounds, groups = q.block_table(skipped)
+    codes, absmax = q.encode_reference(case.state, bounds, rule.state)
+    param, grad = _bits(case.param), _bits(case.grad)
+    key0, key1, step = 0x5EED, 0xC0FFEE, 12
+    builds = ((True, 0), (False, 0), (True, 9)) if name == "adamw_step" else ((True, 0), (True, 9))
+    for parallel, offset in builds:
+        p, c, a = param.copy(), codes.copy(), absmax.copy()
+        q.int8_kernel(rule, parallel, True)(p, c, a, grad, bounds, groups, case.table, case.scalars, np.uint64(key0),
+                                            np.uint64(key1), np.uint64(step), np.uint64(offset))
+        expected_param = q.decode_bfloat16(param)
+        expected_state = q.decode_int8(codes, absmax, bounds, rule.state)
+        rule_kernel(rule)(expected_param, expected_state, q.decode_bfloat16(grad), bounds, groups, case.table,
+                          case.scalars)
+        active = np.repeat(groups >= 0, np.diff(bounds.astype(np.int64)))
+        expected_bits = q.round_bfloat16_reference(expected_param, q.random_param_halves(size, key0, key1, step,
+                                                                                          offset))
+        expected_bits[~active] = param[~active]
+        expected_codes, expected_absmax = q.encode_reference(expected_state, bounds, rule.state)
+        expected_codes[:, ~active] = codes[:, ~active]
+        expected_absmax[:, groups < 0] = absmax[:, groups < 0]
+        np.testing.assert_array_equal(p, expected_bits)
+        np.testing.assert_array_equal(c, expected_codes)
+        np.testing.assert_array_equal(a, expected_absmax)
+
+
 def test_parameter_rounding_is_unbiased():
     # From 1 with a gradient of -1 (both exact in bfloat16), a step of lr takes every parameter
     # to x, 30 % of the way from 1 to the next bfloat16 value; the rounded values average to x
@@ -91,7 +125,7 @@ def test_round_to_nearest_would_lose_small_steps_that_stochastic_rounding_keeps(
 
 
 @pytest.mark.parametrize("state_dtype, stored", [(None, "bfloat16"), ("bfloat16", "bfloat16"),
-                                                 ("float32", "float32")])
+                                                 ("float32", "float32"), ("int8", "int8")])
 def test_optimizers_over_bfloat16_params_follow_the_float32_rule(state_dtype, stored):
     rng = np.random.default_rng(0)
     shapes = {"w": (300, 7), "b": 7}
@@ -114,10 +148,13 @@ def test_optimizers_over_bfloat16_params_follow_the_float32_rule(state_dtype, st
     # factor would be as far off as the movement itself)
     moved = np.linalg.norm(reference.data - start_values)
     apart = np.linalg.norm(params.data.astype(np.float64) - reference.data)
-    assert apart < 0.05 * moved
+    # int8 state adds its own quantization: over float32 parameters it alone measures 3.8 % and
+    # (first moments) 13.8 % here; bfloat16 state 3.0 % and 1.2 % over bfloat16 parameters
+    bounds = (0.1, 0.2) if state_dtype == "int8" else (0.05, 0.05)
+    assert apart < bounds[0] * moved
     assert opt.state["exp_avg"].dtype == np.float32
     moments = np.linalg.norm(ref.state["exp_avg"])
-    assert np.linalg.norm(opt.state["exp_avg"] - ref.state["exp_avg"]) < 0.05 * moments
+    assert np.linalg.norm(opt.state["exp_avg"] - ref.state["exp_avg"]) < bounds[1] * moments
 
 
 def test_a_step_is_a_function_of_the_seed_and_the_step():
@@ -157,6 +194,14 @@ def test_state_dicts_cross_between_bfloat16_and_float32_state():
     assert other.state_dtype == "bfloat16"
     np.testing.assert_array_equal(other.state["square_avg"],
                                   q.decode_bfloat16(_bits(opt.state["square_avg"])))
+    third = RMSProp(FlatParams({"w": 1000}, dtype="bfloat16"), lr=1e-2, momentum=0.9, state_dtype="int8")
+    third.load_state_dict(other.state_dict())  # bfloat16 state into int8: quantized on load
+    values = np.stack([other.state[name] for name in third.rule.state])
+    bounds = block_bounds(third.params)
+    expected = q.decode_int8(*q.encode_reference(values, bounds, third.rule.state), bounds, third.rule.state)
+    for k, name in enumerate(third.rule.state):
+        np.testing.assert_array_equal(third.state[name], expected[k])
+    assert third.state_dict()["state_dtype"] == "int8"
 
 
 def test_l2_penalty_reads_the_bfloat16_values():
@@ -167,8 +212,6 @@ def test_l2_penalty_reads_the_bfloat16_values():
 
 def test_bad_input_is_refused_before_anything_changes():
     params = FlatParams({"w": 10}, dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"state_dtype='int8'.*float32 parameters"):
-        Adam(params, state_dtype="int8")
     with pytest.raises(ValueError, match=r"state_dtype='float64'"):
         Adam(params, state_dtype="float64")
     with pytest.raises(TypeError, match=r"dtype must be float32, float64 or 'bfloat16', got dtype=float16"):

@@ -240,8 +240,8 @@ def test_quantized_state_kernels_round_as_written(name, cc, tmp_path):
     blocks, block_groups = quantized.block_table(segments)
     codes, absmax = quantized.encode_reference(case.state, blocks, case.rule.state)
     int8 = check_kernel(cuda.int8_kernel(case.rule).py_func,
-                        (case.param, codes, absmax, case.grad, blocks, block_groups, case.table, case.scalars),
-                        cc, tmp_path)
+                        (case.param, codes, absmax, case.grad, blocks, block_groups, case.table, case.scalars,
+                         *[np.uint64(0)] * 4), cc, tmp_path)
     assert re.search(r"\bfma\.rn\.f32\b", int8) and re.search(r"\bbar\.sync\b", int8)
     assert re.search(r"\bcvt\.rzi\.u32\.f32|\bcvt\.rzi\.u64\.f32", int8), "the code's conversion"
     bits = quantized.round_bfloat16_nearest(case.state)
@@ -257,6 +257,10 @@ def test_quantized_state_kernels_round_as_written(name, cc, tmp_path):
                            (param_bits, state, grad_bits, case.bounds, case.groups, case.table, case.scalars,
                             u(1), u(2), u(3), u(4)), cc, tmp_path)
               for kind, state in ((None, case.state), ("bfloat16", bits))]
+    params.append(check_kernel(cuda.int8_kernel(case.rule, True).py_func,
+                               (param_bits, codes, absmax, grad_bits, blocks, block_groups, case.table, case.scalars,
+                                u(1), u(2), u(3), u(4)), cc, tmp_path))
+    assert re.search(r"\bmul\.(hi|wide)\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", params[-1]), "no Philox products"
     for body in params:
         assert re.search(r"\bshl\.b32|\bshl\.b64|\bprmt\.b32|\bcvt\.u32\.u16", body), "no widening of the bits"
     for body in (int8, bfloat16, *params):

@@ -124,7 +124,7 @@ def test_the_int8_step_is_decode_then_the_rule_then_encode(name, size):
     grad[-1] = np.nan
     for parallel in (True, False):
         p, c, a = param.copy(), codes.copy(), absmax.copy()
-        q.int8_kernel(rule, parallel)(p, c, a, grad, bounds, groups, case.table, case.scalars)
+        q.int8_kernel(rule, parallel)(p, c, a, grad, bounds, groups, case.table, case.scalars, *[np.uint64(0)] * 4)
         expected_state = q.decode_int8(codes, absmax, bounds, rule.state)
         expected_param = param.copy()
         rule_kernel(rule)(expected_param, expected_state, grad, bounds, groups, case.table, case.scalars)

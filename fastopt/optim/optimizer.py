@@ -153,7 +153,7 @@ class Optimizer:
     rules as block-wise ``"int8"`` or stochastically rounded ``"bfloat16"`` (over float32
     parameters); over bfloat16 parameters (``FlatParams(..., dtype="bfloat16")``) a step
     computes in float32 and writes each parameter back rounded stochastically, with the state
-    in bfloat16 (the default) or ``"float32"``. ``state_seed`` keys every stochastic rounding
+    in bfloat16 (the default), ``"float32"`` or ``"int8"``. ``state_seed`` keys every stochastic rounding
     (:mod:`fastopt.kernels.quantized`).
 
     Threads: :meth:`step` and :meth:`l2_penalty` may run while another thread changes the

@@ -1,7 +1,7 @@
 """How an optimizer keeps its per-element state: in the parameters' dtype (the default), as
 block-wise int8 codes with a float32 ``absmax`` per block, or as bfloat16 rounded
 stochastically (see :mod:`fastopt.kernels.quantized` for both encodings). Over bfloat16
-parameters the state is bfloat16 (the default) or float32, and every step rounds the
+parameters the state is bfloat16 (the default), float32 or int8, and every step rounds the
 parameters stochastically as well.
 
 A :class:`Storage` owns the state arrays of one rule over one :class:`~fastopt.FlatParams`:
@@ -29,18 +29,16 @@ def compute_dtype(params):
 def check_state_dtype(state_dtype, params, optimizer_class):
     """The state's encoding, checked against the parameters and the optimizer (the error names
     ``state_dtype`` and its value): None (the parameters' float dtype), ``"int8"`` or
-    ``"bfloat16"``; over bfloat16 parameters ``"bfloat16"`` (the default) or ``"float32"``."""
+    ``"bfloat16"``; over bfloat16 parameters ``"bfloat16"`` (the default), ``"float32"`` or
+    ``"int8"``."""
     native = str(params.dtype)
     if _checks.is_bfloat16(params.dtype):
         if optimizer_class.per_tensor:
             raise ValueError(f"{optimizer_class.__name__} works on whole tensors and does not take bfloat16 "
                              "parameters; the element-wise optimizers do")
-        if state_dtype is None or (isinstance(state_dtype, str) and state_dtype in ("bfloat16", "float32")):
+        if state_dtype is None or (isinstance(state_dtype, str) and state_dtype in ("bfloat16", "float32", "int8")):
             return state_dtype or "bfloat16"
-        if isinstance(state_dtype, str) and state_dtype == "int8":
-            raise ValueError("state_dtype='int8' needs float32 parameters, but params are bfloat16; over bfloat16 "
-                             "parameters the state is 'bfloat16' or 'float32'")
-        raise ValueError(f"state_dtype must be None, 'bfloat16' or 'float32' over bfloat16 parameters, "
+        raise ValueError(f"state_dtype must be None, 'bfloat16', 'float32' or 'int8' over bfloat16 parameters, "
                          f"got state_dtype={state_dtype!r}")
     if state_dtype is None or (isinstance(state_dtype, str) and state_dtype == native):
         return None
@@ -58,9 +56,9 @@ def check_state_dtype(state_dtype, params, optimizer_class):
 def saved_kind(saved, params, rule):
     """The encoding (a :class:`Storage` kind) of a state dict's ``state_dtype`` ``saved``, checked."""
     if _checks.is_bfloat16(params.dtype):
-        if saved not in ("bfloat16", "float32"):
-            raise ValueError(f"state_dict state_dtype must be 'bfloat16' or 'float32' over bfloat16 parameters, "
-                             f"got {saved!r}")
+        if saved not in ("bfloat16", "float32", "int8"):
+            raise ValueError(f"state_dict state_dtype must be 'bfloat16', 'float32' or 'int8' over bfloat16 "
+                             f"parameters, got {saved!r}")
         return saved
     if saved == str(params.dtype):
         return None
@@ -156,18 +154,19 @@ class Storage:
         if self.device.name == "cuda":
             from ..kernels import cuda
 
-            kernel = cuda.quantized_launch(self.kind, rule, tiles, stream)
+            kernel = cuda.quantized_launch(self.kind if self.active else None, rule, tiles, stream,
+                                           self.bfloat16_params)
         else:
             kernel = quantized.kernel_for_size(self.kind if self.active else None, rule, size, self.bfloat16_params)
+        key0, key1 = np.uint64(self.seed & 0xFFFFFFFF), np.uint64(self.seed >> 32)
+        offset = np.uint64(self.offset)
         if self.kind == "int8":
             absmax = self.absmax
 
             def int8_launch(param, codes, grad, bounds, groups, table, scalars, step):
-                kernel(param, codes, absmax, grad, bounds, groups, table, scalars)
+                kernel(param, codes, absmax, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
 
             return int8_launch
-        key0, key1 = np.uint64(self.seed & 0xFFFFFFFF), np.uint64(self.seed >> 32)
-        offset = np.uint64(self.offset)
 
         def bfloat16_launch(param, state, grad, bounds, groups, table, scalars, step):
             kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
