@@ -69,7 +69,7 @@ def test_state_dtype(benchmark, implementation, size, roofline_gbps):
 
 
 @pytest.mark.parametrize("implementation", ["fastopt bf16 params", "fastopt bf16 params f32 state",
-                                            "torch fused bf16 params"])
+                                            "fastopt bf16 params int8 state", "torch fused bf16 params"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
 def test_bfloat16_params(benchmark, implementation, size, roofline_gbps):
     """AdamW over bfloat16 parameters: fastopt (bfloat16 or float32 state, stochastic rounding)

@@ -421,24 +421,30 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars, key0, 
             # The block's own length, not BLOCK: the on-disk cache would keep a BLOCK frozen at
             # compile time, and a test process that changes it must not overrun another's scratch.
             scratch = np.empty((rows, n), np.float32)
-            if PARAM_WORDS:  # noqa: F821
-                c0, c1, c2, c3, words = _lanes()  # noqa: F821
-                first, stop = start + offset, start + n + offset  # in the whole's elements
-                for batch in range(first >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):  # noqa: F821
-                    _words(batch, c0, c1, c2, c3, words, uint64(PARAM_STREAM), step, key0, key1)  # noqa: F821
-                    base = batch * uint64(4)
-                    for w in range(max(first, base), min(stop, base + LANES * uint64(4))):  # noqa: F821
-                        i = w - offset
-                        p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
-                        put(param, i, p, np.uint32(words[w - base]))  # noqa: F821
-                        keep(scratch, i - start, values)  # noqa: F821
-            else:
-                for j in range(n):
-                    i = start + j
-                    p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
-                    put(param, i, p, np.uint32(0))  # noqa: F821
-                    keep(scratch, j, values)  # noqa: F821
+            pwords = _block_words(start + offset, n, PARAM_WORDS, step, key0, key1)  # noqa: F821
+            for j in range(n):
+                i = start + j
+                p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
+                put(param, i, p, pwords[j] if PARAM_WORDS else np.uint32(0))  # noqa: F821
+                keep(scratch, j, values)  # noqa: F821
             finish(scratch, codes, absmax, t, start, n)  # noqa: F821
+
+
+def block_words(first, n, wanted, step, key0, key1):
+    """The Philox words of :data:`PARAM_STREAM` of elements ``first .. first + n`` of the whole
+    buffer (uint32, element order), made :data:`~.dropout.LANES` counters at a time before a
+    block's loop, which then runs as over float32 parameters; none unless ``wanted``."""
+    if not wanted:
+        return np.empty(0, np.uint32)
+    out = np.empty(n, np.uint32)
+    c0, c1, c2, c3, words = _lanes()  # noqa: F821
+    stop = first + n
+    for batch in range(first >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):  # noqa: F821
+        _words(batch, c0, c1, c2, c3, words, uint64(PARAM_STREAM), step, key0, key1)  # noqa: F821
+        base = batch * uint64(4)
+        for w in range(max(first, base), min(stop, base + LANES * uint64(4))):  # noqa: F821
+            out[w - first] = np.uint32(words[w - base])
+    return out
 
 
 def rounded_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
@@ -488,9 +494,10 @@ def int8_kernel(rule, parallel=True, bfloat16_params=False):
 
     rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
             for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
+    words = njit(**{**JIT_OPTIONS, "cache": False})(rebound(block_words, {"_lanes": _lanes, "_words": _words,
+                                                                       "LANES": LANES}))
     bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
-                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows), "_lanes": _lanes, "_words": _words,
-                "LANES": LANES}
+                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows), "_block_words": words}
     name = f"{rule.name}_int8{'_bf16p' if bfloat16_params else ''}{'' if parallel else '_serial'}"
     return _compile(int8_step, bindings, name, parallel)
 

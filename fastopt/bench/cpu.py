@@ -308,20 +308,21 @@ class StateDtypeStep:
     #: parameters (bfloat16 state, rounded to nearest), and torchao's compiled AdamW with
     #: ``bf16_stochastic_round=True`` (the parameters rounded stochastically, its state bfloat16).
     BFLOAT16_IMPLEMENTATIONS = ("fastopt float32", "torch fused", "fastopt bf16 params", "fastopt bf16 params f32 state",
-                                "torch fused bf16 params", "torchao bf16 params")
+                                "fastopt bf16 params int8 state", "torch fused bf16 params", "torchao bf16 params")
     #: Reads + writes per parameter: p 8, g 4, and each state row read and written (bfloat16
     #: parameters: p 4, g 2).
     BYTES = {"fastopt float32": 28, "fastopt int8": 16, "fastopt bfloat16": 20, "torch fused": 28,
              "fastopt bf16 params": 14, "fastopt bf16 params f32 state": 22, "torch fused bf16 params": 14,
-             "torchao bf16 params": 14}
+             "torchao bf16 params": 14, "fastopt bf16 params int8 state": 10}
     STATE_BYTES = {"fastopt float32": 8.0, "fastopt int8": 2 + 8 / 2048, "fastopt bfloat16": 4.0,
                    "torch fused": 8.0, "bitsandbytes 8-bit": 2 + 8 / 256, "torchao 8-bit": 2 + 8 / 128,
                    "fastopt bf16 params": 4.0, "fastopt bf16 params f32 state": 8.0, "torch fused bf16 params": 4.0,
-                   "torchao bf16 params": 4.0}
+                   "torchao bf16 params": 4.0, "fastopt bf16 params int8 state": 2 + 8 / 2048}
     #: fastopt's (parameter dtype, state_dtype) of each of its contenders.
     FASTOPT = {"fastopt float32": ("float32", None), "fastopt int8": ("float32", "int8"),
                "fastopt bfloat16": ("float32", "bfloat16"), "fastopt bf16 params": ("bfloat16", None),
-               "fastopt bf16 params f32 state": ("bfloat16", "float32")}
+               "fastopt bf16 params f32 state": ("bfloat16", "float32"),
+               "fastopt bf16 params int8 state": ("bfloat16", "int8")}
 
     def __init__(self, implementation, n):
         self.implementation = implementation
@@ -368,7 +369,8 @@ class StateDtypeStep:
 
         module = {"torch fused": "torch", "torch fused bf16 params": "torch", "bitsandbytes 8-bit": "bitsandbytes",
                   "torchao 8-bit": "torchao", "torchao bf16 params": "torchao", "fastopt bf16 params": "ml_dtypes",
-                  "fastopt bf16 params f32 state": "ml_dtypes"}.get(implementation)
+                  "fastopt bf16 params f32 state": "ml_dtypes", "fastopt bf16 params int8 state": "ml_dtypes"}.get(
+            implementation)
         return module is None or importlib.util.find_spec(module) is not None
 
 
