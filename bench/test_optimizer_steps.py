@@ -56,28 +56,21 @@ def test_step(benchmark, rule, size, implementation, roofline_gbps):
     record(benchmark, cases.BYTES_PER_ELEMENT[rule] * size, roofline_gbps(size))
 
 
-@pytest.mark.parametrize("implementation", ["fastopt float32", "fastopt int8", "fastopt bfloat16", "torch fused"])
+STATE_DTYPE_STEPS = ["fastopt float32", "fastopt int8", "fastopt bfloat16", "torch fused", "fastopt bf16 params",
+                     "fastopt bf16 params f32 state", "fastopt bf16 params int8 state", "torch fused bf16 params"]
+
+
+@pytest.mark.parametrize("implementation", STATE_DTYPE_STEPS)
 @pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
 def test_state_dtype(benchmark, implementation, size, roofline_gbps):
-    """AdamW with float32, int8 and bfloat16 state against torch's fused AdamW (float32)."""
+    """AdamW with float32, int8 and bfloat16 state against torch's fused AdamW (float32), and
+    over bfloat16 parameters (bfloat16, float32 or int8 state, stochastic rounding) against
+    torch's fused AdamW over bfloat16 parameters (bfloat16 state, rounded to nearest)."""
     if not cases.StateDtypeStep.available(implementation):
         pytest.skip(f"{implementation} needs a library that is not installed")
     step = cases.StateDtypeStep(implementation, size)
-    benchmark.group = f"adamw state {size:.0e}"
-    timed(benchmark, step.step, size)
-    record(benchmark, cases.StateDtypeStep.BYTES[implementation] * size, roofline_gbps(size))
-
-
-@pytest.mark.parametrize("implementation", ["fastopt bf16 params", "fastopt bf16 params f32 state",
-                                            "fastopt bf16 params int8 state", "torch fused bf16 params"])
-@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
-def test_bfloat16_params(benchmark, implementation, size, roofline_gbps):
-    """AdamW over bfloat16 parameters: fastopt (bfloat16 or float32 state, stochastic rounding)
-    against torch's fused AdamW over bfloat16 parameters (bfloat16 state, rounded to nearest)."""
-    if not cases.StateDtypeStep.available(implementation):
-        pytest.skip(f"{implementation} needs a library that is not installed")
-    step = cases.StateDtypeStep(implementation, size)
-    benchmark.group = f"adamw bfloat16 params {size:.0e}"
+    params = "bfloat16 params" if "bf16 params" in implementation else "state"
+    benchmark.group = f"adamw {params} {size:.0e}"
     timed(benchmark, step.step, size)
     record(benchmark, cases.StateDtypeStep.BYTES[implementation] * size, roofline_gbps(size))
 

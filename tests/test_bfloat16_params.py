@@ -24,6 +24,19 @@ def _bits(values):
     return q.round_bfloat16_nearest(np.asarray(values, np.float32))
 
 
+def _composed_step(case, param, state, grad, bounds, groups, key, offset):
+    """What a fused step over bfloat16 parameter bits ``param`` must equal: widen, the float32
+    rule kernel (``state``, float32, updated in place), round with the parameters' Philox bits
+    (``key``: key0, key1, step); parameters of skipping groups keep their bits. Returns the
+    parameter bits and which elements stepped."""
+    expected = q.decode_bfloat16(param)
+    rule_kernel(case.rule)(expected, state, q.decode_bfloat16(grad), bounds, groups, case.table, case.scalars)
+    active = np.repeat(groups >= 0, np.diff(bounds.astype(np.int64)))
+    bits = q.round_bfloat16_reference(expected, q.random_param_halves(param.size, *key, offset))
+    bits[~active] = param[~active]
+    return bits, active
+
+
 @pytest.mark.parametrize("name", ELEMENTWISE)
 @pytest.mark.parametrize("size", [1, 7, 16411])
 @pytest.mark.parametrize("state_kind", [None, "bfloat16"])
@@ -44,14 +57,9 @@ def test_the_step_widens_runs_the_rule_and_rounds_stochastically(name, size, sta
         q.rounded_kernel(rule, state_kind, True, parallel)(
             p, s, grad, bounds, groups, case.table, case.scalars, np.uint64(key0), np.uint64(key1),
             np.uint64(step), np.uint64(offset))
-        expected_param = q.decode_bfloat16(param)
         expected_state = state.copy() if state_kind is None else q.decode_bfloat16(state)
-        rule_kernel(rule)(expected_param, expected_state, q.decode_bfloat16(grad), bounds, groups, case.table,
-                          case.scalars)
-        active = np.repeat(groups >= 0, np.diff(bounds.astype(np.int64)))
-        expected_bits = q.round_bfloat16_reference(expected_param, q.random_param_halves(size, key0, key1, step,
-                                                                                          offset))
-        expected_bits[~active] = param[~active]
+        expected_bits, active = _composed_step(case, param, expected_state, grad, bounds, groups, (key0, key1, step),
+                                               offset)
         np.testing.assert_array_equal(p, expected_bits)
         if state_kind == "bfloat16":
             random = q.random_halves(size, key0, key1, step, len(rule.state), offset)
@@ -78,14 +86,9 @@ def test_the_int8_step_over_bfloat16_params_widens_decodes_and_rounds(name, size
         p, c, a = param.copy(), codes.copy(), absmax.copy()
         q.int8_kernel(rule, parallel, True)(p, c, a, grad, bounds, groups, case.table, case.scalars, np.uint64(key0),
                                             np.uint64(key1), np.uint64(step), np.uint64(offset))
-        expected_param = q.decode_bfloat16(param)
         expected_state = q.decode_int8(codes, absmax, bounds, rule.state)
-        rule_kernel(rule)(expected_param, expected_state, q.decode_bfloat16(grad), bounds, groups, case.table,
-                          case.scalars)
-        active = np.repeat(groups >= 0, np.diff(bounds.astype(np.int64)))
-        expected_bits = q.round_bfloat16_reference(expected_param, q.random_param_halves(size, key0, key1, step,
-                                                                                          offset))
-        expected_bits[~active] = param[~active]
+        expected_bits, active = _composed_step(case, param, expected_state, grad, bounds, groups, (key0, key1, step),
+                                               offset)
         expected_codes, expected_absmax = q.encode_reference(expected_state, bounds, rule.state)
         expected_codes[:, ~active] = codes[:, ~active]
         expected_absmax[:, groups < 0] = absmax[:, groups < 0]
