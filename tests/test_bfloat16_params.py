@@ -3,6 +3,8 @@ composition (widen to float32, the float32 rule kernel, round stochastically) bi
 rounding's bias, the optimizers over them (state in bfloat16, float32 or refused int8), their
 state dicts, and bad input."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -116,7 +118,7 @@ def test_parameter_rounding_is_unbiased():
 
 
 def test_round_to_nearest_would_lose_small_steps_that_stochastic_rounding_keeps():
-    # 1000 steps of 1e-4 each from 1.0: each is under half a bfloat16 step (2**-8 / 2 at 1), so
+    # 1000 steps of 1e-4 each from 1.0: each is under half a bfloat16 step (2**-8 at 1), so
     # rounding to nearest would never move; stochastic rounding gets within a few steps of 1.1.
     params = FlatParams({"w": 10_000}, dtype="bfloat16")
     params.data[:] = 1.0
@@ -223,13 +225,17 @@ def test_bad_input_is_refused_before_anything_changes():
 
     with pytest.raises(ValueError, match=r"LAMB.*bfloat16 parameters"):
         LAMB(params)
-    float32 = FlatParams({"w": 10})
-    saved = Adam(params).state_dict()
-    target = Adam(float32)
+    source, target = Adam(params, lr=0.1), Adam(FlatParams({"w": 10}), lr=0.2)
+    for optimizer, grad in ((source, 1.0), (target, -2.0)):  # both with state of their own
+        optimizer.params.grad[:] = grad
+        optimizer.step()
     before = target.state_dict()
     with pytest.raises(ValueError, match="dtype bfloat16"):
-        target.load_state_dict(saved)
-    np.testing.assert_array_equal(target.state_dict()["state"]["exp_avg"], before["state"]["exp_avg"])
+        target.load_state_dict(source.state_dict())
+    after = target.state_dict()
+    assert after["config"] == before["config"] and after["step"] == before["step"] == 1
+    np.testing.assert_array_equal(after["state"]["exp_avg"], before["state"]["exp_avg"])
+    assert np.all(before["state"]["exp_avg"] != 0)
 
 
 def test_what_bfloat16_params_do_not_do_yet_is_refused():
@@ -311,9 +317,11 @@ def test_torch_bfloat16_training_tracks_torch_and_state_dicts_cross():
     p = next(reference.parameters())
     assert torch.equal(mine.state[p]["exp_avg"], ref.state[p]["exp_avg"])
     theirs = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    theirs.load_state_dict(opt.state_dict())
+    theirs.load_state_dict(copy.deepcopy(opt.state_dict()))  # a copy: torch would keep the live views
     q = next(model.parameters())
+    assert theirs.state[q]["exp_avg_sq"].data_ptr() != opt.state[q]["exp_avg_sq"].data_ptr()
     assert torch.equal(theirs.state[q]["exp_avg_sq"], opt.state[q]["exp_avg_sq"])
+    assert torch.count_nonzero(theirs.state[q]["exp_avg_sq"]) > 0
 
 
 def test_torch_bfloat16_state_over_float32_parameters_is_a_live_view():
@@ -335,10 +343,8 @@ def test_torch_bfloat16_state_over_float32_parameters_is_a_live_view():
     state = opt.state[p]["exp_avg"]
     assert state.dtype == torch.bfloat16
     np.testing.assert_array_equal(state.float().numpy().reshape(-1), core.state["exp_avg"][:p.numel()])
-    state.zero_()  # a live view: the next step starts from it
-    assert not opt.param_groups[0]["params"][0].grad is None
-    _train(model, opt, x, y, 1)
-    assert torch.count_nonzero(opt.state[p]["exp_avg"]) > 0
+    state.fill_(0.25)  # a live view: the kernels' own bits change with it
+    assert np.all(opt._slices[0].core.state["exp_avg"][:p.numel()] == 0.25)
 
 
 def test_torch_groups_round_as_one_buffer():
@@ -358,6 +364,71 @@ def test_torch_groups_round_as_one_buffer():
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
+def test_torch_groups_keep_their_offsets_when_a_scheduler_adds_momentum():
+    # float32 parameters with bfloat16 state: SGD groups without momentum have no state (and no
+    # rounding) until a scheduler moves momentum off 0; their new cores must count Philox from
+    # the group's own start, as cores built with momentum do
+    torch = pytest.importorskip("torch")
+    import fastopt.torch
+
+    results = []
+    for momentum_later in (False, True):
+        model, x, y = _torch_pair(torch.float32)
+        layers = list(model.parameters())
+        momentum = 0.0 if momentum_later else 0.9
+        opt = fastopt.torch.SGD([{"params": layers[:2]}, {"params": layers[2:]}], lr=0.05, momentum=momentum,
+                                state_dtype="bfloat16")
+        for group in opt.param_groups:
+            group["momentum"] = 0.9
+        _train(model, opt, x, y, 3)
+        assert [piece.core._storage.offset for piece in opt._slices] == [0, layers[0].numel() + layers[1].numel()]
+        results.append([opt.state[p]["momentum_buffer"].clone() for p in layers])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_torch_sgd_over_bfloat16_resumes_bit_for_bit():
+    # torch's SGD keeps no step count; over bfloat16 the step picks the rounding bits, so its
+    # state carries "step" and a resumed run continues as the uninterrupted one
+    torch = pytest.importorskip("torch")
+    import fastopt.torch
+
+    model, x, y = _torch_pair(torch.bfloat16)
+    opt = fastopt.torch.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, x, y, 3)
+    saved = copy.deepcopy(opt.state_dict())
+    values = [p.detach().clone() for p in model.parameters()]
+    assert saved["state"][0]["step"] == 3
+    _train(model, opt, x, y, 3)
+    resumed, _, _ = _torch_pair(torch.bfloat16)
+    with torch.no_grad():
+        for p, value in zip(resumed.parameters(), values):
+            p.copy_(value)
+    again = fastopt.torch.SGD(resumed.parameters(), lr=0.05, momentum=0.9)
+    again.load_state_dict(saved)
+    _train(resumed, again, x, y, 3)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+
+
+def test_torch_add_param_group_refused_leaves_the_optimizer_whole():
+    torch = pytest.importorskip("torch")
+    import fastopt.torch
+
+    model, x, y = _torch_pair(torch.float32)
+    opt = fastopt.torch.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    _train(model, opt, x, y, 2)
+    extra = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"params\[4\] has dtype torch.float64; state_dtype='bfloat16' takes"):
+        opt.add_param_group({"params": [extra]})
+    assert len(opt.param_groups) == 1
+    _train(model, opt, x, y, 2)  # steps on, hooks and all
+    p = next(model.parameters())
+    assert opt.state[p]["step"] == 4 and opt.state_dict()["state"][0]["step"] == 4
+    lamb = fastopt.torch.LAMB(torch.nn.Linear(3, 2).parameters())
+    with pytest.raises(ValueError, match=r"params\[2\] is bfloat16; LAMB works on whole tensors"):
+        lamb.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))]})
+    assert len(lamb.param_groups) == 1
+
+
 def test_torch_refuses_what_it_cannot_do_yet():
     torch = pytest.importorskip("torch")
     import fastopt.torch
@@ -367,5 +438,7 @@ def test_torch_refuses_what_it_cannot_do_yet():
         fastopt.torch.Adam(model.parameters(), state_dtype="int8")
     with pytest.raises(ValueError, match="LAMB works on whole tensors and does not take bfloat16"):
         fastopt.torch.LAMB(model.parameters())
+    with pytest.raises(ValueError, match="state_dtype='bfloat16' takes float32 and bfloat16"):
+        fastopt.torch.Adam(torch.nn.Linear(2, 2).double().parameters(), state_dtype="bfloat16")
     with pytest.raises(TypeError, match="float16"):
         fastopt.torch.Adam(torch.nn.Linear(2, 2).half().parameters())

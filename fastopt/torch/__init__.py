@@ -72,8 +72,10 @@ class _Slice:
     """The parameters of one torch group in one (dtype, device) buffer: a contiguous segment,
     stepped by one fastopt optimizer (``core``)."""
 
-    def __init__(self, group_index, entries, core, synced, device):
+    def __init__(self, group_index, entries, core, synced, device, start):
         self.group_index, self.entries, self.core, self.synced = group_index, entries, core, synced
+        #: The slice's first element in its buffer: where its Philox counters start.
+        self.start = start
         self.names = tuple(f"p{entry.index}" for entry in entries)
         self.device = device if device.type == "cuda" else None
         self.stream = 0  # the CUDA stream its launches are configured for (0: the legacy default)
@@ -140,10 +142,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_flags(group)
-        self._core_options(group)  # refuses bad values now, naming them
-        if self._built:
-            self._build()
+        try:  # refuses bad values now, naming them, and leaves the groups as they were
+            _check_flags(group)
+            self._core_options(group)
+            if self._built:
+                self._build()  # checks every parameter before it changes anything
+        except Exception:
+            self.param_groups.pop()
+            raise
 
     def _core_class_for(self, group):
         """The fastopt optimizer class a group runs."""
@@ -163,17 +169,18 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """Lay every parameter out in flat buffers, one per (dtype, device), group by group, and
         build a fastopt optimizer per group and buffer. Values and state carry over, so this
         also serves add_param_group and load_state_dict."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
         indexed = [(k, group_index, p) for k, (group_index, p) in
                    enumerate((g, p) for g, group in enumerate(self.param_groups) for p in group["params"])]
         seen = {}
-        for index, _, p in indexed:
+        for index, group_index, p in indexed:
             _check_parameter(index, p)
+            self._check_fits(index, p, self._core_class_for(self.param_groups[group_index]))
             if id(p) in seen:  # torch only warns; one flat buffer cannot hold a tensor twice
                 raise ValueError(f"params[{index}] is params[{seen[id(p)]}] again: give each parameter once")
             seen[id(p)] = index
+        for handle in self._hooks:  # every check passed: nothing changed before this
+            handle.remove()
+        self._hooks = []
         previous = {id(e.param): e for e in getattr(self, "_entries", [])}
         buffers = {}
         for index, group_index, p in indexed:
@@ -226,8 +233,30 @@ class _FlatOptimizer(torch.optim.Optimizer):
                                grad[offset:offset + p.numel()].view(p.shape), views, dict(self._carried))
                 self._adopt(entry, previous.get(id(p)))
                 entries.append(entry)
-            self._slices.append(_Slice(group_index, entries, core, {k: group.get(k) for k in self._sync_keys}, device))
+            synced = {k: group.get(k) for k in self._sync_keys}
+            self._slices.append(_Slice(group_index, entries, core, synced, device, start))
             self._entries.extend(entries)
+
+    def _check_fits(self, index, p, cls):
+        """Refuse, before anything changes, a parameter the group's core would refuse: bfloat16
+        for the rules on whole tensors, and, with ``state_dtype="bfloat16"``, other than float32
+        or bfloat16 or on the GPU."""
+        if p.dtype == torch.bfloat16 and cls.per_tensor:
+            raise ValueError(f"params[{index}] is bfloat16; {cls.__name__} works on whole tensors and does not take "
+                             "bfloat16 parameters")
+        if self._state_dtype is not None and not cls.per_tensor:
+            if p.dtype not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"params[{index}] has dtype {p.dtype}; state_dtype={self._state_dtype!r} takes "
+                                 "float32 and bfloat16 parameters")
+            if p.device.type != "cpu":
+                raise ValueError(f"params[{index}] is on {p.device}; state_dtype={self._state_dtype!r} is for CPU "
+                                 "parameters in fastopt.torch for now")
+
+    def _keeps_step(self, entry):
+        """Whether a parameter's state carries its step count where torch's class keeps none
+        (SGD): when its step rounds stochastically, whose bits the step number picks, so that
+        a resumed run continues with the bits it would have had."""
+        return entry.data.dtype == torch.bfloat16 or self._state_dtype is not None
 
     def _state_options(self, dtype, cls):
         """The state keywords of a group's core (of class ``cls``) over parameters of torch
@@ -290,7 +319,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             dict.pop(self.state, entry.param, None)
             return
         state = dict(entry.state)
-        if self._has_step:
+        if self._has_step or self._keeps_step(entry):
             state["step"] = torch.tensor(float(entry.steps), dtype=_scalar_dtype())
         for name, value in entry.carried.items():
             state[name] = torch.tensor(value, dtype=entry.carried_dtype or _scalar_dtype())
@@ -462,7 +491,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         dtype = piece.entries[0].data.dtype if piece.entries else torch.float32
         core = cls(old.params, **options, **self._state_options(dtype, cls))
         if core._storage.custom:
-            core._offset_state(old._storage.offset)
+            core._offset_state(piece.start)
         new_buffer = False
         old_rows = _state_rows(old)
         for name, rows in _state_rows(core).items():
@@ -637,7 +666,7 @@ def _carried_value(name, value):
 def _saved_steps(saved, has_step):
     if not saved:
         return 0
-    if has_step:
+    if has_step or "step" in saved:
         step = saved.get("step", 0)
         return int(step.item() if torch.is_tensor(step) else step)
     return 1 if saved.get("momentum_buffer") is not None else 0
