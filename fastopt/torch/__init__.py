@@ -35,9 +35,9 @@ frameworks take them. What differs is where the parameters live:
   runs the float32 rule and writes each new value back rounded stochastically (Philox, keyed by
   ``state_seed``), and the state is bfloat16 as torch's is, rounded stochastically too: torch's
   state tensors, live. The element-wise classes take ``state_dtype="bfloat16"`` over float32
-  parameters as well (4 bytes of Adam state a parameter; ``state[p]["exp_avg"]`` is then a
-  live torch.bfloat16 view). float16 parameters, and bfloat16 ones on the GPU, are refused at
-  construction.
+  CPU parameters as well (4 bytes of Adam state a parameter; ``state[p]["exp_avg"]`` is then a
+  live torch.bfloat16 view). float16 parameters, and bfloat16 parameters or state on the GPU,
+  are refused at construction.
 * A model changed after construction so that its parameters are no longer views of the flat
   buffer (``model.float()``, ``model.to(other device)``) is detected at the next ``step()``:
   build the optimizer again.
