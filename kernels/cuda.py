@@ -620,10 +620,7 @@ def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars, key0,
                 i = start + j
                 pword = uint32(0)
                 if PARAM_WORDS:  # noqa: F821
-                    whole = offset + i
-                    c = whole >> uint64(2)
-                    w0, w1, w2, w3 = _philox(c & MASK32, c >> SHIFT32, uint64(PARAM_STREAM), step, key0, key1)
-                    pword = _word(w0, w1, w2, w3, whole)
+                    pword = _element_word(offset + i, uint64(PARAM_STREAM), step, key0, key1)
                 p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
                 put(param, i, p, pword)  # noqa: F821
                 keep(scratch, j, values)  # noqa: F821
@@ -671,8 +668,12 @@ def _encode_row(k, scratch, codes, start, n, tid, threads, scale):
 
 
 @element
-def _word(w0, w1, w2, w3, i):
-    lane = i & uint64(3)
+def _element_word(whole, stream, step, key0, key1):
+    """Element ``whole``'s Philox word of ``stream``: word ``whole % 4`` of counter
+    ``whole // 4`` (the CPU's words, as dropout counts them)."""
+    j = whole >> uint64(2)
+    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, stream, step, key0, key1)
+    lane = whole & uint64(3)
     if lane == uint64(0):
         return uint32(w0)
     if lane == uint64(1):
@@ -695,17 +696,13 @@ def rounded_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
                 whole = offset + i
-                j = whole >> uint64(2)
                 word, word2, pword = uint32(0), uint32(0), uint32(0)
                 if STATE_WORDS:  # noqa: F821
-                    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM), step, key0, key1)
-                    word = _word(w0, w1, w2, w3, whole)
+                    word = _element_word(whole, uint64(STATE_STREAM), step, key0, key1)
                     if two_streams:
-                        w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(STATE_STREAM + 1), step, key0, key1)
-                        word2 = _word(w0, w1, w2, w3, whole)
+                        word2 = _element_word(whole, uint64(STATE_STREAM + 1), step, key0, key1)
                 if PARAM_WORDS:  # noqa: F821
-                    w0, w1, w2, w3 = _philox(j & MASK32, j >> SHIFT32, uint64(PARAM_STREAM), step, key0, key1)
-                    pword = _word(w0, w1, w2, w3, whole)
+                    pword = _element_word(whole, uint64(PARAM_STREAM), step, key0, key1)
                 apply_rounded(param, state, grad, i, chunk, word, word2, pword)  # noqa: F821
 
 
@@ -718,7 +715,7 @@ def int8_kernel(rule, bfloat16_params=False):
     rows += rows[:1] * (3 - len(rows))  # rows a rule lacks are never called
     encode_row = TARGET.element(_encode_row, row0=rows[0], row1=rows[1], row2=rows[2])
     names = TARGET.names(int8_tiles, {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
-                                      "encode_row": encode_row, "row_maximum": row_maximum, "_word": _word})
+                                      "encode_row": encode_row, "row_maximum": row_maximum})
     return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8" + ("_bf16p" if bfloat16_params else "")))
 
 
@@ -734,7 +731,7 @@ def rounded_kernel(rule, state_kind, bfloat16_params):
     :func:`~.quantized.rounded_kernel` from the same source."""
     apply = TARGET.element(apply_rounded, **rounded_bindings(TARGET, rule, state_kind, bfloat16_params))
     state_words = state_kind == "bfloat16" and len(rule.state) > 0
-    names = TARGET.names(rounded_tiles, {"prologue": rule.prologue, "_word": _word, "apply_rounded": apply,
+    names = TARGET.names(rounded_tiles, {"prologue": rule.prologue, "apply_rounded": apply,
                                          "STATE_WORDS": state_words, "PARAM_WORDS": bool(bfloat16_params)})
     name = f"{rule.name}_{'bf16' if state_words else 'f32'}{'_bf16p' if bfloat16_params else ''}"
     return cuda.jit(rebound(rounded_tiles, names, name))
