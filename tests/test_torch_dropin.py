@@ -332,7 +332,7 @@ BAD = [
     (lambda ps: ft.Adam([]), ValueError, "empty parameter list"),
     (lambda ps: ft.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)]), TypeError,
      "float16"),
-    (lambda ps: ft.Adam(ps, state_dtype="int8"), ValueError, "state_dtype must be None or 'bfloat16'"),
+    (lambda ps: ft.Adam(ps, state_dtype="int4"), ValueError, "state_dtype must be None, 'bfloat16' or 'int8'"),
     (lambda ps: ft.Adam(ps, state_seed=-1), ValueError, "state_seed must be an int"),
 ]
 

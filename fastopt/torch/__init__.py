@@ -127,12 +127,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._built = False
         self._hooks = []
         _check_flags(defaults)
-        if state_dtype is not None and not (isinstance(state_dtype, str) and state_dtype == "bfloat16"):
-            raise ValueError(f"state_dtype must be None or 'bfloat16' in fastopt.torch, got "
-                             f"state_dtype={state_dtype!r} (int8 state has no live torch view; "
-                             "fastopt.AdamW(..., state_dtype='int8') has it)")
-        #: The state's encoding and seed over float32 parameters (bfloat16 parameters keep
-        #: bfloat16 state, as torch's do, rounded stochastically): every group's core takes them.
+        if state_dtype is not None and not (isinstance(state_dtype, str) and state_dtype in ("bfloat16", "int8")):
+            raise ValueError(f"state_dtype must be None, 'bfloat16' or 'int8' in fastopt.torch, got "
+                             f"state_dtype={state_dtype!r}")
+        #: The state's encoding (None: the parameters' dtype, bfloat16 for bfloat16 parameters,
+        #: as torch keeps it) and the seed of its stochastic rounding: every group's core takes them.
         self._state_dtype, self._state_seed = state_dtype, _core_storage.check_seed(state_seed)
         super().__init__(params, defaults)
         self._build()
@@ -155,9 +154,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """The fastopt optimizer class a group runs."""
         return self._core_class
 
-    def _initial_state(self, group, name, view):
-        """Give a state tensor the value torch starts it at (zero, but Adagrad's sum)."""
-        view.zero_()
+    def _initial_value(self, name):
+        """The value torch starts state ``name`` at: zero (but Adagrad's sum)."""
+        return 0.0
 
     def _core_options(self, group):
         """The fastopt config of a group, validated by fastopt (torch's checks ran first)."""
@@ -255,15 +254,15 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def _keeps_step(self, entry):
         """Whether a parameter's state carries its step count where torch's class keeps none
         (SGD): when its step rounds stochastically, whose bits the step number picks, so that
-        a resumed run continues with the bits it would have had."""
-        return entry.data.dtype == torch.bfloat16 or self._state_dtype is not None
+        a resumed run continues with the bits it would have had (int8 state rounds to nearest)."""
+        return entry.data.dtype == torch.bfloat16 or self._state_dtype == "bfloat16"
 
     def _state_options(self, dtype, cls):
         """The state keywords of a group's core (of class ``cls``) over parameters of torch
         ``dtype``: none for the rules on whole tensors, which refuse bfloat16 parameters."""
         if cls.per_tensor or (self._state_dtype is None and dtype != torch.bfloat16):
             return {}
-        return {"state_dtype": "bfloat16", "state_seed": self._state_seed}
+        return {"state_dtype": self._state_dtype or "bfloat16", "state_seed": self._state_seed}
 
     def _adopt(self, entry, previous):
         """Make ``entry.param`` a view of the flat buffer, carry its gradient and state over,
@@ -283,9 +282,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             if old_grad is not None and p.requires_grad:
                 p.grad = entry.grad  # a frozen parameter keeps its own: backward must be seen when it thaws
             saved = self.state.get(p, {})
-            for name, view in entry.state.items():
-                if name in saved and saved[name] is not None:
-                    view.copy_(saved[name])
+            _load_state(entry.state, saved, entry.index)
             entry.steps = _saved_steps(saved, self._has_step)
             self._adopt_carried(entry, saved)
             # torch gives state at construction (Adagrad) to the parameters it is built with
@@ -319,6 +316,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
             dict.pop(self.state, entry.param, None)
             return
         state = dict(entry.state)
+        for name in entry.state:
+            if name.endswith(ABSMAX):  # int8: the map beside the codes and absmax, as fastopt's state dicts
+                state[name[:-len(ABSMAX)] + MAP] = _code_map(name[:-len(ABSMAX)])
         if self._has_step or self._keeps_step(entry):
             state["step"] = torch.tensor(float(entry.steps), dtype=_scalar_dtype())
         for name, value in entry.carried.items():
@@ -365,20 +365,17 @@ class _FlatOptimizer(torch.optim.Optimizer):
         new dict): a parameter without state starts afresh (zero moments, step 0), as in torch;
         tensors put in its place are copied into the flat state."""
         given = self.state
-        groups = {entry.index: self.param_groups[piece.group_index] for piece in self._slices
-                  for entry in piece.entries}
         for entry in self._entries:
             saved = given.get(entry.param) if entry.param in given else None
             with torch.no_grad():
                 if not saved:  # torch creates it afresh at the parameter's next step
-                    for name, view in entry.state.items():
-                        self._initial_state(groups[entry.index], name, view)
+                    _load_state(entry.state, {name: torch.full(view.shape, self._initial_value(name), dtype=torch.float64)
+                                              for name, view in entry.state.items() if not name.endswith(ABSMAX)},
+                                entry.index)
                     entry.steps = 0
                     entry.carried, entry.carried_dtype, entry.initial = dict(self._carried), None, False
                 else:
-                    for name, view in entry.state.items():
-                        if saved.get(name) is not None and saved[name] is not view:
-                            view.copy_(saved[name])
+                    _load_state(entry.state, saved, entry.index)
                     self._adopt_carried(entry, saved)
         live = _LiveState({id(entry.param): entry for entry in self._entries})
         self.state = self._live = live
@@ -545,6 +542,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for group, own in zip(self.param_groups, kept):  # a state dict of torch's class lacks them
             for key, value in own.items():
                 group.setdefault(key, value)
+        for _, p, saved in _saved_by_param(state_dict, self.param_groups):
+            # torch casts all state to a float parameter's dtype: int8 codes, absmax and map stay as saved
+            for key, value in saved.items():
+                if p in self.state and torch.is_tensor(value) and (value.dtype == torch.uint8 or (
+                        isinstance(key, str) and key.endswith((ABSMAX, MAP)))):
+                    self.state[p][key] = value
         self._build()
 
     def _check_loadable(self, state_dict):
@@ -566,21 +569,23 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     _carried_value(name, saved[name])
         # torch maps the saved parameters to these by position: each saved state tensor must
         # have its parameter's shape (the flat state takes it as a view of that shape)
-        saved_ids = [i for group in state_dict.get("param_groups", ()) if isinstance(group, dict)
-                     for i in group.get("params", ())]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, (saved_id, p) in enumerate(zip(saved_ids, params)):
-            saved = states.get(saved_id)
-            for name, value in (saved.items() if isinstance(saved, dict) else ()):
+        for index, p, saved in _saved_by_param(state_dict, self.param_groups):
+            for name, value in saved.items():
                 expected = self._state_shape(name, p)
                 if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != expected:
                     raise ValueError(f"state_dict state {name!r} of parameter {index} has shape "
                                      f"{tuple(value.shape)}, expected {expected} for the parameter's "
                                      f"{tuple(p.shape)}")
+                _check_int8_state(index, name, value, saved)
 
     @staticmethod
     def _state_shape(name, p):
-        """The shape torch gives state ``name`` of parameter ``p``: the parameter's."""
+        """The shape torch gives state ``name`` of parameter ``p``: the parameter's (an int8
+        row's absmax: one per block; its map: 256 values)."""
+        if isinstance(name, str) and name.endswith(ABSMAX):
+            return (_block_count(p.numel()),)
+        if isinstance(name, str) and name.endswith(MAP):
+            return (256,)
         return tuple(p.shape)
 
     def __getstate__(self):
@@ -588,6 +593,41 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _saved_by_param(state_dict, param_groups):
+    """``(index, p, saved state)`` of each parameter that ``state_dict`` holds state for,
+    paired by position as torch's load pairs them (``index``: the parameter's position)."""
+    states = state_dict.get("state", {}) if isinstance(state_dict, dict) else {}
+    if not isinstance(states, dict):
+        return []
+    saved_ids = [i for group in state_dict.get("param_groups", ()) if isinstance(group, dict)
+                 for i in group.get("params", ())]
+    params = [p for group in param_groups for p in group["params"]]
+    return [(index, p, states[i]) for index, (i, p) in enumerate(zip(saved_ids, params))
+            if isinstance(states.get(i), dict)]
+
+
+def _check_int8_state(index, name, value, saved):
+    """Refuse int8 state that could not be decoded as fastopt encodes it: codes (uint8) without
+    their absmax, an absmax or map without codes, or a map other than fastopt's for the row."""
+    if not isinstance(name, str) or not torch.is_tensor(value):
+        return
+    where = f"state_dict state {name!r} of parameter {index}"
+    if value.dtype == torch.uint8:
+        absmax = saved.get(name + ABSMAX)
+        if not torch.is_tensor(absmax) or not absmax.is_floating_point():
+            raise ValueError(f"{where} holds int8 codes (uint8) but no float {name + ABSMAX!r} beside them")
+        return
+    for suffix in (ABSMAX, MAP):
+        if name.endswith(suffix):
+            row = name[:-len(suffix)]
+            codes = saved.get(row)
+            if not torch.is_tensor(codes) or codes.dtype != torch.uint8:
+                raise ValueError(f"{where} belongs to int8 codes, but state {row!r} is not uint8 codes")
+            if suffix == MAP and not torch.equal(value.detach().cpu().to(torch.float32), _code_map(row)):
+                raise ValueError(f"{where} is not fastopt's int8 map of {row!r} (another quantizer's layout?): "
+                                 "its codes cannot be decoded")
 
 
 class _LiveState(defaultdict):
@@ -620,20 +660,105 @@ _hooked_step = torch.optim.Optimizer.profile_hook_step(_FlatOptimizer._step)
 
 def _state_rows(core):
     """``{name: row}`` of a fastopt optimizer's state as its kernels hold it (bfloat16 state:
-    the uint16 bits), live."""
-    return {name: core._storage.buffer[k] for k, name in enumerate(core.rule.state)}
+    the uint16 bits; int8 state: the codes, and each row's absmax per block as ``name +
+    ".absmax"``), live."""
+    storage = core._storage
+    rows = {name: storage.buffer[k] for k, name in enumerate(core.rule.state)}
+    if storage.absmax is not None:
+        rows.update({name + ABSMAX: storage.absmax[k] for k, name in enumerate(core.rule.state)})
+    return rows
 
 
 def _state_views(core, device):
     """``views(position, offset, p)``: parameter ``p``'s state as torch shapes it, views of the
     fastopt optimizer's state (``p`` the ``position``-th of the core's parameters, at element
-    ``offset`` of its buffer); bfloat16 state as torch.bfloat16 tensors."""
+    ``offset`` of its buffer); bfloat16 state as torch.bfloat16 tensors; int8 state as the
+    uint8 codes in ``p``'s shape and the float32 absmax of ``p``'s own blocks (a block never
+    straddles two tensors)."""
     if core.rule.factored is not None:
         layout, factors = core._factor_layout, _as_tensor(core._factors, device)
         return lambda position, offset, p: layout.tensor_state(factors, position)
     state = {name: _as_tensor(buffer, device) for name, buffer in _state_rows(core).items()}
-    return lambda position, offset, p: {name: rows[offset:offset + p.numel()].view(p.shape)
-                                        for name, rows in state.items()}
+    starts = core._storage.blocks  # the blocks' first elements, in the core's buffer
+
+    def views(position, offset, p):
+        n = p.numel()
+        out = {}
+        for name, rows in state.items():
+            if name.endswith(ABSMAX):
+                first = int(np.searchsorted(starts, offset))
+                out[name] = rows[first:first + _block_count(n)]
+            else:
+                out[name] = rows[offset:offset + n].view(p.shape)
+        return out
+
+    return views
+
+
+#: The suffixes of an int8 state row's absmax per block and its map, in torch's state as in
+#: fastopt's state dicts.
+ABSMAX, MAP = ".absmax", ".map"
+
+
+def _block_count(n):
+    return -(-n // _quantized().BLOCK)
+
+
+def _quantized():
+    from ..kernels import quantized
+
+    return quantized
+
+
+def _local_blocks(n):
+    """The int8 block bounds of one tensor of ``n`` elements."""
+    return np.append(np.arange(0, n, _quantized().BLOCK), n).astype(np.uint64)
+
+
+_CODE_MAPS = {}
+
+
+def _code_map(name):
+    """The 256 float32 values by code of int8 state row ``name`` (one shared CPU tensor a row)."""
+    if name not in _CODE_MAPS:
+        _CODE_MAPS[name] = torch.tensor(_quantized().row_codecs((name,))[0][0])
+    return _CODE_MAPS[name]
+
+
+def _decoded(name, codes, absmax):
+    """int8 state row ``name`` of one tensor, its ``codes`` and ``absmax`` (checked), as float32."""
+    codes = codes.detach().cpu().reshape(1, -1).numpy()
+    absmax = absmax.detach().to(torch.float32).cpu().reshape(1, -1).numpy()
+    values = _quantized().decode_int8(codes, absmax, _local_blocks(codes.size), (name,))[0]
+    return torch.from_numpy(values)
+
+
+def _load_state(views, saved, index):
+    """Copy a parameter's ``saved`` state tensors into its flat state ``views`` (those ``saved``
+    has; a view given back as itself is left alone), converting between encodings: int8 codes
+    (uint8, with ``name + ".absmax"``) are decoded for float or bfloat16 state, and float
+    values are quantized for int8 state, block by block (round to nearest, deterministic).
+    Refuses undecodable int8 state (naming parameter ``index``) before it copies anything."""
+    for name, value in saved.items():
+        _check_int8_state(index, name, value, saved)
+    for name, view in views.items():
+        value = saved.get(name)
+        if name.endswith(ABSMAX) or value is None or value is view:
+            continue
+        if value.dtype == torch.uint8:  # int8 codes: _check_loadable saw their absmax
+            absmax = saved[name + ABSMAX]
+            if name + ABSMAX in views:
+                view.copy_(value.reshape(view.shape))
+                views[name + ABSMAX].copy_(absmax)
+                continue
+            value = _decoded(name, value, absmax).reshape(view.shape)
+        if name + ABSMAX in views:  # float values into int8 state
+            flat = value.detach().to(torch.float32).cpu().reshape(1, -1).numpy()
+            codes, absmax = _quantized().encode_reference(flat, _local_blocks(flat.size), (name,))
+            view.copy_(torch.from_numpy(codes[0]).reshape(view.shape))
+            views[name + ABSMAX].copy_(torch.from_numpy(absmax[0]))
+        else:
+            view.copy_(value)
 
 
 def _device_copy(target, source):
@@ -840,8 +965,8 @@ class Adagrad(_FlatOptimizer):
         self._core_class.config_type(**options)
         return options
 
-    def _initial_state(self, group, name, view):
-        view.fill_(self.defaults["initial_accumulator_value"])
+    def _initial_value(self, name):
+        return self.defaults["initial_accumulator_value"]
 
 
 def _check_betas(betas):
