@@ -36,7 +36,10 @@ frameworks take them. What differs is where the parameters live:
   ``state_seed``), and the state is bfloat16 as torch's is, rounded stochastically too: torch's
   state tensors, live. The element-wise classes take ``state_dtype="bfloat16"`` over float32
   CPU parameters as well (4 bytes of Adam state a parameter; ``state[p]["exp_avg"]`` is then a
-  live torch.bfloat16 view). float16 parameters, and bfloat16 parameters or state on the GPU,
+  live torch.bfloat16 view), or ``state_dtype="int8"`` (2.004 bytes: ``state[p]["exp_avg"]``
+  the live uint8 codes in ``p``'s shape, ``"exp_avg.absmax"`` the float32 absmax of ``p``'s
+  own blocks, ``"exp_avg.map"`` the values by code; state dicts quantized or decoded on load
+  across encodings). float16 parameters, and bfloat16 parameters or encoded state on the GPU,
   are refused at construction.
 * A model changed after construction so that its parameters are no longer views of the flat
   buffer (``model.float()``, ``model.to(other device)``) is detected at the next ``step()``:
