@@ -36,8 +36,8 @@ from .factored import COLUMN_BLOCK
 from .tensorwise import LANES, add_tiles
 from . import quantized
 from .quantized import BLOCK as QUANTIZED_BLOCK
-from .quantized import (PARAM_STREAM, STATE_STREAM, apply_rounded, encode, int8_bindings, inverse, magnitude_bits,
-                        rounded_bindings)
+from .quantized import (PARAM_STREAM, STATE_STREAM, apply_rounded, encode, int8_bindings, int8_tensorwise_bindings,
+                        inverse, magnitude_bits, rounded_bindings)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -641,6 +641,112 @@ def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars, key0,
                     absmax[k, t] = top
 
 
+def int8_tensorwise_norms(param, codes, absmax, grad, bounds, groups, table, scalars, partial):
+    """The first pass of a per-tensor rule over int8 state (the CPU's
+    :func:`~.quantized.int8_tensorwise_step`): a block of ``LANES`` threads per block of the
+    state; thread ``j`` adds the squares of elements ``j, j + LANES, ...`` (the direction from
+    the decoded state; nothing written), then the fixed tree."""
+    lanes = cuda.shared.array((2, LANES), float64)
+    scales = cuda.local.array(3, float32)
+    like = cuda.local.array(1, float32)
+    rows = codes.shape[0]
+    tid = cuda.threadIdx.x
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            for k in range(rows):
+                scales[k] = absmax[k, t]
+            param_squares = float64(0.0)
+            direction_squares = float64(0.0)
+            for i in range(bounds[t] + uint64(tid), bounds[t + 1], uint64(LANES)):
+                u, _ = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+                param_squares += square(param[i])  # noqa: F821
+                direction_squares += square(u)  # noqa: F821
+            lanes[0, tid] = param_squares
+            lanes[1, tid] = direction_squares
+            _lanes_tree(lanes, tid)
+            if tid == 0:
+                partial[t, 0] = lanes[0, 0]
+                partial[t, 1] = lanes[1, 0]
+            cuda.syncthreads()
+
+
+def int8_tensorwise_apply(param, codes, absmax, grad, bounds, groups, table, scalars, tile_tensor, sums):
+    """The second pass over int8 state: per block of the state its tensor's step size, every
+    element's step (the new state kept in shared memory), then each row's maximum by a tree
+    over the threads (a power of two) and its codes, as :func:`int8_tiles` encodes."""
+    scratch = cuda.shared.array((3, QUANTIZED_BLOCK), float32)
+    lanes = cuda.shared.array(MAX_THREADS, uint32)
+    scales = cuda.local.array(3, float32)
+    like = cuda.local.array(1, float32)
+    rows = codes.shape[0]
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            start = bounds[t]
+            n = bounds[t + 1] - start
+            for k in range(rows):
+                scales[k] = absmax[k, t]
+            tensor = tile_tensor[t]
+            step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
+            for j in range(uint64(tid), n, uint64(threads)):
+                step_at(param, codes, scratch, grad, scales, start + j, j, chunk, step_size)  # noqa: F821
+            cuda.syncthreads()
+            for k in range(rows):
+                lanes[tid] = row_maximum(scratch, k, n, tid, threads)
+                cuda.syncthreads()
+                half = threads // 2
+                while half > 0:
+                    if tid < half:
+                        lanes[tid] = max(lanes[tid], lanes[tid + half])
+                    cuda.syncthreads()
+                    half //= 2
+                top = bits_float(lanes[0])  # noqa: F821
+                encode_row(k, scratch, codes, start, n, tid, threads, inverse(top))  # noqa: F821
+                cuda.syncthreads()  # every thread has read lanes[0] before it changes
+                if tid == 0:
+                    absmax[k, t] = top
+
+
+@functools.cache
+def int8_tensorwise_kernels(rule):
+    """The two passes of a rule with per-tensor sums over int8 state, from the CPU's source."""
+    bindings = int8_tensorwise_bindings(TARGET, rule)
+    norms = TARGET.names(int8_tensorwise_norms, {**bindings, "square": square})
+    steps = TARGET.names(int8_tensorwise_apply, {**bindings, "encode_row": _encode_rows(rule),
+                                                 "row_maximum": row_maximum})
+    return (cuda.jit(rebound(int8_tensorwise_norms, norms, rule.name + "_int8_norms")),
+            cuda.jit(rebound(int8_tensorwise_apply, steps, rule.name + "_int8_apply")))
+
+
+class Int8TensorwiseLaunch:
+    """A step of a per-tensor rule with int8 state over fixed buffers: the first pass, the
+    per-tensor sums and the second pass, with the tensor tables and scratch sums on the device;
+    called as ``launch(param, codes, absmax, grad, bounds, groups, table, scalars)``."""
+
+    def __init__(self, rule, tiles, tensors, stream=0):
+        import numpy as np
+
+        self._tile_tensor, self._tensor_tiles = tensors[:2]
+        tensors_count = self._tensor_tiles.size - 1
+        self.partial = cuda.device_array((max(1, tiles), 2), np.float64)
+        self.sums = cuda.device_array((max(1, tensors_count), 2), np.float64)
+        norms, steps = int8_tensorwise_kernels(rule)
+        self._norms = configure(norms, blocks_for(tiles), LANES, stream)
+        self._sums = configure(tensorwise_sums, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
+        self._steps = configure(steps, blocks_for(tiles), THREADS_PER_BLOCK, stream)
+        self._empty = tiles == 0
+
+    def __call__(self, param, codes, absmax, grad, bounds, groups, table, scalars):
+        if self._empty:
+            return
+        self._norms(param, codes, absmax, grad, bounds, groups, table, scalars, self.partial)
+        self._sums(groups, self._tensor_tiles, self.partial, self.sums)
+        self._steps(param, codes, absmax, grad, bounds, groups, table, scalars, self._tile_tensor, self.sums)
+
+
 @element
 def row_maximum(scratch, k, n, tid, threads):
     """A thread's share of row ``k``'s maximum magnitude bits (elements ``tid, tid + threads, ...``)."""
@@ -706,16 +812,20 @@ def rounded_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1
                 apply_rounded(param, state, grad, i, chunk, word, word2, pword)  # noqa: F821
 
 
+def _encode_rows(rule):
+    """``encode_row(k, ...)``: row ``k``'s share of a thread's codes, each row's map bound in."""
+    rows = [TARGET.element(encode_row_of, ENCODE=encode_constants, SIGN=sign)
+            for _, _, encode_constants, sign in quantized.row_codecs(rule.state)]
+    rows += rows[:1] * (3 - len(rows))  # rows a rule lacks are never called
+    return TARGET.element(_encode_row, row0=rows[0], row1=rows[1], row2=rows[2])
+
+
 @functools.cache
 def int8_kernel(rule, bfloat16_params=False):
     """The CUDA kernel of an element-wise ``rule`` with int8 state over float32 or bfloat16
     parameters (the CPU's element source)."""
-    rows = [TARGET.element(encode_row_of, ENCODE=encode_constants, SIGN=sign)
-            for _, _, encode_constants, sign in quantized.row_codecs(rule.state)]
-    rows += rows[:1] * (3 - len(rows))  # rows a rule lacks are never called
-    encode_row = TARGET.element(_encode_row, row0=rows[0], row1=rows[1], row2=rows[2])
     names = TARGET.names(int8_tiles, {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
-                                      "encode_row": encode_row, "row_maximum": row_maximum})
+                                      "encode_row": _encode_rows(rule), "row_maximum": row_maximum})
     return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8" + ("_bf16p" if bfloat16_params else "")))
 
 

@@ -523,6 +523,117 @@ def rounded_kernel(rule, state_kind, bfloat16_params, parallel=True):
     return _compile(rounded_step, bindings, name + ('' if parallel else '_serial'), parallel)
 
 
+# -- int8 state of a rule with per-tensor sums (LAMB) ----------------------------------------------
+#
+# The quantization blocks are the tiles of the per-tensor rules (both start at each tensor and
+# take TENSOR_TILE elements). Both passes decode a block's stored state and run the rule's
+# ``update`` from it and the gradient (the same bits twice): the first sums ``p**2`` and the
+# fresh direction's squares and writes nothing; the second steps with the fresh direction and
+# re-encodes the block. So a step is the float32 rule's step from the decoded state, and only
+# the state kept between steps is rounded, as for the element-wise rules. (A direction formed
+# from the re-encoded state instead would divide by a second moment quantized to zero where a
+# gradient is tiny against its block: ``m / eps``, which wrecks the tensor's trust ratio.)
+
+
+@element
+def quantized_step(param, codes, scratch, grad, scales, i, j, chunk, scale):
+    """The second pass at element ``i`` (``j`` in its block) over int8 state: the direction and
+    new state again from the decoded state, the step, and the new state kept for encoding."""
+    p = param[i]
+    u, values = update(p, decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+    param[i] = step(p, u, scale)  # noqa: F821
+    keep(scratch, j, values)  # noqa: F821
+
+
+def int8_tensorwise_step(param, codes, absmax, grad, bounds, groups, table, scalars, tile_tensor, tensor_tiles,
+                         partial, sums):
+    """One step of a rule with per-tensor sums and int8 state, in the three stages of
+    :mod:`.tensorwise` over the blocks: per block, the sums of ``p**2`` and of the direction's
+    squares lane by lane as there (the direction from the decoded state; nothing written); per
+    tensor, the tiles' sums; per block, the step and the block encoded (``finish``).
+    ``prologue``, ``decode``, ``update``, ``step_at``, ``finish``, ``ratio`` and ``scale`` are
+    bound per rule."""
+    rows = codes.shape[0]
+    width = uint64(LANES)  # noqa: F821
+    like = np.empty(0, np.float32)
+    for t in prange(groups.size):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            start, stop = bounds[t], bounds[t + 1]
+            scales = np.empty(rows, np.float32)
+            for k in range(rows):
+                scales[k] = absmax[k, t]
+            param_lanes, direction_lanes = np.zeros(LANES), np.zeros(LANES)  # noqa: F821
+            directions = np.empty(LANES, np.float32)  # noqa: F821
+            for base in range(start, stop, width):
+                m = min(width, stop - base)
+                for j in range(m):
+                    i = base + j
+                    directions[j], _ = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+                for j in range(m):
+                    param_lanes[j] += square(param[base + j])  # noqa: F821
+                    direction_lanes[j] += square(directions[j])  # noqa: F821
+            partial[t, 0] = tile_sum(param_lanes)  # noqa: F821
+            partial[t, 1] = tile_sum(direction_lanes)  # noqa: F821
+    for k in range(tensor_tiles.size - 1):
+        add_tiles(k, groups, tensor_tiles, partial, sums)  # noqa: F821
+    for t in prange(groups.size):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            start = bounds[t]
+            n = bounds[t + 1] - start
+            scales = np.empty(rows, np.float32)
+            for k in range(rows):
+                scales[k] = absmax[k, t]
+            tensor = tile_tensor[t]
+            step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
+            scratch = np.empty((rows, n), np.float32)
+            for j in range(n):
+                step_at(param, codes, scratch, grad, scales, start + j, j, chunk, step_size)  # noqa: F821
+            finish(scratch, codes, absmax, t, start, n)  # noqa: F821
+
+
+def int8_tensorwise_bindings(target, rule):
+    """What the int8 per-tensor step's element functions mean for ``rule`` on ``target``."""
+    bindings = int8_bindings(target, rule)
+    decode, keep = bindings["decode"], bindings["keep"]
+    return {"prologue": rule.prologue, "update": rule.update, "decode": decode,
+            "step_at": target.element(quantized_step, update=rule.update, decode=decode, keep=keep,
+                                      step=rule.tensorwise.step),
+            "ratio": rule.tensorwise.ratio, "scale": rule.tensorwise.scale}
+
+
+@functools.cache
+def int8_tensorwise_kernel(rule, parallel=True):
+    """The CPU kernel of a rule with per-tensor sums (:attr:`~.rule.Rule.tensorwise`) and int8
+    state (see :func:`int8_tensorwise_step`)."""
+    from .penalty import square
+    from .tensorwise import LANES, add_tiles, tile_sum
+
+    rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
+            for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
+    bindings = {**int8_tensorwise_bindings(TARGET, rule), "finish": TARGET.element(_FINISHES[len(rule.state)], **rows),
+                "square": square, "tile_sum": tile_sum, "add_tiles": add_tiles, "LANES": LANES}
+    name = f"{rule.name}_int8{'' if parallel else '_serial'}"
+    return _compile(int8_tensorwise_step, bindings, name, parallel)
+
+
+class Int8TensorwiseLaunch:
+    """A CPU step of a per-tensor rule with int8 state over fixed buffers: the kernel build
+    for their size and the scratch sums, allocated once; called as ``launch(param, codes,
+    absmax, grad, bounds, groups, table, scalars)``."""
+
+    def __init__(self, rule, size, tensors):
+        self._kernel = int8_tensorwise_kernel(rule, size > CHUNK_SIZE)
+        self._tile_tensor, self._tensor_tiles = tensors[:2]
+        self.partial = np.zeros((self._tile_tensor.size, 2))
+        self.sums = np.zeros((self._tensor_tiles.size - 1, 2))
+
+    def __call__(self, param, codes, absmax, grad, bounds, groups, table, scalars):
+        self._kernel(param, codes, absmax, grad, bounds, groups, table, scalars, self._tile_tensor,
+                     self._tensor_tiles, self.partial, self.sums)
+
+
 # -- host helpers and references -------------------------------------------------------------------
 
 

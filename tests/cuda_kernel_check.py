@@ -31,7 +31,8 @@ from fastopt.kernels import cpu, cuda, dropout, factored, matrixwise, penalty, q
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
     failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + factored_failures()
-                + quantized_failures() + bfloat16_params_failures() + dropout_failures() + penalty_failures())
+                + quantized_failures() + bfloat16_params_failures() + tensorwise_int8_failures() + dropout_failures()
+                + penalty_failures())
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
 
@@ -226,6 +227,29 @@ def bfloat16_params_failures():
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                     failures.append(f"bfloat16 params, int8 state, {name} size {size} {label}: "
                                     f"{np.flatnonzero(a != b.copy_to_host())[:5]}")
+    return failures
+
+
+def tensorwise_int8_failures():
+    """Rules with per-tensor sums over int8 state: the CPU kernel against the CUDA launches on
+    the same blocks (the rule's tiles), with a tensor skipped, an empty one, and a NaN gradient."""
+    failures = []
+    for name in TENSORWISE:
+        for sizes, skipped in (([0], ()), ([1, 700, 0, 5], (3,)), ([301, 7, 2, 650], ()), ([3] * 30, (4,))):
+            case, _ = make_tensor_case(name, sizes, np.float32, np.random.default_rng(len(sizes) + 7), skipped)
+            if sizes[0] == 301:
+                case.grad[5] = np.nan
+            codes, absmax = quantized.encode_reference(case.state, case.bounds, case.rule.state)
+            on_cpu = [case.param.copy(), codes.copy(), absmax.copy()]
+            tables = (case.tile_tensor, case.tensor_tiles)
+            quantized.Int8TensorwiseLaunch(case.rule, case.param.size, tables)(
+                on_cpu[0], on_cpu[1], on_cpu[2], case.grad, case.bounds, case.groups, case.table, case.scalars)
+            on_gpu = [device(a) for a in (case.param, codes, absmax, case.grad, case.bounds, case.groups, case.table)]
+            launch = cuda.Int8TensorwiseLaunch(case.rule, case.groups.size, tuple(device(t) for t in tables))
+            launch(*on_gpu, case.scalars)
+            for label, a, b in zip(("param", "codes", "absmax"), on_cpu, on_gpu[:3]):
+                if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
+                    failures.append(f"int8 {name} sizes {sizes} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
     return failures
 
 

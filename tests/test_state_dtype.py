@@ -301,12 +301,16 @@ def test_a_bad_seed_is_refused():
         AdamW(FlatParams({"w": 3}), state_dtype="bfloat16", state_seed=-1)
 
 
-def test_the_whole_tensor_rules_and_zero_refuse_quantized_state():
-    from fastopt import LAMB
+def test_the_matrix_and_factored_rules_refuse_quantized_state():
+    from fastopt import Adafactor, Muon
+    from fastopt.kernels.rules import RULES
     from fastopt.optim.storage import check_state_dtype
 
-    with pytest.raises(ValueError, match="LAMB works on whole tensors"):
-        check_state_dtype("int8", FlatParams({"w": 3}), LAMB)
+    for cls, rule in ((Muon, "muon_step"), (Adafactor, "adafactor_step")):
+        for state_dtype in ("int8", "bfloat16"):
+            with pytest.raises(ValueError, match=f"state_dtype='{state_dtype}' is not built for {cls.__name__} "
+                                                 r"\(its encodings: none\)"):
+                check_state_dtype(state_dtype, FlatParams({"w": (3, 3)}), cls, RULES[rule])
 
 
 @pytest.mark.parametrize("change, message", [

@@ -193,7 +193,7 @@ class Optimizer:
         self._device = _device.for_device(params.device)
         self._dtype = _storage.compute_dtype(params).type
         self._rule = self._rule_for(config)
-        kind = _storage.check_state_dtype(state_dtype, params, type(self))
+        kind = _storage.check_state_dtype(state_dtype, params, type(self), self._rule)
         self._storage = _storage.Storage(kind, self._rule, params, self._device, _storage.check_seed(state_seed))
         self._state = self._storage.buffer
         #: The parameters' and gradients' dtype as the kernels take them (bfloat16: uint16 bits).
@@ -393,7 +393,7 @@ class Optimizer:
             launch = self._device.rule_step(self._rule, (*buffers, self._scalars(self._step_count + 1)), self._stream,
                                             self._tensors)
         else:
-            launch = self._storage.launch(self._rule, buffers[0].size, buffers[4].size, self._stream)
+            launch = self._storage.launch(self._rule, buffers[0].size, buffers[4].size, self._stream, self._tensors)
         penalty = self._device.penalty(buffers[0], *buffers[3:6], self._rule.group.index("weight_decay"),
                                        bfloat16=self._storage.bfloat16_params)
         shapes = tuple(tuple(buffer.shape) for buffer in buffers[:3])

@@ -26,10 +26,21 @@ def compute_dtype(params):
     return np.dtype(np.float32) if _checks.is_bfloat16(params.dtype) else params.dtype
 
 
-def check_state_dtype(state_dtype, params, optimizer_class):
-    """The state's encoding, checked against the parameters and the optimizer (the error names
-    ``state_dtype`` and its value): None (the parameters' float dtype), ``"int8"`` or
-    ``"bfloat16"``; over bfloat16 parameters ``"bfloat16"`` (the default), ``"float32"`` or
+def encodings(rule):
+    """The encodings ``rule``'s kernels keep state in besides the parameters' dtype: int8 and
+    bfloat16 for the element-wise rules, int8 for the rules with per-tensor sums (LAMB), none
+    for Muon's and Adafactor's (a matrix's momentum, factored second moments)."""
+    if rule.matrixwise is not None or rule.factored is not None:
+        return ()
+    if rule.tensorwise is not None:
+        return ("int8",)
+    return STATE_DTYPES
+
+
+def check_state_dtype(state_dtype, params, optimizer_class, rule):
+    """The state's encoding, checked against the parameters and the optimizer and its rule (the
+    error names ``state_dtype`` and its value): None (the parameters' float dtype), ``"int8"``
+    or ``"bfloat16"``; over bfloat16 parameters ``"bfloat16"`` (the default), ``"float32"`` or
     ``"int8"``."""
     native = str(params.dtype)
     if _checks.is_bfloat16(params.dtype):
@@ -47,9 +58,10 @@ def check_state_dtype(state_dtype, params, optimizer_class):
     if params.dtype != np.float32:
         raise ValueError(f"state_dtype={state_dtype!r} needs float32 parameters (the step computes in float32), "
                          f"but params are {params.dtype}")
-    if optimizer_class.per_tensor:
-        raise ValueError(f"state_dtype={state_dtype!r} is for the element-wise rules; {optimizer_class.__name__} works "
-                         "on whole tensors and keeps its state in the parameters' dtype")
+    if state_dtype not in encodings(rule):
+        has = " or ".join(repr(kind) for kind in encodings(rule)) or "none"
+        raise ValueError(f"state_dtype={state_dtype!r} is not built for {optimizer_class.__name__} (its encodings: "
+                         f"{has}); int8 and bfloat16 state are for the element-wise rules, int8 for LAMB too")
     return state_dtype
 
 
@@ -64,7 +76,7 @@ def saved_kind(saved, params, rule):
         return None
     if saved not in STATE_DTYPES:
         raise ValueError(f"state_dict state_dtype must be {str(params.dtype)!r}, 'int8' or 'bfloat16', got {saved!r}")
-    if rule.factored is not None or rule.per_tensor:
+    if saved not in encodings(rule):
         raise ValueError(f"state_dict holds {saved} state, which {rule.name} does not take")
     return saved
 
@@ -144,13 +156,26 @@ class Storage:
         """Bytes of state held (codes and absmax, bfloat16 bits, or the state itself)."""
         return self.buffer.nbytes + (0 if self.absmax is None else self.absmax.nbytes)
 
-    def launch(self, rule, size, tiles, stream=0):
+    def launch(self, rule, size, tiles, stream=0, tensors=None):
         """The step of ``rule`` (this state's rule, or another over the same state) over these
         arrays and a work table of ``tiles`` tiles, called as ``launch(param, buffer, grad,
         bounds, groups, table, scalars, step)``: the CPU kernel, or the CUDA kernel on
-        ``stream``."""
+        ``stream``; a rule with per-tensor sums takes the ``tensors`` tables."""
         from ..kernels import quantized
 
+        if rule.tensorwise is not None:  # int8 state (the only encoding such a rule has)
+            absmax = self.absmax
+            if self.device.name == "cuda":
+                from ..kernels import cuda
+
+                tensorwise = cuda.Int8TensorwiseLaunch(rule, tiles, tensors, stream)
+            else:
+                tensorwise = quantized.Int8TensorwiseLaunch(rule, size, tensors)
+
+            def tensorwise_launch(param, codes, grad, bounds, groups, table, scalars, step):
+                tensorwise(param, codes, absmax, grad, bounds, groups, table, scalars)
+
+            return tensorwise_launch
         if self.device.name == "cuda":
             from ..kernels import cuda
 
