@@ -229,6 +229,24 @@ def test_factored_kernels_round_as_written(name, dtype, cc, tmp_path):
 
 
 @CCS
+@pytest.mark.parametrize("name", TENSORWISE)
+def test_tensorwise_int8_kernels_round_as_written(name, cc, tmp_path):
+    """The two passes of a rule with per-tensor sums over int8 state: the rule's and the map's
+    fmas in float32 in both, the lanes' and the blocks' trees, the codes' conversion."""
+    from fastopt.kernels import cuda, quantized
+
+    case, _ = make_tensor_case(name, [64, 300], np.float32, np.random.default_rng(0))
+    codes, absmax = quantized.encode_reference(case.state, case.bounds, case.rule.state)
+    norms, steps = cuda.int8_tensorwise_kernels(case.rule)
+    arguments = (case.param, codes, absmax, case.grad, case.bounds, case.groups, case.table, case.scalars)
+    first = check_kernel(norms.py_func, (*arguments, case.partial), cc, tmp_path)
+    second = check_kernel(steps.py_func, (*arguments, case.tile_tensor, case.sums), cc, tmp_path)
+    for body in (first, second):
+        assert re.search(r"\bfma\.rn\.f32\b", body) and re.search(r"\bbar\.sync\b", body)
+    assert re.search(r"\bcvt\.rzi\.u32\.f32|\bcvt\.rzi\.u64\.f32", second), "the code's conversion"
+
+
+@CCS
 @pytest.mark.parametrize("name", ["adamw_step", "adam_amsgrad_step", "sgd_momentum_step", "rmsprop_centered_momentum_step"])
 def test_quantized_state_kernels_round_as_written(name, cc, tmp_path):
     """The int8 and bfloat16 state kernels of a rule with one, two and three state rows: the

@@ -44,6 +44,7 @@ CLASSES = {
     "Adagrad": (ft.Adagrad, dict(lr=0.05, initial_accumulator_value=0.1)),
     "NAdam": (ft.NAdam, dict(lr=1e-2)),
     "Lion": (ft.Lion, dict(lr=1e-3)),
+    "LAMB": (ft.LAMB, dict(lr=1e-2, weight_decay=0.01)),
 }
 
 
@@ -54,18 +55,22 @@ def _core_twin(opt, start, dtype):
     for k, p in enumerate(start):
         params[f"p{k}"] = p.float().numpy()
     group = opt.param_groups[0]
-    core = opt._core_class_for(group)(params, **opt._core_options(group), state_dtype="int8", state_seed=5)
+    cls = opt._core_class_for(group)
+    seed = {} if cls.per_tensor else {"state_seed": 5}  # LAMB's int8 draws no random bits
+    core = cls(params, **opt._core_options(group), state_dtype="int8", **seed)
     opt._round_carried(core, torch.float32)  # NAdam's mu_product in torch's float32, as the façade keeps it
     return params, core
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("name", list(CLASSES))
+@pytest.mark.parametrize("name, dtype", [(name, dtype) for name in CLASSES for dtype in (torch.float32, torch.bfloat16)
+                                          if not (name == "LAMB" and dtype == torch.bfloat16)],  # refused
+                         ids=lambda value: str(value).replace("torch.", ""))
 def test_int8_state_steps_as_the_core_optimizer_does(name, dtype):
     cls, options = CLASSES[name]
     model, x, y = _model(dtype)
     start = [p.detach().clone() for p in model.parameters()]
-    opt = cls(model.parameters(), **options, state_dtype="int8", state_seed=5)
+    seed = {} if cls is ft.LAMB else {"state_seed": 5}
+    opt = cls(model.parameters(), **options, state_dtype="int8", **seed)
     params, core = _core_twin(opt, start, dtype)
     for _ in range(3):
         opt.zero_grad()
@@ -222,6 +227,10 @@ def test_int8_refusals():
         ft.Adam(torch.nn.Linear(2, 2).double().parameters(), state_dtype="int8")
     with pytest.raises(ValueError, match="state_dtype must be None, 'bfloat16' or 'int8'.*state_dtype='INT8'"):
         ft.Adam(torch.nn.Linear(2, 2).parameters(), state_dtype="INT8")
+    with pytest.raises(ValueError, match="state_dtype must be None or 'int8' for LAMB, got state_dtype='bfloat16'"):
+        ft.LAMB(torch.nn.Linear(2, 2).parameters(), state_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"params\[0\] is bfloat16; LAMB works on whole tensors"):
+        ft.LAMB(torch.nn.Linear(2, 2).bfloat16().parameters(), state_dtype="int8")
     model, opt, saved = _saved_state()
     p = next(model.parameters())
     opt.state = {p: {"exp_avg": opt.state[p]["exp_avg"].clone(), "step": torch.tensor(2.0)}}  # codes, no absmax

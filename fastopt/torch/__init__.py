@@ -246,7 +246,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if p.dtype == torch.bfloat16 and cls.per_tensor:
             raise ValueError(f"params[{index}] is bfloat16; {cls.__name__} works on whole tensors and does not take "
                              "bfloat16 parameters")
-        if self._state_dtype is not None and not cls.per_tensor:
+        if self._state_dtype is not None:
             if p.dtype not in (torch.float32, torch.bfloat16):
                 raise ValueError(f"params[{index}] has dtype {p.dtype}; state_dtype={self._state_dtype!r} takes "
                                  "float32 and bfloat16 parameters")
@@ -262,8 +262,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
     def _state_options(self, dtype, cls):
         """The state keywords of a group's core (of class ``cls``) over parameters of torch
-        ``dtype``: none for the rules on whole tensors, which refuse bfloat16 parameters."""
-        if cls.per_tensor or (self._state_dtype is None and dtype != torch.bfloat16):
+        ``dtype``: for the rules on whole tensors, which refuse bfloat16 parameters, only LAMB's
+        int8."""
+        if cls.per_tensor:
+            return {} if self._state_dtype is None else {"state_dtype": self._state_dtype}
+        if self._state_dtype is None and dtype != torch.bfloat16:
             return {}
         return {"state_dtype": self._state_dtype or "bfloat16", "state_seed": self._state_seed}
 
@@ -1064,17 +1067,22 @@ class Lion(_FlatOptimizer):
 class LAMB(_FlatOptimizer):
     """LAMB (You et al., 2020; see :class:`fastopt.LAMB`) as a ``torch.optim.Optimizer``: torch
     has none. Each torch parameter is a tensor of the trust ratio. State per parameter:
-    ``exp_avg``, ``exp_avg_sq`` and ``step``."""
+    ``exp_avg``, ``exp_avg_sq`` and ``step``; with ``state_dtype="int8"`` (float32 CPU
+    parameters) the codes, absmax and map as the element-wise classes keep them."""
 
     _core_class = _core.LAMB
     _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
+                 state_dtype=None):
         _check_common(lr=lr, weight_decay=weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         _check_betas(betas)
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
+        if state_dtype is not None and not (isinstance(state_dtype, str) and state_dtype == "int8"):
+            raise ValueError(f"state_dtype must be None or 'int8' for LAMB, got state_dtype={state_dtype!r}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         state_dtype=state_dtype)
 
 
 class Muon(_FlatOptimizer):
