@@ -54,10 +54,10 @@ def random_buffer(n, seed, dtype=np.float32):
 
 
 class FastoptStep:
-    def __init__(self, rule, n):
+    def __init__(self, rule, n, **extra):
         cls, options = FASTOPT[rule]
         self.params = fastopt.FlatParams.wrap(random_buffer(n, 0), random_buffer(n, 1) * 1e-3, {"p": shape_of(rule, n)})
-        self.optimizer = cls(self.params, **options)
+        self.optimizer = cls(self.params, **options, **extra)
         self.step = self.optimizer.step
 
 
@@ -514,6 +514,10 @@ REPORT_KERNELS.update({kernel: ({"fastopt": StateDtypeStep.BYTES[mine], "torch":
     for kernel, mine, peer in (("adamw_int8", "fastopt int8", "torch fused"),
                                ("adamw_bf16", "fastopt bfloat16", "torch fused"),
                                ("adamw_bf16_params", "fastopt bf16 params", "torch fused bf16 params"))})
+#: LAMB with int8 state against numpy's float32 LAMB (torch has none): p read twice and
+#: written, g read twice, two rows of codes read twice and written (absmax: 1/512 of that).
+REPORT_KERNELS["lamb_int8"] = ({"fastopt": 26, "numpy": BYTES_PER_ELEMENT["lamb"]}, {
+    "fastopt": lambda n: FastoptStep("lamb", n, state_dtype="int8"), "numpy": lambda n: NumpyStep("lamb", n)})
 
 
 def _torch_available():
