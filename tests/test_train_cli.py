@@ -55,6 +55,18 @@ def test_the_added_optimizers_train_wine_with_their_default_learning_rate(optimi
     assert float(re.search(r"test accuracy (\S+),", output).group(1)) >= 0.90
 
 
+def test_lamb_trains_with_int8_state_and_the_matrix_rules_refuse_it(tmp_path, capsys):
+    data = export(tmp_path / "wine.csv", datasets.load_wine())
+    code, output = run(capsys, "--data", data, "--optimizer", "lamb", "--state-dtype", "int8")
+    assert code == 0 and "(int8 state)" in output
+    assert float(re.search(r"test accuracy (\S+),", output).group(1)) >= 0.90
+    for optimizer, state in (("adafactor", "int8"), ("lamb", "bfloat16")):
+        with pytest.raises(SystemExit):
+            run(capsys, "--data", data, "--optimizer", optimizer, "--state-dtype", state)
+        assert f"--state-dtype {state} is for the element-wise optimizers (and int8 for lamb); {optimizer} keeps" \
+            in capsys.readouterr().err
+
+
 def test_iris_with_species_names_predicts_names(tmp_path, capsys):
     iris = datasets.load_iris()
     data = export(tmp_path / "iris.csv", iris, names=True)
