@@ -37,7 +37,7 @@ from .tensorwise import LANES, add_tiles
 from . import quantized
 from .quantized import BLOCK as QUANTIZED_BLOCK
 from .quantized import (PARAM_STREAM, STATE_STREAM, apply_rounded, encode, int8_bindings, int8_tensorwise_bindings,
-                        inverse, magnitude_bits, rounded_bindings)
+                        inverse, magnitude_bits, rounded_bindings, rounded_tensorwise_bindings)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -745,6 +745,65 @@ class Int8TensorwiseLaunch:
         self._norms(param, codes, absmax, grad, bounds, groups, table, scalars, self.partial)
         self._sums(groups, self._tensor_tiles, self.partial, self.sums)
         self._steps(param, codes, absmax, grad, bounds, groups, table, scalars, self._tile_tensor, self.sums)
+
+
+def rounded_tensorwise_apply(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset,
+                             tile_tensor, sums):
+    """The second pass over bfloat16 state (the CPU's :func:`~.quantized.rounded_tensorwise_step`):
+    per tile its tensor's step size, then every element's step, its new state rounded with the
+    element's Philox words of :data:`~.quantized.STATE_STREAM` (the CPU's words). The first
+    pass is :func:`tensorwise_norms` with the direction from the loaded state, nothing stored."""
+    three_rows = state.shape[0] > 2
+    like = cuda.local.array(1, float32)
+    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            tensor = tile_tensor[t]
+            step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
+            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
+                word = _element_word(offset + i, uint64(STATE_STREAM), step, key0, key1)
+                word2 = uint32(0)
+                if three_rows:
+                    word2 = _element_word(offset + i, uint64(STATE_STREAM + 1), step, key0, key1)
+                step_at(param, state, grad, i, chunk, step_size, word, word2)  # noqa: F821
+
+
+@functools.cache
+def rounded_tensorwise_kernels(rule):
+    """The two passes of a rule with per-tensor sums over bfloat16 state, from the CPU's source."""
+    bindings = rounded_tensorwise_bindings(TARGET, rule)
+    norms = TARGET.names(tensorwise_norms, {"prologue": rule.prologue, "square": square,
+                                            "measure": bindings["measure"]})
+    steps = TARGET.names(rounded_tensorwise_apply, bindings)
+    return (cuda.jit(rebound(tensorwise_norms, norms, rule.name + "_bf16_norms")),
+            cuda.jit(rebound(rounded_tensorwise_apply, steps, rule.name + "_bf16_apply")))
+
+
+class RoundedTensorwiseLaunch:
+    """A step of a per-tensor rule with bfloat16 state over fixed buffers: the first pass, the
+    per-tensor sums and the second pass; called as ``launch(param, state, grad, bounds, groups,
+    table, scalars, key0, key1, step, offset)``."""
+
+    def __init__(self, rule, tiles, tensors, stream=0):
+        import numpy as np
+
+        self._tile_tensor, self._tensor_tiles = tensors[:2]
+        tensors_count = self._tensor_tiles.size - 1
+        self.partial = cuda.device_array((max(1, tiles), 2), np.float64)
+        self.sums = cuda.device_array((max(1, tensors_count), 2), np.float64)
+        norms, steps = rounded_tensorwise_kernels(rule)
+        self._norms = configure(norms, blocks_for(tiles), LANES, stream)
+        self._sums = configure(tensorwise_sums, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
+        self._steps = configure(steps, blocks_for(tiles), stream=stream)
+        self._empty = tiles == 0
+
+    def __call__(self, param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
+        if self._empty:
+            return
+        self._norms(param, state, grad, bounds, groups, table, scalars, self.partial)
+        self._sums(groups, self._tensor_tiles, self.partial, self.sums)
+        self._steps(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset, self._tile_tensor,
+                    self.sums)
 
 
 @element

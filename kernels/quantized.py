@@ -421,7 +421,7 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars, key0, 
             # The block's own length, not BLOCK: the on-disk cache would keep a BLOCK frozen at
             # compile time, and a test process that changes it must not overrun another's scratch.
             scratch = np.empty((rows, n), np.float32)
-            pwords = _block_words(start + offset, n, PARAM_WORDS, step, key0, key1)  # noqa: F821
+            pwords = _block_words(start + offset, n, PARAM_WORDS, uint64(PARAM_STREAM), step, key0, key1)  # noqa: F821
             for j in range(n):
                 i = start + j
                 p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
@@ -430,17 +430,17 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars, key0, 
             finish(scratch, codes, absmax, t, start, n)  # noqa: F821
 
 
-def block_words(first, n, wanted, step, key0, key1):
-    """The Philox words of :data:`PARAM_STREAM` of elements ``first .. first + n`` of the whole
-    buffer (uint32, element order), made :data:`~.dropout.LANES` counters at a time before a
-    block's loop, which then runs as over float32 parameters; none unless ``wanted``."""
+def block_words(first, n, wanted, stream, step, key0, key1):
+    """The Philox words of ``stream`` of elements ``first .. first + n`` of the whole buffer
+    (uint32, element order), made :data:`~.dropout.LANES` counters at a time before a block's
+    loop, which then runs as over float32 parameters; none unless ``wanted``."""
     if not wanted:
         return np.empty(0, np.uint32)
     out = np.empty(n, np.uint32)
     c0, c1, c2, c3, words = _lanes()  # noqa: F821
     stop = first + n
     for batch in range(first >> uint64(2), (stop + uint64(3)) >> uint64(2), LANES):  # noqa: F821
-        _words(batch, c0, c1, c2, c3, words, uint64(PARAM_STREAM), step, key0, key1)  # noqa: F821
+        _words(batch, c0, c1, c2, c3, words, stream, step, key0, key1)  # noqa: F821
         base = batch * uint64(4)
         for w in range(max(first, base), min(stop, base + LANES * uint64(4))):  # noqa: F821
             out[w - first] = np.uint32(words[w - base])
@@ -487,17 +487,22 @@ def _compile(function, bindings, name, parallel):
 
 
 @functools.cache
+def _block_words_kernel():
+    """:func:`block_words`, compiled (called from the kernels)."""
+    from .dropout import LANES, _lanes, _words
+
+    return njit(**{**JIT_OPTIONS, "cache": False})(rebound(block_words, {"_lanes": _lanes, "_words": _words,
+                                                                      "LANES": LANES}))
+
+
+@functools.cache
 def int8_kernel(rule, parallel=True, bfloat16_params=False):
     """The CPU kernel of an element-wise ``rule`` with int8 state over float32 or (its uint16
     bits) bfloat16 parameters (see :func:`int8_step`)."""
-    from .dropout import LANES, _lanes, _words
-
     rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
             for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
-    words = njit(**{**JIT_OPTIONS, "cache": False})(rebound(block_words, {"_lanes": _lanes, "_words": _words,
-                                                                       "LANES": LANES}))
     bindings = {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
-                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows), "_block_words": words}
+                "finish": TARGET.element(_FINISHES[len(rule.state)], **rows), "_block_words": _block_words_kernel()}
     name = f"{rule.name}_int8{'_bf16p' if bfloat16_params else ''}{'' if parallel else '_serial'}"
     return _compile(int8_step, bindings, name, parallel)
 
@@ -601,6 +606,106 @@ def int8_tensorwise_bindings(target, rule):
             "step_at": target.element(quantized_step, update=rule.update, decode=decode, keep=keep,
                                       step=rule.tensorwise.step),
             "ratio": rule.tensorwise.ratio, "scale": rule.tensorwise.scale}
+
+
+@element
+def measure_stored(param, state, grad, i, chunk):
+    """The first pass at element ``i`` over state that a pass must not change (bfloat16): the
+    parameter and the direction from the loaded state; nothing stored."""
+    p = param[i]
+    u, _ = update(p, load(state, i), grad[i], chunk)  # noqa: F821
+    return p, u
+
+
+@element
+def rounded_tensor_step(param, state, grad, i, chunk, scale, word, word2):
+    """The second pass at element ``i`` over bfloat16 state: the direction and new state again
+    from the loaded state, the step, and the new state stored rounded with ``word``
+    (``word2``: the third row's)."""
+    p = param[i]
+    u, values = update(p, load(state, i), grad[i], chunk)  # noqa: F821
+    param[i] = step(p, u, scale)  # noqa: F821
+    store(state, i, values, word, word2)  # noqa: F821
+
+
+def rounded_tensorwise_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset,
+                            tile_tensor, tensor_tiles, partial, sums):
+    """One step of a rule with per-tensor sums and bfloat16 state: the stages of
+    :mod:`.tensorwise` with the direction from the loaded state in both passes (nothing stored
+    in the first), the second storing the new state rounded stochastically with each element's
+    Philox words (:data:`STATE_STREAM` as :func:`rounded_step` counts them, a tile's drawn
+    before its loop). ``prologue``, ``measure``, ``step_at``, ``ratio`` and ``scale`` are bound
+    per rule."""
+    rows = state.shape[0]
+    width = uint64(LANES)  # noqa: F821
+    like = np.empty(0, np.float32)
+    for t in prange(groups.size):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            start, stop = bounds[t], bounds[t + 1]
+            param_lanes, direction_lanes = np.zeros(LANES), np.zeros(LANES)  # noqa: F821
+            directions = np.empty(LANES, np.float32)  # noqa: F821
+            for base in range(start, stop, width):
+                m = min(width, stop - base)
+                for j in range(m):
+                    _, directions[j] = measure(param, state, grad, base + j, chunk)  # noqa: F821
+                for j in range(m):
+                    param_lanes[j] += square(param[base + j])  # noqa: F821
+                    direction_lanes[j] += square(directions[j])  # noqa: F821
+            partial[t, 0] = tile_sum(param_lanes)  # noqa: F821
+            partial[t, 1] = tile_sum(direction_lanes)  # noqa: F821
+    for k in range(tensor_tiles.size - 1):
+        add_tiles(k, groups, tensor_tiles, partial, sums)  # noqa: F821
+    for t in prange(groups.size):
+        if groups[t] >= 0:
+            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
+            start = bounds[t]
+            n = bounds[t + 1] - start
+            tensor = tile_tensor[t]
+            step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
+            words = _block_words(start + offset, n, True, uint64(STATE_STREAM), step, key0, key1)  # noqa: F821
+            words2 = _block_words(start + offset, n, rows > 2, uint64(STATE_STREAM + 1), step, key0, key1)  # noqa: F821
+            for j in range(n):
+                step_at(param, state, grad, start + j, chunk, step_size, words[j],  # noqa: F821
+                        words2[j] if rows > 2 else np.uint32(0))
+
+
+def rounded_tensorwise_bindings(target, rule):
+    """What the bfloat16 per-tensor step's element functions mean for ``rule`` on ``target``."""
+    load, store = _LOADS_BF[len(rule.state)], _STORES_BF[len(rule.state)]
+    return {"prologue": rule.prologue,
+            "measure": target.element(measure_stored, update=rule.update, load=load),
+            "step_at": target.element(rounded_tensor_step, update=rule.update, load=load, store=store,
+                                      step=rule.tensorwise.step),
+            "ratio": rule.tensorwise.ratio, "scale": rule.tensorwise.scale}
+
+
+@functools.cache
+def rounded_tensorwise_kernel(rule, parallel=True):
+    """The CPU kernel of a rule with per-tensor sums (:attr:`~.rule.Rule.tensorwise`) and
+    bfloat16 state (see :func:`rounded_tensorwise_step`)."""
+    from .penalty import square
+    from .tensorwise import LANES, add_tiles, tile_sum
+
+    bindings = {**rounded_tensorwise_bindings(TARGET, rule), "square": square, "tile_sum": tile_sum,
+                "add_tiles": add_tiles, "LANES": LANES, "_block_words": _block_words_kernel()}
+    name = f"{rule.name}_bf16{'' if parallel else '_serial'}"
+    return _compile(rounded_tensorwise_step, bindings, name, parallel)
+
+
+class RoundedTensorwiseLaunch:
+    """A CPU step of a per-tensor rule with bfloat16 state over fixed buffers; called as
+    ``launch(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset)``."""
+
+    def __init__(self, rule, size, tensors):
+        self._kernel = rounded_tensorwise_kernel(rule, size > CHUNK_SIZE)
+        self._tile_tensor, self._tensor_tiles = tensors[:2]
+        self.partial = np.zeros((self._tile_tensor.size, 2))
+        self.sums = np.zeros((self._tensor_tiles.size - 1, 2))
+
+    def __call__(self, param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
+        self._kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset, self._tile_tensor,
+                     self._tensor_tiles, self.partial, self.sums)
 
 
 @functools.cache

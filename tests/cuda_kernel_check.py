@@ -31,7 +31,7 @@ from fastopt.kernels import cpu, cuda, dropout, factored, matrixwise, penalty, q
 def main():
     patch_simulator()  # small launches on a real GPU too: every loop turns over
     failures = (rule_failures() + tensorwise_failures() + matrixwise_failures() + factored_failures()
-                + quantized_failures() + bfloat16_params_failures() + tensorwise_int8_failures() + dropout_failures()
+                + quantized_failures() + bfloat16_params_failures() + tensorwise_quantized_failures() + dropout_failures()
                 + penalty_failures())
     print("\n".join(failures) if failures else "all equal")
     return 1 if failures else 0
@@ -230,9 +230,10 @@ def bfloat16_params_failures():
     return failures
 
 
-def tensorwise_int8_failures():
-    """Rules with per-tensor sums over int8 state: the CPU kernel against the CUDA launches on
-    the same blocks (the rule's tiles), with a tensor skipped, an empty one, and a NaN gradient."""
+def tensorwise_quantized_failures():
+    """Rules with per-tensor sums over int8 and bfloat16 state: the CPU kernel against the CUDA
+    launches on the same tiles (int8: its blocks), with a tensor skipped, an empty one, and a
+    NaN gradient; bfloat16 with an offset (a shard's) in the Philox counters."""
     failures = []
     for name in TENSORWISE:
         for sizes, skipped in (([0], ()), ([1, 700, 0, 5], (3,)), ([301, 7, 2, 650], ()), ([3] * 30, (4,))):
@@ -250,6 +251,17 @@ def tensorwise_int8_failures():
             for label, a, b in zip(("param", "codes", "absmax"), on_cpu, on_gpu[:3]):
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                     failures.append(f"int8 {name} sizes {sizes} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
+            bits = quantized.round_bfloat16_nearest(case.state)
+            key = (np.uint64(0xDEADBEEF), np.uint64(0x1234), np.uint64(9), np.uint64(len(sizes) * 3))
+            on_cpu = [case.param.copy(), bits.copy()]
+            quantized.RoundedTensorwiseLaunch(case.rule, case.param.size, tables)(
+                *on_cpu, case.grad, case.bounds, case.groups, case.table, case.scalars, *key)
+            on_gpu = [device(a) for a in (case.param, bits, case.grad, case.bounds, case.groups, case.table)]
+            launch = cuda.RoundedTensorwiseLaunch(case.rule, case.groups.size, tuple(device(t) for t in tables))
+            launch(*on_gpu, case.scalars, *key)
+            for label, a, b in zip(("param", "state"), on_cpu, on_gpu[:2]):
+                if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
+                    failures.append(f"bfloat16 {name} sizes {sizes} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
     return failures
 
 

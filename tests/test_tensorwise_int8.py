@@ -1,8 +1,9 @@
-"""int8 state for the rules with per-tensor sums (LAMB): the fused step against its composition
-(decode, the float32 rule kernel, encode) bit for bit, the optimizer's state dicts across
-encodings, its trajectory against float32 state, and what stays refused."""
+"""int8 and bfloat16 state for the rules with per-tensor sums (LAMB): the fused steps against
+their composition (decode, the float32 rule kernel, encode or round stochastically) bit for
+bit, the optimizer's state dicts across encodings, its trajectory against float32 state, and
+what stays refused."""
 
-import re
+
 
 import numpy as np
 import pytest
@@ -48,6 +49,31 @@ def test_the_int8_step_is_decode_then_the_float32_step_then_encode(name, sizes, 
         assert np.isnan(p[4097:]).all() and np.isnan(a[:, -1]).all() and not np.isnan(p[:4097]).any()
 
 
+@pytest.mark.parametrize("name", TENSORWISE)
+@pytest.mark.parametrize("sizes, skipped, offset", [([1], (), 0), ([2049, 7, 0, 5000], (2,), 3),
+                                                     ([300] * 9, (4,), 2**33 + 1)])
+def test_the_bfloat16_step_is_decode_then_the_float32_step_then_stochastic_rounding(name, sizes, skipped, offset):
+    case, _ = make_tensor_case(name, sizes, np.float32, np.random.default_rng(sum(sizes) + 1), skipped)
+    rule, bounds, groups = case.rule, case.bounds, case.groups
+    bits = q.round_bfloat16_nearest(case.state)
+    key = (np.uint64(0xC0FFEE), np.uint64(7), np.uint64(12))
+    tables = (case.tile_tensor, case.tensor_tiles)
+    expected_state = q.decode_bfloat16(bits)
+    expected_param = case.param.copy()
+    tensorwise.kernel(rule)(expected_param, expected_state, case.grad, bounds, groups, case.table, case.scalars,
+                            *tables, case.partial.copy(), case.sums.copy())
+    halves = q.random_halves(case.param.size, *key, len(rule.state), offset)
+    expected_bits = q.round_bfloat16_reference(expected_state, halves)
+    active = np.repeat(groups >= 0, np.diff(bounds.astype(np.int64)))
+    expected_bits[:, ~active] = bits[:, ~active]
+    for parallel in (True, False):
+        p, b = case.param.copy(), bits.copy()
+        q.rounded_tensorwise_kernel(rule, parallel)(p, b, case.grad, bounds, groups, case.table, case.scalars, *key,
+                                                    np.uint64(offset), *tables, case.partial.copy(), case.sums.copy())
+        np.testing.assert_array_equal(p, expected_param)
+        np.testing.assert_array_equal(b, expected_bits)
+
+
 SHAPES = {"w": (40, 120), "b": 40, "empty": 0, "v": (3, 40), "c": 3}
 
 
@@ -63,8 +89,26 @@ def _run(opt, steps, start=0):
         opt.step()
 
 
-def test_int8_lamb_state_dicts_continue_and_move_between_encodings():
-    opt = LAMB(_params(), lr=1e-2, weight_decay=0.01, state_dtype="int8")
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_lamb_state_dicts_continue_and_move_between_encodings(state_dtype):
+    opt = LAMB(_params(), lr=1e-2, weight_decay=0.01, state_dtype=state_dtype, state_seed=4)
+    if state_dtype == "bfloat16":
+        _run(opt, 4)
+        saved = opt.state_dict()
+        assert saved["state"]["exp_avg"].dtype == np.uint16 and saved["state_seed"] == 4
+        restored = LAMB(_params(1), lr=1e-2, weight_decay=0.01, state_dtype="bfloat16")  # the seed comes with it
+        restored.params.data[:] = opt.params.data
+        restored.load_state_dict(saved)
+        _run(opt, 4, start=4)
+        _run(restored, 4, start=4)
+        np.testing.assert_array_equal(opt.params.data, restored.params.data)
+        np.testing.assert_array_equal(restored.state_dict()["state"]["exp_avg_sq"], opt.state_dict()["state"]["exp_avg_sq"])
+        back = LAMB(_params(), lr=1e-2, state_dtype="int8")
+        back.load_state_dict(saved)  # bfloat16 -> int8: decoded, then encoded
+        values = q.decode_bfloat16(saved["state"]["exp_avg"])
+        codes, _ = q.encode_reference(values[None], back._storage.blocks, ("exp_avg",))
+        np.testing.assert_array_equal(back.state_dict()["state"]["exp_avg"], codes[0])
+        return
     assert opt.state_dtype == "int8" and opt._storage.nbytes == 2 * (_params().size + 6 * 4)  # w: 3 blocks, then 1 a tensor
     _run(opt, 4)
     saved = opt.state_dict()
@@ -84,17 +128,17 @@ def test_int8_lamb_state_dicts_continue_and_move_between_encodings():
     np.testing.assert_array_equal(back.state_dict()["state"]["exp_avg"], opt.state_dict()["state"]["exp_avg"])
 
 
-def test_an_int8_lamb_trajectory_stays_near_the_float32_one():
+def test_a_quantized_lamb_trajectory_stays_near_the_float32_one():
     """1,000 LAMB steps on a least-squares problem (noisy minibatch gradients), the weights a
     matrix and a bias: int8 state keeps them within 1 % (relative L2 distance) of float32
-    state's. Measured: 0.30 %."""
+    state's, bfloat16 within 0.5 %. Measured: 0.30 % and 0.14 %."""
     rng = np.random.default_rng(5)
     features, outputs, samples = 60, 4, 2000
     x = rng.standard_normal((samples, features)).astype(np.float32)
     truth = rng.standard_normal((features, outputs)).astype(np.float32)
     y = x @ truth + 0.1 * rng.standard_normal((samples, outputs)).astype(np.float32)
     finals = {}
-    for state_dtype in (None, "int8"):
+    for state_dtype in (None, "int8", "bfloat16"):
         params = FlatParams({"w": (features, outputs), "b": outputs})
         params["w"][:] = 0.1
         opt = LAMB(params, lr=5e-3, state_dtype=state_dtype)
@@ -108,21 +152,20 @@ def test_an_int8_lamb_trajectory_stays_near_the_float32_one():
         finals[state_dtype] = params.data.astype(np.float64)
     reference = finals[None]
     assert np.linalg.norm(reference[:-outputs].reshape(features, outputs) - truth) < 0.05 * np.linalg.norm(truth)
-    distance = np.linalg.norm(finals["int8"] - reference) / np.linalg.norm(reference)
-    assert distance < 0.01, distance
+    distance = {k: np.linalg.norm(v - reference) / np.linalg.norm(reference) for k, v in finals.items()}
+    assert distance["int8"] < 0.01 and distance["bfloat16"] < 0.005, distance
 
 
 def test_what_lamb_muon_and_adafactor_refuse():
-    with pytest.raises(ValueError, match=re.escape("state_dtype='bfloat16' is not built for LAMB (its encodings: "
-                                                   "'int8')")):
-        LAMB(_params(), state_dtype="bfloat16")
     with pytest.raises(ValueError, match="state_dtype='int8' needs float32 parameters"):
         LAMB(FlatParams(SHAPES, dtype=np.float64), state_dtype="int8")
     with pytest.raises(ValueError, match="LAMB works on whole tensors and does not take bfloat16"):
         LAMB(FlatParams(SHAPES, dtype="bfloat16"), state_dtype="int8")
     # a state dict in an encoding the loading rule lacks
-    saved = LAMB(_params(), state_dtype="int8").state_dict()
-    saved["state_dtype"] = "bfloat16"
-    target = LAMB(_params())
-    with pytest.raises(ValueError, match="state_dict holds bfloat16 state, which lamb_step does not take"):
+    from fastopt import Muon
+
+    saved = Muon(FlatParams({"w": (3, 3)})).state_dict()
+    saved["state_dtype"] = "int8"
+    target = Muon(FlatParams({"w": (3, 3)}))
+    with pytest.raises(ValueError, match="state_dict holds int8 state, which muon_nesterov_step does not take"):
         target.load_state_dict(saved)

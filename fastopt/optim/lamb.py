@@ -39,10 +39,12 @@ class LAMB(Beta1Momentum, Optimizer):
     summed in float64 in one fixed order, the same bits on every device and thread count.
     A momentum schedule drives ``beta1``. PyTorch has no LAMB.
 
-    ``state_dtype="int8"`` keeps ``m`` and ``v`` as block-wise int8 (2.004 bytes a parameter;
-    see :class:`~fastopt.AdamW`): the blocks are the tiles of the norms, so the first pass
-    decodes, updates and re-encodes a block whole, and both passes compute the direction from
-    the stored state, so the trust ratio measures the step taken.
+    ``state_dtype="int8"`` keeps ``m`` and ``v`` as block-wise int8 (2.004 bytes a parameter),
+    ``"bfloat16"`` as bfloat16 rounded stochastically (4 bytes; ``state_seed`` keys the
+    rounding); see :class:`~fastopt.AdamW`. Both passes decode the stored state and run the
+    update from it (the same bits twice): the first sums the direction, the second steps with
+    it and stores the new state encoded (an int8 block is a norm tile), so a step is the
+    float32 step from the decoded state.
 
     :class:`~fastopt.distributed.ShardedOptimizer` gives each rank whole tensors (its shards cut
     where a tensor starts), so the norms are a single process's.
@@ -64,9 +66,9 @@ class LAMB(Beta1Momentum, Optimizer):
     per_tensor = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
-                 groups=(), device=None, state_dtype=None):
+                 groups=(), device=None, state_dtype=None, state_seed=0):
         config = LAMBConfig(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, config, groups, device, state_dtype=state_dtype)
+        super().__init__(params, config, groups, device, state_dtype=state_dtype, state_seed=state_seed)
 
     def _rule_for(self, config):
         from ..kernels.rules import RULES

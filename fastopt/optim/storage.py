@@ -28,12 +28,10 @@ def compute_dtype(params):
 
 def encodings(rule):
     """The encodings ``rule``'s kernels keep state in besides the parameters' dtype: int8 and
-    bfloat16 for the element-wise rules, int8 for the rules with per-tensor sums (LAMB), none
-    for Muon's and Adafactor's (a matrix's momentum, factored second moments)."""
+    bfloat16 for the element-wise rules and those with per-tensor sums (LAMB), none for Muon's
+    and Adafactor's (a matrix's momentum, factored second moments)."""
     if rule.matrixwise is not None or rule.factored is not None:
         return ()
-    if rule.tensorwise is not None:
-        return ("int8",)
     return STATE_DTYPES
 
 
@@ -61,7 +59,7 @@ def check_state_dtype(state_dtype, params, optimizer_class, rule):
     if state_dtype not in encodings(rule):
         has = " or ".join(repr(kind) for kind in encodings(rule)) or "none"
         raise ValueError(f"state_dtype={state_dtype!r} is not built for {optimizer_class.__name__} (its encodings: "
-                         f"{has}); int8 and bfloat16 state are for the element-wise rules, int8 for LAMB too")
+                         f"{has}); int8 and bfloat16 state are for the element-wise rules and LAMB")
     return state_dtype
 
 
@@ -163,19 +161,10 @@ class Storage:
         ``stream``; a rule with per-tensor sums takes the ``tensors`` tables."""
         from ..kernels import quantized
 
-        if rule.tensorwise is not None:  # int8 state (the only encoding such a rule has)
-            absmax = self.absmax
-            if self.device.name == "cuda":
-                from ..kernels import cuda
-
-                tensorwise = cuda.Int8TensorwiseLaunch(rule, tiles, tensors, stream)
-            else:
-                tensorwise = quantized.Int8TensorwiseLaunch(rule, size, tensors)
-
-            def tensorwise_launch(param, codes, grad, bounds, groups, table, scalars, step):
-                tensorwise(param, codes, absmax, grad, bounds, groups, table, scalars)
-
-            return tensorwise_launch
+        key0, key1 = np.uint64(self.seed & 0xFFFFFFFF), np.uint64(self.seed >> 32)
+        offset = np.uint64(self.offset)
+        if rule.tensorwise is not None:  # encoded state over float32 parameters
+            return self._tensorwise_launch(rule, size, tiles, stream, tensors, key0, key1, offset)
         if self.device.name == "cuda":
             from ..kernels import cuda
 
@@ -183,8 +172,6 @@ class Storage:
                                            self.bfloat16_params)
         else:
             kernel = quantized.kernel_for_size(self.kind if self.active else None, rule, size, self.bfloat16_params)
-        key0, key1 = np.uint64(self.seed & 0xFFFFFFFF), np.uint64(self.seed >> 32)
-        offset = np.uint64(self.offset)
         if self.kind == "int8":
             absmax = self.absmax
 
@@ -195,6 +182,30 @@ class Storage:
 
         def bfloat16_launch(param, state, grad, bounds, groups, table, scalars, step):
             kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
+
+        return bfloat16_launch
+
+    def _tensorwise_launch(self, rule, size, tiles, stream, tensors, key0, key1, offset):
+        """:meth:`launch` of a rule with per-tensor sums: its passes and scratch sums."""
+        from ..kernels import quantized
+
+        name = "Int8TensorwiseLaunch" if self.kind == "int8" else "RoundedTensorwiseLaunch"
+        if self.device.name == "cuda":
+            from ..kernels import cuda
+
+            passes = getattr(cuda, name)(rule, tiles, tensors, stream)
+        else:
+            passes = getattr(quantized, name)(rule, size, tensors)
+        if self.kind == "int8":
+            absmax = self.absmax
+
+            def int8_launch(param, codes, grad, bounds, groups, table, scalars, step):
+                passes(param, codes, absmax, grad, bounds, groups, table, scalars)
+
+            return int8_launch
+
+        def bfloat16_launch(param, state, grad, bounds, groups, table, scalars, step):
+            passes(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
 
         return bfloat16_launch
 
