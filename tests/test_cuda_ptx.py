@@ -230,9 +230,10 @@ def test_factored_kernels_round_as_written(name, dtype, cc, tmp_path):
 
 @CCS
 @pytest.mark.parametrize("name", TENSORWISE)
-def test_tensorwise_int8_kernels_round_as_written(name, cc, tmp_path):
-    """The two passes of a rule with per-tensor sums over int8 state: the rule's and the map's
-    fmas in float32 in both, the lanes' and the blocks' trees, the codes' conversion."""
+def test_tensorwise_quantized_kernels_round_as_written(name, cc, tmp_path):
+    """The two passes of a rule with per-tensor sums over int8 state (the rule's and the map's
+    fmas in float32 in both, the lanes' and the blocks' trees, the codes' conversion) and over
+    bfloat16 state (the Philox products in the second)."""
     from fastopt.kernels import cuda, quantized
 
     case, _ = make_tensor_case(name, [64, 300], np.float32, np.random.default_rng(0))
@@ -244,6 +245,15 @@ def test_tensorwise_int8_kernels_round_as_written(name, cc, tmp_path):
     for body in (first, second):
         assert re.search(r"\bfma\.rn\.f32\b", body) and re.search(r"\bbar\.sync\b", body)
     assert re.search(r"\bcvt\.rzi\.u32\.f32|\bcvt\.rzi\.u64\.f32", second), "the code's conversion"
+    bits = quantized.round_bfloat16_nearest(case.state)
+    norms, steps = cuda.rounded_tensorwise_kernels(case.rule)
+    arguments = (case.param, bits, case.grad, case.bounds, case.groups, case.table, case.scalars)
+    first = check_kernel(norms.py_func, (*arguments, case.partial), cc, tmp_path)
+    u = np.uint64
+    second = check_kernel(steps.py_func, (*arguments, u(1), u(2), u(3), u(4), case.tile_tensor, case.sums), cc,
+                          tmp_path)
+    assert re.search(r"\bfma\.rn\.f32\b", first) and re.search(r"\bbar\.sync\b", first)
+    assert re.search(r"\bmul\.(hi|wide)\.u32|\bmul\.lo\.s64|\bmul\.hi\.u64", second), "no Philox products"
 
 
 @CCS

@@ -188,12 +188,12 @@ def test_shards_straddle_parameters_and_groups(equivalence):
 
 
 def test_int8_and_bfloat16_state_shard_as_one_process(equivalence):
-    """int8 and bfloat16 state (AdamW, centered RMSProp with momentum; LAMB's int8) sharded by
-    whole tensors and all-reduced: the same bits as one process (steps, codes, absmax,
-    stochastic rounding), state dicts both ways, and a float32 state dict quantized on load as
-    one process does."""
+    """int8 and bfloat16 state (AdamW, centered RMSProp with momentum, LAMB) sharded by whole
+    tensors and all-reduced: the same bits as one process (steps, codes, absmax, stochastic
+    rounding), state dicts both ways, and a float32 state dict quantized on load as one process
+    does."""
     results = equivalence["quantized"]
-    assert len(results) == 10
+    assert len(results) == 12
     for label, result in results.items():
         assert result["same_params"] and result["same_state"], label
         assert result["continued"] and result["converted"], label

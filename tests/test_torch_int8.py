@@ -1,5 +1,5 @@
-"""int8 optimizer state in fastopt.torch (``state_dtype="int8"``): the same bits as the core
-optimizer's int8 state, the torch-format state (uint8 codes in the parameter's shape, the
+"""int8 optimizer state in fastopt.torch (``state_dtype="int8"``, and LAMB's bfloat16): the
+same bits as the core optimizer's, the torch-format state (uint8 codes in the parameter's shape, the
 float32 absmax of its own blocks, the map), live; state dicts across int8, float32 and torch's
 own, through torch's load (which casts state to the parameters' dtype); resets; and bad input."""
 
@@ -56,8 +56,7 @@ def _core_twin(opt, start, dtype):
         params[f"p{k}"] = p.float().numpy()
     group = opt.param_groups[0]
     cls = opt._core_class_for(group)
-    seed = {} if cls.per_tensor else {"state_seed": 5}  # LAMB's int8 draws no random bits
-    core = cls(params, **opt._core_options(group), state_dtype="int8", **seed)
+    core = cls(params, **opt._core_options(group), state_dtype="int8", state_seed=5)
     opt._round_carried(core, torch.float32)  # NAdam's mu_product in torch's float32, as the façade keeps it
     return params, core
 
@@ -69,8 +68,7 @@ def test_int8_state_steps_as_the_core_optimizer_does(name, dtype):
     cls, options = CLASSES[name]
     model, x, y = _model(dtype)
     start = [p.detach().clone() for p in model.parameters()]
-    seed = {} if cls is ft.LAMB else {"state_seed": 5}
-    opt = cls(model.parameters(), **options, state_dtype="int8", **seed)
+    opt = cls(model.parameters(), **options, state_dtype="int8", state_seed=5)
     params, core = _core_twin(opt, start, dtype)
     for _ in range(3):
         opt.zero_grad()
@@ -227,8 +225,8 @@ def test_int8_refusals():
         ft.Adam(torch.nn.Linear(2, 2).double().parameters(), state_dtype="int8")
     with pytest.raises(ValueError, match="state_dtype must be None, 'bfloat16' or 'int8'.*state_dtype='INT8'"):
         ft.Adam(torch.nn.Linear(2, 2).parameters(), state_dtype="INT8")
-    with pytest.raises(ValueError, match="state_dtype must be None or 'int8' for LAMB, got state_dtype='bfloat16'"):
-        ft.LAMB(torch.nn.Linear(2, 2).parameters(), state_dtype="bfloat16")
+    with pytest.raises(ValueError, match="state_dtype must be None, 'bfloat16' or 'int8'.*state_dtype='int4'"):
+        ft.LAMB(torch.nn.Linear(2, 2).parameters(), state_dtype="int4")
     with pytest.raises(ValueError, match=r"params\[0\] is bfloat16; LAMB works on whole tensors"):
         ft.LAMB(torch.nn.Linear(2, 2).bfloat16().parameters(), state_dtype="int8")
     model, opt, saved = _saved_state()
@@ -258,3 +256,32 @@ def test_a_rule_changed_by_a_group_key_carries_the_int8_state_over():
             assert "max_exp_avg_sq.absmax" in state
     scale = np.abs(runs[None]).max()
     assert np.abs(runs["int8"] - runs[None]).max() < 0.02 * scale
+
+
+def test_lamb_with_bfloat16_state_steps_as_the_core_optimizer_does():
+    # bfloat16 state over float32 parameters (LAMB's other encoding): the same bits as fastopt.LAMB
+    model, x, y = _model()
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = ft.LAMB(model.parameters(), lr=1e-2, weight_decay=0.01, state_dtype="bfloat16", state_seed=8)
+    shapes = {f"p{k}": tuple(p.shape) for k, p in enumerate(start)}
+    params = FlatParams(shapes)
+    for k, p in enumerate(start):
+        params[f"p{k}"] = p.numpy()
+    from fastopt import LAMB
+
+    core = LAMB(params, lr=1e-2, weight_decay=0.01, state_dtype="bfloat16", state_seed=8)
+    for _ in range(3):
+        opt.zero_grad()
+        _backward(model, x, y)
+        for k, p in enumerate(model.parameters()):
+            params.grad_of(f"p{k}")[...] = p.grad.numpy()
+        opt.step()
+        core.step()
+    offset = 0
+    for k, p in enumerate(model.parameters()):
+        np.testing.assert_array_equal(p.detach().numpy(), params[f"p{k}"])
+        state = opt.state[p]["exp_avg_sq"]
+        assert state.dtype == torch.bfloat16
+        np.testing.assert_array_equal(state.view(torch.int16).numpy().view(np.uint16).reshape(-1),
+                                      core._storage.buffer[1, offset:offset + p.numel()])
+        offset += p.numel()

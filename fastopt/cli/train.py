@@ -252,9 +252,9 @@ def train(args, out):
     options = dict(lr=lr, weight_decay=settings["l2"], groups=[ParamGroup(biases, weight_decay=0.0)],
                    **extra(settings))
     if settings["state_dtype"] is not None:
-        if cls.per_tensor and (cls is not LAMB or settings["state_dtype"] != "int8"):
-            raise ValueError(f"--state-dtype {settings['state_dtype']} is for the element-wise optimizers (and "
-                             f"int8 for lamb); {settings['optimizer']} keeps its state in float32")
+        if cls.per_tensor and cls is not LAMB:
+            raise ValueError(f"--state-dtype {settings['state_dtype']} is for the element-wise optimizers and lamb; "
+                             f"{settings['optimizer']} keeps its state in float32")
         options["state_dtype"] = settings["state_dtype"]
     optimizer, ranks, out = _optimizer(args, model, cls, options, out)
     steps_per_epoch = -(-int(round(len(x_train) * (1 - settings["validation_fraction"]))) // settings["batch_size"])

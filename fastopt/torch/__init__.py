@@ -263,9 +263,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def _state_options(self, dtype, cls):
         """The state keywords of a group's core (of class ``cls``) over parameters of torch
         ``dtype``: for the rules on whole tensors, which refuse bfloat16 parameters, only LAMB's
-        int8."""
-        if cls.per_tensor:
-            return {} if self._state_dtype is None else {"state_dtype": self._state_dtype}
+        encoded state."""
+        if cls.per_tensor:  # LAMB's int8 or bfloat16 (the others take no state_dtype)
+            return {} if self._state_dtype is None else {"state_dtype": self._state_dtype,
+                                                         "state_seed": self._state_seed}
         if self._state_dtype is None and dtype != torch.bfloat16:
             return {}
         return {"state_dtype": self._state_dtype or "bfloat16", "state_seed": self._state_seed}
@@ -1067,22 +1068,20 @@ class Lion(_FlatOptimizer):
 class LAMB(_FlatOptimizer):
     """LAMB (You et al., 2020; see :class:`fastopt.LAMB`) as a ``torch.optim.Optimizer``: torch
     has none. Each torch parameter is a tensor of the trust ratio. State per parameter:
-    ``exp_avg``, ``exp_avg_sq`` and ``step``; with ``state_dtype="int8"`` (float32 CPU
-    parameters) the codes, absmax and map as the element-wise classes keep them."""
+    ``exp_avg``, ``exp_avg_sq`` and ``step``; with ``state_dtype="int8"`` or ``"bfloat16"``
+    (float32 CPU parameters) as the element-wise classes keep them."""
 
     _core_class = _core.LAMB
     _keys = _sync_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
-                 state_dtype=None):
+                 state_dtype=None, state_seed=0):
         _check_common(lr=lr, weight_decay=weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         _check_betas(betas)
-        if state_dtype is not None and not (isinstance(state_dtype, str) and state_dtype == "int8"):
-            raise ValueError(f"state_dtype must be None or 'int8' for LAMB, got state_dtype={state_dtype!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, state_seed=state_seed)
 
 
 class Muon(_FlatOptimizer):
