@@ -75,16 +75,16 @@ def test_state_dtype(benchmark, implementation, size, roofline_gbps):
     record(benchmark, cases.StateDtypeStep.BYTES[implementation] * size, roofline_gbps(size))
 
 
-@pytest.mark.parametrize("implementation", ["fastopt", "numpy"])
+@pytest.mark.parametrize("kernel", ["lamb_int8", "lamb_bf16"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n:.0e}")
-def test_lamb_int8(benchmark, implementation, size, roofline_gbps):
-    """LAMB with int8 state (its two passes decode the codes twice) against numpy's float32
-    LAMB, grouped with the float32 LAMB steps of :func:`test_step`."""
-    bytes_of, makers = cases.REPORT_KERNELS["lamb_int8"]
-    step = makers[implementation](size)
+def test_lamb_state_dtype(benchmark, kernel, size, roofline_gbps):
+    """LAMB with int8 or bfloat16 state (its two passes decode the state twice), grouped with
+    the float32 LAMB steps of :func:`test_step` (fastopt's and numpy's)."""
+    bytes_of, makers = cases.REPORT_KERNELS[kernel]
+    step = makers["fastopt"](size)
     benchmark.group = f"lamb {size:.0e}"
     timed(benchmark, step.step, size)
-    record(benchmark, bytes_of[implementation] * size, roofline_gbps(size))
+    record(benchmark, bytes_of["fastopt"] * size, roofline_gbps(size))
 
 
 def _gpu():

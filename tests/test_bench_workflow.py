@@ -67,9 +67,11 @@ def test_bench_command_times_fewer_bytes_of_state_and_parameters(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(kernels)]
     assert sorted((row[0], row[3]) for row in rows) == sorted((k, i) for k in kernels for i in ("fastopt", "torch"))
     assert all(float(row[4]) > 0 for row in rows)
-    assert cli.main(["bench", "--sizes", "1e4", "--kernels", "lamb_int8"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("lamb_int8")]
-    assert sorted(row[3] for row in rows) == ["fastopt", "numpy"] and all(float(row[4]) > 0 for row in rows)
+    assert cli.main(["bench", "--sizes", "1e4", "--kernels", "lamb_int8,lamb_bf16"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("lamb_")]
+    assert sorted((row[0], row[3]) for row in rows) == [("lamb_bf16", "fastopt"), ("lamb_bf16", "numpy"),
+                                                        ("lamb_int8", "fastopt"), ("lamb_int8", "numpy")]
+    assert all(float(row[4]) > 0 for row in rows)
 
 
 @pytest.mark.parametrize("arguments, message", [(["--sizes", "abc"], "--sizes"), (["--sizes", "0"], "--sizes"),

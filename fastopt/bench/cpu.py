@@ -514,10 +514,12 @@ REPORT_KERNELS.update({kernel: ({"fastopt": StateDtypeStep.BYTES[mine], "torch":
     for kernel, mine, peer in (("adamw_int8", "fastopt int8", "torch fused"),
                                ("adamw_bf16", "fastopt bfloat16", "torch fused"),
                                ("adamw_bf16_params", "fastopt bf16 params", "torch fused bf16 params"))})
-#: LAMB with int8 state against numpy's float32 LAMB (torch has none): p read twice and
-#: written, g read twice, two rows of codes read twice and written (absmax: 1/512 of that).
-REPORT_KERNELS["lamb_int8"] = ({"fastopt": 26, "numpy": BYTES_PER_ELEMENT["lamb"]}, {
-    "fastopt": lambda n: FastoptStep("lamb", n, state_dtype="int8"), "numpy": lambda n: NumpyStep("lamb", n)})
+#: LAMB with int8 or bfloat16 state against numpy's float32 LAMB (torch has none): p read
+#: twice and written, g read twice, two rows of state read twice and written (int8: 1 byte
+#: each, and absmax, 1/512 of that; bfloat16: 2 bytes each).
+REPORT_KERNELS.update({f"lamb_{name}": ({"fastopt": 20 + 6 * size, "numpy": BYTES_PER_ELEMENT["lamb"]}, {
+    "fastopt": lambda n, kind=kind: FastoptStep("lamb", n, state_dtype=kind), "numpy": lambda n: NumpyStep("lamb", n)})
+    for name, kind, size in (("int8", "int8", 1), ("bf16", "bfloat16", 2))})
 
 
 def _torch_available():
