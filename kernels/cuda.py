@@ -36,8 +36,8 @@ from .factored import COLUMN_BLOCK
 from .tensorwise import LANES, add_tiles
 from . import quantized
 from .quantized import BLOCK as QUANTIZED_BLOCK
-from .quantized import (PARAM_STREAM, STATE_STREAM, apply_rounded, encode, int8_bindings, int8_tensorwise_bindings,
-                        inverse, magnitude_bits, rounded_bindings, rounded_tensorwise_bindings)
+from .quantized import (PARAM_STREAM, STATE_STREAM, apply_rounded, encode, encoded_tensorwise_bindings,
+                        int8_bindings, inverse, magnitude_bits, rounded_bindings)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -624,42 +624,65 @@ def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars, key0,
                 p, values = update(value(param, i), decode(codes, scales, i), value(grad, i), chunk)  # noqa: F821
                 put(param, i, p, pword)  # noqa: F821
                 keep(scratch, j, values)  # noqa: F821
+            encode_block(scratch, lanes, codes, absmax, t, start, n, tid, threads)  # noqa: F821
+
+
+def encode_block(scratch, lanes, codes, absmax, t, start, n, tid, threads):
+    """Block ``t``'s new state, which its threads kept in ``scratch``, encoded: per row the
+    maximum magnitude by a tree over the threads (a power of two; exact, so the codes are the
+    CPU's), the new absmax and the codes; ``encode_row`` is bound per rule (see
+    :func:`_block_encoder`: a device function, as it synchronises the block)."""
+    cuda.syncthreads()
+    for k in range(codes.shape[0]):
+        lanes[tid] = row_maximum(scratch, k, n, tid, threads)
+        cuda.syncthreads()
+        half = threads // 2
+        while half > 0:
+            if tid < half:
+                lanes[tid] = max(lanes[tid], lanes[tid + half])
             cuda.syncthreads()
-            for k in range(rows):
-                lanes[tid] = row_maximum(scratch, k, n, tid, threads)
-                cuda.syncthreads()
-                half = threads // 2
-                while half > 0:
-                    if tid < half:
-                        lanes[tid] = max(lanes[tid], lanes[tid + half])
-                    cuda.syncthreads()
-                    half //= 2
-                top = bits_float(lanes[0])  # noqa: F821
-                encode_row(k, scratch, codes, start, n, tid, threads, inverse(top))  # noqa: F821
-                cuda.syncthreads()  # every thread has read lanes[0] before it changes
-                if tid == 0:
-                    absmax[k, t] = top
+            half //= 2
+        top = bits_float(lanes[0])  # noqa: F821
+        encode_row(k, scratch, codes, start, n, tid, threads, inverse(top))  # noqa: F821
+        cuda.syncthreads()  # every thread has read lanes[0] before it changes
+        if tid == 0:
+            absmax[k, t] = top
 
 
-def int8_tensorwise_norms(param, codes, absmax, grad, bounds, groups, table, scalars, partial):
-    """The first pass of a per-tensor rule over int8 state (the CPU's
-    :func:`~.quantized.int8_tensorwise_step`): a block of ``LANES`` threads per block of the
-    state; thread ``j`` adds the squares of elements ``j, j + LANES, ...`` (the direction from
-    the decoded state; nothing written), then the fixed tree."""
+@element
+def _no_encoding(scratch, lanes, codes, absmax, t, start, n, tid, threads):
+    """bfloat16: each element's state was stored as it stepped."""
+
+
+@element
+def _block_scales_into(scales, absmax, t, rows):
+    for k in range(rows):
+        scales[k] = absmax[k, t]
+
+
+@element
+def _no_scales_into(scales, absmax, t, rows):
+    """bfloat16: no scales."""
+
+
+def encoded_tensorwise_norms(param, state, absmax, grad, bounds, groups, table, scalars, partial):
+    """The first pass of a per-tensor rule over int8 or bfloat16 state (the CPU's
+    :func:`~.quantized.encoded_tensorwise_step`): a block of ``LANES`` threads per tile; thread
+    ``j`` adds the squares of elements ``j, j + LANES, ...`` (the direction from the decoded
+    state; nothing written), then the fixed tree."""
     lanes = cuda.shared.array((2, LANES), float64)
     scales = cuda.local.array(3, float32)
     like = cuda.local.array(1, float32)
-    rows = codes.shape[0]
+    rows = state.shape[0]
     tid = cuda.threadIdx.x
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
         if groups[t] >= 0:
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
-            for k in range(rows):
-                scales[k] = absmax[k, t]
+            scales_into(scales, absmax, t, rows)  # noqa: F821
             param_squares = float64(0.0)
             direction_squares = float64(0.0)
             for i in range(bounds[t] + uint64(tid), bounds[t + 1], uint64(LANES)):
-                u, _ = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+                u = direction_at(param, state, scales, grad, i, chunk)  # noqa: F821
                 param_squares += square(param[i])  # noqa: F821
                 direction_squares += square(u)  # noqa: F821
             lanes[0, tid] = param_squares
@@ -671,15 +694,19 @@ def int8_tensorwise_norms(param, codes, absmax, grad, bounds, groups, table, sca
             cuda.syncthreads()
 
 
-def int8_tensorwise_apply(param, codes, absmax, grad, bounds, groups, table, scalars, tile_tensor, sums):
-    """The second pass over int8 state: per block of the state its tensor's step size, every
-    element's step (the new state kept in shared memory), then each row's maximum by a tree
-    over the threads (a power of two) and its codes, as :func:`int8_tiles` encodes."""
-    scratch = cuda.shared.array((3, QUANTIZED_BLOCK), float32)
-    lanes = cuda.shared.array(MAX_THREADS, uint32)
+def encoded_tensorwise_apply(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset,
+                             tile_tensor, sums):
+    """The second pass over int8 or bfloat16 state: per tile its tensor's step size and every
+    element's step; bfloat16 (``WORDS``) stores each new state rounded with the element's
+    Philox words of :data:`~.quantized.STATE_STREAM` (the CPU's words), int8 keeps it in shared
+    memory and encodes the block (``finish_block``: :func:`encode_block`). The scratch shapes
+    (``SCRATCH``, ``MAXIMA``) are the int8 block's, or a slot for bfloat16."""
+    scratch = cuda.shared.array(SCRATCH, float32)  # noqa: F821
+    lanes = cuda.shared.array(MAXIMA, uint32)  # noqa: F821
     scales = cuda.local.array(3, float32)
     like = cuda.local.array(1, float32)
-    rows = codes.shape[0]
+    rows = state.shape[0]
+    third = WORDS and rows > 2  # noqa: F821
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
     for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
@@ -687,123 +714,64 @@ def int8_tensorwise_apply(param, codes, absmax, grad, bounds, groups, table, sca
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             start = bounds[t]
             n = bounds[t + 1] - start
-            for k in range(rows):
-                scales[k] = absmax[k, t]
+            scales_into(scales, absmax, t, rows)  # noqa: F821
             tensor = tile_tensor[t]
             step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
             for j in range(uint64(tid), n, uint64(threads)):
-                step_at(param, codes, scratch, grad, scales, start + j, j, chunk, step_size)  # noqa: F821
-            cuda.syncthreads()
-            for k in range(rows):
-                lanes[tid] = row_maximum(scratch, k, n, tid, threads)
-                cuda.syncthreads()
-                half = threads // 2
-                while half > 0:
-                    if tid < half:
-                        lanes[tid] = max(lanes[tid], lanes[tid + half])
-                    cuda.syncthreads()
-                    half //= 2
-                top = bits_float(lanes[0])  # noqa: F821
-                encode_row(k, scratch, codes, start, n, tid, threads, inverse(top))  # noqa: F821
-                cuda.syncthreads()  # every thread has read lanes[0] before it changes
-                if tid == 0:
-                    absmax[k, t] = top
+                i = start + j
+                word, word2 = uint32(0), uint32(0)
+                if WORDS:  # noqa: F821
+                    word = _element_word(offset + i, uint64(STATE_STREAM), step, key0, key1)
+                if third:
+                    word2 = _element_word(offset + i, uint64(STATE_STREAM + 1), step, key0, key1)
+                step_at(param, state, scratch, grad, scales, i, j, chunk, step_size, word, word2)  # noqa: F821
+            finish_block(scratch, lanes, state, absmax, t, start, n, tid, threads)  # noqa: F821
 
 
 @functools.cache
-def int8_tensorwise_kernels(rule):
-    """The two passes of a rule with per-tensor sums over int8 state, from the CPU's source."""
-    bindings = int8_tensorwise_bindings(TARGET, rule)
-    norms = TARGET.names(int8_tensorwise_norms, {**bindings, "square": square})
-    steps = TARGET.names(int8_tensorwise_apply, {**bindings, "encode_row": _encode_rows(rule),
-                                                 "row_maximum": row_maximum})
-    return (cuda.jit(rebound(int8_tensorwise_norms, norms, rule.name + "_int8_norms")),
-            cuda.jit(rebound(int8_tensorwise_apply, steps, rule.name + "_int8_apply")))
+def encoded_tensorwise_kernels(rule, kind):
+    """The two passes of a rule with per-tensor sums over ``kind`` (``"int8"`` or
+    ``"bfloat16"``) state, from the CPU's source."""
+    bindings = encoded_tensorwise_bindings(TARGET, rule, kind)
+    if kind == "int8":
+        blocks = {"scales_into": _block_scales_into, "SCRATCH": (3, QUANTIZED_BLOCK), "MAXIMA": MAX_THREADS,
+                  "finish_block": _block_encoder(rule)}
+    else:
+        blocks = {"scales_into": _no_scales_into, "SCRATCH": (1, 1), "MAXIMA": 1, "finish_block": _no_encoding}
+    tag = "int8" if kind == "int8" else "bf16"
+    norms = TARGET.names(encoded_tensorwise_norms, {**bindings, **blocks, "square": square})
+    steps = TARGET.names(encoded_tensorwise_apply, {**bindings, **blocks})
+    return (cuda.jit(rebound(encoded_tensorwise_norms, norms, f"{rule.name}_{tag}_norms")),
+            cuda.jit(rebound(encoded_tensorwise_apply, steps, f"{rule.name}_{tag}_apply")))
 
 
-class Int8TensorwiseLaunch:
-    """A step of a per-tensor rule with int8 state over fixed buffers: the first pass, the
-    per-tensor sums and the second pass, with the tensor tables and scratch sums on the device;
-    called as ``launch(param, codes, absmax, grad, bounds, groups, table, scalars)``."""
+class EncodedTensorwiseLaunch:
+    """A step of a per-tensor rule over ``kind`` state and fixed buffers: the first pass, the
+    per-tensor sums and the second pass (:data:`THREADS_PER_BLOCK` threads, a power of two, as
+    the int8 maximum's tree needs), with the tensor tables and scratch sums on the device;
+    called as ``launch(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1,
+    step, offset)``."""
 
-    def __init__(self, rule, tiles, tensors, stream=0):
+    def __init__(self, rule, kind, tiles, tensors, stream=0):
         import numpy as np
 
         self._tile_tensor, self._tensor_tiles = tensors[:2]
         tensors_count = self._tensor_tiles.size - 1
         self.partial = cuda.device_array((max(1, tiles), 2), np.float64)
         self.sums = cuda.device_array((max(1, tensors_count), 2), np.float64)
-        norms, steps = int8_tensorwise_kernels(rule)
+        norms, steps = encoded_tensorwise_kernels(rule, kind)
         self._norms = configure(norms, blocks_for(tiles), LANES, stream)
         self._sums = configure(tensorwise_sums, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
         self._steps = configure(steps, blocks_for(tiles), THREADS_PER_BLOCK, stream)
         self._empty = tiles == 0
 
-    def __call__(self, param, codes, absmax, grad, bounds, groups, table, scalars):
+    def __call__(self, param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset):
         if self._empty:
             return
-        self._norms(param, codes, absmax, grad, bounds, groups, table, scalars, self.partial)
+        self._norms(param, state, absmax, grad, bounds, groups, table, scalars, self.partial)
         self._sums(groups, self._tensor_tiles, self.partial, self.sums)
-        self._steps(param, codes, absmax, grad, bounds, groups, table, scalars, self._tile_tensor, self.sums)
-
-
-def rounded_tensorwise_apply(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset,
-                             tile_tensor, sums):
-    """The second pass over bfloat16 state (the CPU's :func:`~.quantized.rounded_tensorwise_step`):
-    per tile its tensor's step size, then every element's step, its new state rounded with the
-    element's Philox words of :data:`~.quantized.STATE_STREAM` (the CPU's words). The first
-    pass is :func:`tensorwise_norms` with the direction from the loaded state, nothing stored."""
-    three_rows = state.shape[0] > 2
-    like = cuda.local.array(1, float32)
-    for t in range(cuda.blockIdx.x, groups.size, cuda.gridDim.x):
-        if groups[t] >= 0:
-            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
-            tensor = tile_tensor[t]
-            step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
-            for i in range(bounds[t] + uint64(cuda.threadIdx.x), bounds[t + 1], uint64(cuda.blockDim.x)):
-                word = _element_word(offset + i, uint64(STATE_STREAM), step, key0, key1)
-                word2 = uint32(0)
-                if three_rows:
-                    word2 = _element_word(offset + i, uint64(STATE_STREAM + 1), step, key0, key1)
-                step_at(param, state, grad, i, chunk, step_size, word, word2)  # noqa: F821
-
-
-@functools.cache
-def rounded_tensorwise_kernels(rule):
-    """The two passes of a rule with per-tensor sums over bfloat16 state, from the CPU's source."""
-    bindings = rounded_tensorwise_bindings(TARGET, rule)
-    norms = TARGET.names(tensorwise_norms, {"prologue": rule.prologue, "square": square,
-                                            "measure": bindings["measure"]})
-    steps = TARGET.names(rounded_tensorwise_apply, bindings)
-    return (cuda.jit(rebound(tensorwise_norms, norms, rule.name + "_bf16_norms")),
-            cuda.jit(rebound(rounded_tensorwise_apply, steps, rule.name + "_bf16_apply")))
-
-
-class RoundedTensorwiseLaunch:
-    """A step of a per-tensor rule with bfloat16 state over fixed buffers: the first pass, the
-    per-tensor sums and the second pass; called as ``launch(param, state, grad, bounds, groups,
-    table, scalars, key0, key1, step, offset)``."""
-
-    def __init__(self, rule, tiles, tensors, stream=0):
-        import numpy as np
-
-        self._tile_tensor, self._tensor_tiles = tensors[:2]
-        tensors_count = self._tensor_tiles.size - 1
-        self.partial = cuda.device_array((max(1, tiles), 2), np.float64)
-        self.sums = cuda.device_array((max(1, tensors_count), 2), np.float64)
-        norms, steps = rounded_tensorwise_kernels(rule)
-        self._norms = configure(norms, blocks_for(tiles), LANES, stream)
-        self._sums = configure(tensorwise_sums, blocks_for(-(-tensors_count // THREADS_PER_BLOCK)), stream=stream)
-        self._steps = configure(steps, blocks_for(tiles), stream=stream)
-        self._empty = tiles == 0
-
-    def __call__(self, param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
-        if self._empty:
-            return
-        self._norms(param, state, grad, bounds, groups, table, scalars, self.partial)
-        self._sums(groups, self._tensor_tiles, self.partial, self.sums)
-        self._steps(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset, self._tile_tensor,
-                    self.sums)
+        self._steps(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset,
+                    self._tile_tensor, self.sums)
 
 
 @element
@@ -871,6 +839,14 @@ def rounded_tiles(param, state, grad, bounds, groups, table, scalars, key0, key1
                 apply_rounded(param, state, grad, i, chunk, word, word2, pword)  # noqa: F821
 
 
+@functools.cache
+def _block_encoder(rule):
+    """:func:`encode_block` for ``rule``'s rows: a device function (not an element, which the
+    simulator runs as plain Python without its ``cuda.syncthreads``)."""
+    names = TARGET.names(encode_block, {"encode_row": _encode_rows(rule)})
+    return cuda.jit(device=True, inline=True)(rebound(encode_block, names, rule.name + "_encode_block"))
+
+
 def _encode_rows(rule):
     """``encode_row(k, ...)``: row ``k``'s share of a thread's codes, each row's map bound in."""
     rows = [TARGET.element(encode_row_of, ENCODE=encode_constants, SIGN=sign)
@@ -884,7 +860,7 @@ def int8_kernel(rule, bfloat16_params=False):
     """The CUDA kernel of an element-wise ``rule`` with int8 state over float32 or bfloat16
     parameters (the CPU's element source)."""
     names = TARGET.names(int8_tiles, {"prologue": rule.prologue, **int8_bindings(TARGET, rule, bfloat16_params),
-                                      "encode_row": _encode_rows(rule), "row_maximum": row_maximum})
+                                      "encode_block": _block_encoder(rule)})
     return cuda.jit(rebound(int8_tiles, names, rule.name + "_int8" + ("_bf16p" if bfloat16_params else "")))
 
 

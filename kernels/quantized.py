@@ -528,20 +528,66 @@ def rounded_kernel(rule, state_kind, bfloat16_params, parallel=True):
     return _compile(rounded_step, bindings, name + ('' if parallel else '_serial'), parallel)
 
 
-# -- int8 state of a rule with per-tensor sums (LAMB) ----------------------------------------------
+# -- int8 and bfloat16 state of a rule with per-tensor sums (LAMB) ---------------------------------
 #
-# The quantization blocks are the tiles of the per-tensor rules (both start at each tensor and
-# take TENSOR_TILE elements). Both passes decode a block's stored state and run the rule's
-# ``update`` from it and the gradient (the same bits twice): the first sums ``p**2`` and the
-# fresh direction's squares and writes nothing; the second steps with the fresh direction and
-# re-encodes the block. So a step is the float32 rule's step from the decoded state, and only
-# the state kept between steps is rounded, as for the element-wise rules. (A direction formed
-# from the re-encoded state instead would divide by a second moment quantized to zero where a
-# gradient is tiny against its block: ``m / eps``, which wrecks the tensor's trust ratio.)
+# Both passes decode a tile's stored state and run the rule's ``update`` from it and the
+# gradient (the same bits twice): the first sums ``p**2`` and the fresh direction's squares and
+# writes nothing; the second steps with the fresh direction and stores the new state encoded.
+# So a step is the float32 rule's step from the decoded state, and only the state kept between
+# steps is rounded, as for the element-wise rules. (A direction formed from the re-encoded
+# state instead would divide by a second moment quantized to zero where a gradient is tiny
+# against its block: ``m / eps``, which wrecks the tensor's trust ratio.) The int8 blocks are
+# the rule's tiles (both start at each tensor and take TENSOR_TILE elements), so the second
+# pass encodes a tile whole.
 
 
 @element
-def quantized_step(param, codes, scratch, grad, scales, i, j, chunk, scale):
+def _block_scales(absmax, t, rows):
+    """int8: block ``t``'s absmax of each row."""
+    scales = np.empty(rows, np.float32)
+    for k in range(rows):
+        scales[k] = absmax[k, t]
+    return scales
+
+
+@element
+def _no_scales(absmax, t, rows):
+    """bfloat16: no scales."""
+    return np.empty(0, np.float32)
+
+
+@element
+def _block_scratch(rows, n):
+    """int8: the block's new state, kept for encoding."""
+    return np.empty((rows, n), np.float32)
+
+
+@element
+def _no_scratch(rows, n):
+    return np.empty((0, 0), np.float32)
+
+
+@element
+def _no_finish(scratch, state, absmax, t, start, n):
+    """bfloat16: each element's state was stored as it stepped."""
+
+
+@element
+def int8_direction(param, codes, scales, grad, i, chunk):
+    """The direction at element ``i`` from its int8 state (``scales``: its block's absmax)."""
+    u, _ = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
+    return u
+
+
+@element
+def loaded_direction(param, state, scales, grad, i, chunk):
+    """The direction at element ``i`` from its loaded (bfloat16) state; ``scales`` unused."""
+    u, _ = update(param[i], load(state, i), grad[i], chunk)  # noqa: F821
+    return u
+
+
+@element
+def int8_tensor_step(param, codes, scratch, grad, scales, i, j, chunk, scale, word, word2):
     """The second pass at element ``i`` (``j`` in its block) over int8 state: the direction and
     new state again from the decoded state, the step, and the new state kept for encoding."""
     p = param[i]
@@ -550,92 +596,27 @@ def quantized_step(param, codes, scratch, grad, scales, i, j, chunk, scale):
     keep(scratch, j, values)  # noqa: F821
 
 
-def int8_tensorwise_step(param, codes, absmax, grad, bounds, groups, table, scalars, tile_tensor, tensor_tiles,
-                         partial, sums):
-    """One step of a rule with per-tensor sums and int8 state, in the three stages of
-    :mod:`.tensorwise` over the blocks: per block, the sums of ``p**2`` and of the direction's
-    squares lane by lane as there (the direction from the decoded state; nothing written); per
-    tensor, the tiles' sums; per block, the step and the block encoded (``finish``).
-    ``prologue``, ``decode``, ``update``, ``step_at``, ``finish``, ``ratio`` and ``scale`` are
-    bound per rule."""
-    rows = codes.shape[0]
-    width = uint64(LANES)  # noqa: F821
-    like = np.empty(0, np.float32)
-    for t in prange(groups.size):
-        if groups[t] >= 0:
-            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
-            start, stop = bounds[t], bounds[t + 1]
-            scales = np.empty(rows, np.float32)
-            for k in range(rows):
-                scales[k] = absmax[k, t]
-            param_lanes, direction_lanes = np.zeros(LANES), np.zeros(LANES)  # noqa: F821
-            directions = np.empty(LANES, np.float32)  # noqa: F821
-            for base in range(start, stop, width):
-                m = min(width, stop - base)
-                for j in range(m):
-                    i = base + j
-                    directions[j], _ = update(param[i], decode(codes, scales, i), grad[i], chunk)  # noqa: F821
-                for j in range(m):
-                    param_lanes[j] += square(param[base + j])  # noqa: F821
-                    direction_lanes[j] += square(directions[j])  # noqa: F821
-            partial[t, 0] = tile_sum(param_lanes)  # noqa: F821
-            partial[t, 1] = tile_sum(direction_lanes)  # noqa: F821
-    for k in range(tensor_tiles.size - 1):
-        add_tiles(k, groups, tensor_tiles, partial, sums)  # noqa: F821
-    for t in prange(groups.size):
-        if groups[t] >= 0:
-            chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
-            start = bounds[t]
-            n = bounds[t + 1] - start
-            scales = np.empty(rows, np.float32)
-            for k in range(rows):
-                scales[k] = absmax[k, t]
-            tensor = tile_tensor[t]
-            step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
-            scratch = np.empty((rows, n), np.float32)
-            for j in range(n):
-                step_at(param, codes, scratch, grad, scales, start + j, j, chunk, step_size)  # noqa: F821
-            finish(scratch, codes, absmax, t, start, n)  # noqa: F821
-
-
-def int8_tensorwise_bindings(target, rule):
-    """What the int8 per-tensor step's element functions mean for ``rule`` on ``target``."""
-    bindings = int8_bindings(target, rule)
-    decode, keep = bindings["decode"], bindings["keep"]
-    return {"prologue": rule.prologue, "update": rule.update, "decode": decode,
-            "step_at": target.element(quantized_step, update=rule.update, decode=decode, keep=keep,
-                                      step=rule.tensorwise.step),
-            "ratio": rule.tensorwise.ratio, "scale": rule.tensorwise.scale}
-
-
 @element
-def measure_stored(param, state, grad, i, chunk):
-    """The first pass at element ``i`` over state that a pass must not change (bfloat16): the
-    parameter and the direction from the loaded state; nothing stored."""
-    p = param[i]
-    u, _ = update(p, load(state, i), grad[i], chunk)  # noqa: F821
-    return p, u
-
-
-@element
-def rounded_tensor_step(param, state, grad, i, chunk, scale, word, word2):
+def rounded_tensor_step(param, state, scratch, grad, scales, i, j, chunk, scale, word, word2):
     """The second pass at element ``i`` over bfloat16 state: the direction and new state again
-    from the loaded state, the step, and the new state stored rounded with ``word``
-    (``word2``: the third row's)."""
+    from the loaded state, the step, and the new state stored rounded with ``word`` (``word2``:
+    the third row's)."""
     p = param[i]
     u, values = update(p, load(state, i), grad[i], chunk)  # noqa: F821
     param[i] = step(p, u, scale)  # noqa: F821
     store(state, i, values, word, word2)  # noqa: F821
 
 
-def rounded_tensorwise_step(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset,
+def encoded_tensorwise_step(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset,
                             tile_tensor, tensor_tiles, partial, sums):
-    """One step of a rule with per-tensor sums and bfloat16 state: the stages of
-    :mod:`.tensorwise` with the direction from the loaded state in both passes (nothing stored
-    in the first), the second storing the new state rounded stochastically with each element's
-    Philox words (:data:`STATE_STREAM` as :func:`rounded_step` counts them, a tile's drawn
-    before its loop). ``prologue``, ``measure``, ``step_at``, ``ratio`` and ``scale`` are bound
-    per rule."""
+    """One step of a rule with per-tensor sums over int8 or bfloat16 state (``state``: the
+    codes or the bits; ``absmax``: int8's, else unused), in the three stages of
+    :mod:`.tensorwise`: per tile, the sums of ``p**2`` and the direction's squares lane by lane
+    as there; per tensor, the tiles' sums; per tile, the step, the new state stored (bfloat16:
+    rounded with each element's Philox words of :data:`STATE_STREAM`, ``WORDS``, drawn before
+    the tile's loop as :func:`rounded_step` counts them) or kept and the block encoded (int8).
+    ``prologue``, ``scales_of``, ``direction_at``, ``scratch_for``, ``step_at``, ``finish``,
+    ``ratio`` and ``scale`` are bound per rule and encoding."""
     rows = state.shape[0]
     width = uint64(LANES)  # noqa: F821
     like = np.empty(0, np.float32)
@@ -643,12 +624,13 @@ def rounded_tensorwise_step(param, state, grad, bounds, groups, table, scalars, 
         if groups[t] >= 0:
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             start, stop = bounds[t], bounds[t + 1]
+            scales = scales_of(absmax, t, rows)  # noqa: F821
             param_lanes, direction_lanes = np.zeros(LANES), np.zeros(LANES)  # noqa: F821
             directions = np.empty(LANES, np.float32)  # noqa: F821
             for base in range(start, stop, width):
                 m = min(width, stop - base)
                 for j in range(m):
-                    _, directions[j] = measure(param, state, grad, base + j, chunk)  # noqa: F821
+                    directions[j] = direction_at(param, state, scales, grad, base + j, chunk)  # noqa: F821
                 for j in range(m):
                     param_lanes[j] += square(param[base + j])  # noqa: F821
                     direction_lanes[j] += square(directions[j])  # noqa: F821
@@ -656,6 +638,7 @@ def rounded_tensorwise_step(param, state, grad, bounds, groups, table, scalars, 
             partial[t, 1] = tile_sum(direction_lanes)  # noqa: F821
     for k in range(tensor_tiles.size - 1):
         add_tiles(k, groups, tensor_tiles, partial, sums)  # noqa: F821
+    third = WORDS and rows > 2  # noqa: F821
     for t in prange(groups.size):
         if groups[t] >= 0:
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
@@ -663,80 +646,67 @@ def rounded_tensorwise_step(param, state, grad, bounds, groups, table, scalars, 
             n = bounds[t + 1] - start
             tensor = tile_tensor[t]
             step_size = scale(like, table[groups[t]], scalars, ratio(sums[tensor, 0], sums[tensor, 1]))  # noqa: F821
-            words = _block_words(start + offset, n, True, uint64(STATE_STREAM), step, key0, key1)  # noqa: F821
-            words2 = _block_words(start + offset, n, rows > 2, uint64(STATE_STREAM + 1), step, key0, key1)  # noqa: F821
+            scales = scales_of(absmax, t, rows)  # noqa: F821
+            scratch = scratch_for(rows, n)  # noqa: F821
+            words = _block_words(start + offset, n, WORDS, uint64(STATE_STREAM), step, key0, key1)  # noqa: F821
+            words2 = _block_words(start + offset, n, third, uint64(STATE_STREAM + 1), step, key0, key1)  # noqa: F821
             for j in range(n):
-                step_at(param, state, grad, start + j, chunk, step_size, words[j],  # noqa: F821
-                        words2[j] if rows > 2 else np.uint32(0))
+                step_at(param, state, scratch, grad, scales, start + j, j, chunk, step_size,  # noqa: F821
+                        words[j] if WORDS else np.uint32(0), words2[j] if third else np.uint32(0))  # noqa: F821
+            finish(scratch, state, absmax, t, start, n)  # noqa: F821
 
 
-def rounded_tensorwise_bindings(target, rule):
-    """What the bfloat16 per-tensor step's element functions mean for ``rule`` on ``target``."""
-    load, store = _LOADS_BF[len(rule.state)], _STORES_BF[len(rule.state)]
-    return {"prologue": rule.prologue,
-            "measure": target.element(measure_stored, update=rule.update, load=load),
-            "step_at": target.element(rounded_tensor_step, update=rule.update, load=load, store=store,
-                                      step=rule.tensorwise.step),
-            "ratio": rule.tensorwise.ratio, "scale": rule.tensorwise.scale}
+def encoded_tensorwise_bindings(target, rule, kind):
+    """What :func:`encoded_tensorwise_step`'s element functions (and the CUDA passes') mean for
+    ``rule`` on ``target`` over ``kind`` (``"int8"`` or ``"bfloat16"``) state."""
+    step = rule.tensorwise.step
+    if kind == "int8":
+        bindings = int8_bindings(target, rule)
+        decode, keep = bindings["decode"], bindings["keep"]
+        direction = target.element(int8_direction, update=rule.update, decode=decode)
+        step_at = target.element(int8_tensor_step, update=rule.update, decode=decode, keep=keep, step=step)
+    else:
+        load, store = _LOADS_BF[len(rule.state)], _STORES_BF[len(rule.state)]
+        direction = target.element(loaded_direction, update=rule.update, load=load)
+        step_at = target.element(rounded_tensor_step, update=rule.update, load=load, store=store, step=step)
+    return {"prologue": rule.prologue, "direction_at": direction, "step_at": step_at, "ratio": rule.tensorwise.ratio,
+            "scale": rule.tensorwise.scale, "WORDS": kind == "bfloat16"}
 
 
 @functools.cache
-def rounded_tensorwise_kernel(rule, parallel=True):
-    """The CPU kernel of a rule with per-tensor sums (:attr:`~.rule.Rule.tensorwise`) and
-    bfloat16 state (see :func:`rounded_tensorwise_step`)."""
+def encoded_tensorwise_kernel(rule, kind, parallel=True):
+    """The CPU kernel of a rule with per-tensor sums (:attr:`~.rule.Rule.tensorwise`) over
+    ``kind`` (``"int8"`` or ``"bfloat16"``) state (see :func:`encoded_tensorwise_step`)."""
     from .penalty import square
     from .tensorwise import LANES, add_tiles, tile_sum
 
-    bindings = {**rounded_tensorwise_bindings(TARGET, rule), "square": square, "tile_sum": tile_sum,
+    if kind == "int8":
+        rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
+                for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
+        blocks = {"scales_of": _block_scales, "scratch_for": _block_scratch,
+                  "finish": TARGET.element(_FINISHES[len(rule.state)], **rows)}
+    else:
+        blocks = {"scales_of": _no_scales, "scratch_for": _no_scratch, "finish": _no_finish}
+    bindings = {**encoded_tensorwise_bindings(TARGET, rule, kind), **blocks, "square": square, "tile_sum": tile_sum,
                 "add_tiles": add_tiles, "LANES": LANES, "_block_words": _block_words_kernel()}
-    name = f"{rule.name}_bf16{'' if parallel else '_serial'}"
-    return _compile(rounded_tensorwise_step, bindings, name, parallel)
+    name = f"{rule.name}_{'int8' if kind == 'int8' else 'bf16'}{'' if parallel else '_serial'}"
+    return _compile(encoded_tensorwise_step, bindings, name, parallel)
 
 
-class RoundedTensorwiseLaunch:
-    """A CPU step of a per-tensor rule with bfloat16 state over fixed buffers; called as
-    ``launch(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset)``."""
+class EncodedTensorwiseLaunch:
+    """A CPU step of a per-tensor rule over ``kind`` state and fixed buffers: the kernel build
+    for their size and the scratch sums, allocated once; called as ``launch(param, state,
+    absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset)``."""
 
-    def __init__(self, rule, size, tensors):
-        self._kernel = rounded_tensorwise_kernel(rule, size > CHUNK_SIZE)
+    def __init__(self, rule, kind, size, tensors):
+        self._kernel = encoded_tensorwise_kernel(rule, kind, size > CHUNK_SIZE)
         self._tile_tensor, self._tensor_tiles = tensors[:2]
         self.partial = np.zeros((self._tile_tensor.size, 2))
         self.sums = np.zeros((self._tensor_tiles.size - 1, 2))
 
-    def __call__(self, param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset):
-        self._kernel(param, state, grad, bounds, groups, table, scalars, key0, key1, step, offset, self._tile_tensor,
-                     self._tensor_tiles, self.partial, self.sums)
-
-
-@functools.cache
-def int8_tensorwise_kernel(rule, parallel=True):
-    """The CPU kernel of a rule with per-tensor sums (:attr:`~.rule.Rule.tensorwise`) and int8
-    state (see :func:`int8_tensorwise_step`)."""
-    from .penalty import square
-    from .tensorwise import LANES, add_tiles, tile_sum
-
-    rows = {f"row{k}": TARGET.element(finish_row, ENCODE=encode_constants, SIGN=sign)
-            for k, (_, _, encode_constants, sign) in enumerate(row_codecs(rule.state))}
-    bindings = {**int8_tensorwise_bindings(TARGET, rule), "finish": TARGET.element(_FINISHES[len(rule.state)], **rows),
-                "square": square, "tile_sum": tile_sum, "add_tiles": add_tiles, "LANES": LANES}
-    name = f"{rule.name}_int8{'' if parallel else '_serial'}"
-    return _compile(int8_tensorwise_step, bindings, name, parallel)
-
-
-class Int8TensorwiseLaunch:
-    """A CPU step of a per-tensor rule with int8 state over fixed buffers: the kernel build
-    for their size and the scratch sums, allocated once; called as ``launch(param, codes,
-    absmax, grad, bounds, groups, table, scalars)``."""
-
-    def __init__(self, rule, size, tensors):
-        self._kernel = int8_tensorwise_kernel(rule, size > CHUNK_SIZE)
-        self._tile_tensor, self._tensor_tiles = tensors[:2]
-        self.partial = np.zeros((self._tile_tensor.size, 2))
-        self.sums = np.zeros((self._tensor_tiles.size - 1, 2))
-
-    def __call__(self, param, codes, absmax, grad, bounds, groups, table, scalars):
-        self._kernel(param, codes, absmax, grad, bounds, groups, table, scalars, self._tile_tensor,
-                     self._tensor_tiles, self.partial, self.sums)
+    def __call__(self, param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset):
+        self._kernel(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset,
+                     self._tile_tensor, self._tensor_tiles, self.partial, self.sums)
 
 
 # -- host helpers and references -------------------------------------------------------------------

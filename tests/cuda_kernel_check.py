@@ -243,21 +243,24 @@ def tensorwise_quantized_failures():
             codes, absmax = quantized.encode_reference(case.state, case.bounds, case.rule.state)
             on_cpu = [case.param.copy(), codes.copy(), absmax.copy()]
             tables = (case.tile_tensor, case.tensor_tiles)
-            quantized.Int8TensorwiseLaunch(case.rule, case.param.size, tables)(
-                on_cpu[0], on_cpu[1], on_cpu[2], case.grad, case.bounds, case.groups, case.table, case.scalars)
+            no_words = (np.uint64(0),) * 4
+            quantized.EncodedTensorwiseLaunch(case.rule, "int8", case.param.size, tables)(
+                on_cpu[0], on_cpu[1], on_cpu[2], case.grad, case.bounds, case.groups, case.table, case.scalars,
+                *no_words)
             on_gpu = [device(a) for a in (case.param, codes, absmax, case.grad, case.bounds, case.groups, case.table)]
-            launch = cuda.Int8TensorwiseLaunch(case.rule, case.groups.size, tuple(device(t) for t in tables))
-            launch(*on_gpu, case.scalars)
+            launch = cuda.EncodedTensorwiseLaunch(case.rule, "int8", case.groups.size, tuple(device(t) for t in tables))
+            launch(*on_gpu, case.scalars, *no_words)
             for label, a, b in zip(("param", "codes", "absmax"), on_cpu, on_gpu[:3]):
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):
                     failures.append(f"int8 {name} sizes {sizes} {label}: {np.flatnonzero(a != b.copy_to_host())[:5]}")
             bits = quantized.round_bfloat16_nearest(case.state)
             key = (np.uint64(0xDEADBEEF), np.uint64(0x1234), np.uint64(9), np.uint64(len(sizes) * 3))
             on_cpu = [case.param.copy(), bits.copy()]
-            quantized.RoundedTensorwiseLaunch(case.rule, case.param.size, tables)(
-                *on_cpu, case.grad, case.bounds, case.groups, case.table, case.scalars, *key)
-            on_gpu = [device(a) for a in (case.param, bits, case.grad, case.bounds, case.groups, case.table)]
-            launch = cuda.RoundedTensorwiseLaunch(case.rule, case.groups.size, tuple(device(t) for t in tables))
+            quantized.EncodedTensorwiseLaunch(case.rule, "bfloat16", case.param.size, tables)(
+                *on_cpu, bits, case.grad, case.bounds, case.groups, case.table, case.scalars, *key)
+            on_gpu = [device(a) for a in (case.param, bits, bits, case.grad, case.bounds, case.groups, case.table)]
+            launch = cuda.EncodedTensorwiseLaunch(case.rule, "bfloat16", case.groups.size,
+                                                  tuple(device(t) for t in tables))
             launch(*on_gpu, case.scalars, *key)
             for label, a, b in zip(("param", "state"), on_cpu, on_gpu[:2]):
                 if not np.array_equal(a, b.copy_to_host(), equal_nan=True):

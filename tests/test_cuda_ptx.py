@@ -238,18 +238,19 @@ def test_tensorwise_quantized_kernels_round_as_written(name, cc, tmp_path):
 
     case, _ = make_tensor_case(name, [64, 300], np.float32, np.random.default_rng(0))
     codes, absmax = quantized.encode_reference(case.state, case.bounds, case.rule.state)
-    norms, steps = cuda.int8_tensorwise_kernels(case.rule)
+    norms, steps = cuda.encoded_tensorwise_kernels(case.rule, "int8")
     arguments = (case.param, codes, absmax, case.grad, case.bounds, case.groups, case.table, case.scalars)
+    u = np.uint64
     first = check_kernel(norms.py_func, (*arguments, case.partial), cc, tmp_path)
-    second = check_kernel(steps.py_func, (*arguments, case.tile_tensor, case.sums), cc, tmp_path)
+    second = check_kernel(steps.py_func, (*arguments, u(1), u(2), u(3), u(4), case.tile_tensor, case.sums), cc,
+                          tmp_path)
     for body in (first, second):
         assert re.search(r"\bfma\.rn\.f32\b", body) and re.search(r"\bbar\.sync\b", body)
     assert re.search(r"\bcvt\.rzi\.u32\.f32|\bcvt\.rzi\.u64\.f32", second), "the code's conversion"
     bits = quantized.round_bfloat16_nearest(case.state)
-    norms, steps = cuda.rounded_tensorwise_kernels(case.rule)
-    arguments = (case.param, bits, case.grad, case.bounds, case.groups, case.table, case.scalars)
+    norms, steps = cuda.encoded_tensorwise_kernels(case.rule, "bfloat16")
+    arguments = (case.param, bits, bits, case.grad, case.bounds, case.groups, case.table, case.scalars)
     first = check_kernel(norms.py_func, (*arguments, case.partial), cc, tmp_path)
-    u = np.uint64
     second = check_kernel(steps.py_func, (*arguments, u(1), u(2), u(3), u(4), case.tile_tensor, case.sums), cc,
                           tmp_path)
     assert re.search(r"\bfma\.rn\.f32\b", first) and re.search(r"\bbar\.sync\b", first)

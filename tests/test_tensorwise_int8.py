@@ -16,7 +16,7 @@ from .kernel_cases import TENSORWISE, make_tensor_case
 
 
 @pytest.mark.parametrize("name", TENSORWISE)
-@pytest.mark.parametrize("sizes, skipped", [([1], ()), ([2049, 7, 0, 5000], (2,)), ([300] * 9, (4,)),
+@pytest.mark.parametrize("sizes, skipped", [([1], ()), ([2049, 7, 0, 5000], (3,)), ([300] * 9, (4,)),
                                              ([4097, 3], ())])
 def test_the_int8_step_is_decode_then_the_float32_step_then_encode(name, sizes, skipped):
     # The blocks are the rule's tiles; the step is the float32 kernel's from the decoded state
@@ -39,9 +39,9 @@ def test_the_int8_step_is_decode_then_the_float32_step_then_encode(name, sizes, 
     expected_absmax[:, groups < 0] = absmax[:, groups < 0]
     for parallel in (True, False):
         p, c, a = case.param.copy(), codes.copy(), absmax.copy()
-        kernel = q.int8_tensorwise_kernel(rule, parallel)
-        kernel(p, c, a, grad, bounds, groups, case.table, case.scalars, *tables, case.partial.copy(),
-               case.sums.copy())
+        kernel = q.encoded_tensorwise_kernel(rule, "int8", parallel)
+        kernel(p, c, a, grad, bounds, groups, case.table, case.scalars, *[np.uint64(0)] * 4, *tables,
+               case.partial.copy(), case.sums.copy())
         np.testing.assert_array_equal(p, expected_param)
         np.testing.assert_array_equal(c, expected_codes)
         np.testing.assert_array_equal(a, expected_absmax)
@@ -50,7 +50,7 @@ def test_the_int8_step_is_decode_then_the_float32_step_then_encode(name, sizes, 
 
 
 @pytest.mark.parametrize("name", TENSORWISE)
-@pytest.mark.parametrize("sizes, skipped, offset", [([1], (), 0), ([2049, 7, 0, 5000], (2,), 3),
+@pytest.mark.parametrize("sizes, skipped, offset", [([1], (), 0), ([2049, 7, 0, 5000], (3,), 3),
                                                      ([300] * 9, (4,), 2**33 + 1)])
 def test_the_bfloat16_step_is_decode_then_the_float32_step_then_stochastic_rounding(name, sizes, skipped, offset):
     case, _ = make_tensor_case(name, sizes, np.float32, np.random.default_rng(sum(sizes) + 1), skipped)
@@ -68,8 +68,9 @@ def test_the_bfloat16_step_is_decode_then_the_float32_step_then_stochastic_round
     expected_bits[:, ~active] = bits[:, ~active]
     for parallel in (True, False):
         p, b = case.param.copy(), bits.copy()
-        q.rounded_tensorwise_kernel(rule, parallel)(p, b, case.grad, bounds, groups, case.table, case.scalars, *key,
-                                                    np.uint64(offset), *tables, case.partial.copy(), case.sums.copy())
+        q.encoded_tensorwise_kernel(rule, "bfloat16", parallel)(p, b, b, case.grad, bounds, groups, case.table,
+                                                                case.scalars, *key, np.uint64(offset), *tables,
+                                                                case.partial.copy(), case.sums.copy())
         np.testing.assert_array_equal(p, expected_param)
         np.testing.assert_array_equal(b, expected_bits)
 

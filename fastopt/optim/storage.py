@@ -187,27 +187,20 @@ class Storage:
 
     def _tensorwise_launch(self, rule, size, tiles, stream, tensors, key0, key1, offset):
         """:meth:`launch` of a rule with per-tensor sums: its passes and scratch sums."""
-        from ..kernels import quantized
-
-        name = "Int8TensorwiseLaunch" if self.kind == "int8" else "RoundedTensorwiseLaunch"
         if self.device.name == "cuda":
             from ..kernels import cuda
 
-            passes = getattr(cuda, name)(rule, tiles, tensors, stream)
+            passes = cuda.EncodedTensorwiseLaunch(rule, self.kind, tiles, tensors, stream)
         else:
-            passes = getattr(quantized, name)(rule, size, tensors)
-        if self.kind == "int8":
-            absmax = self.absmax
+            from ..kernels import quantized
 
-            def int8_launch(param, codes, grad, bounds, groups, table, scalars, step):
-                passes(param, codes, absmax, grad, bounds, groups, table, scalars)
+            passes = quantized.EncodedTensorwiseLaunch(rule, self.kind, size, tensors)
+        absmax = self.absmax if self.kind == "int8" else self.buffer  # bfloat16: a placeholder, unread
 
-            return int8_launch
+        def tensorwise_launch(param, state, grad, bounds, groups, table, scalars, step):
+            passes(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
 
-        def bfloat16_launch(param, state, grad, bounds, groups, table, scalars, step):
-            passes(param, state, grad, bounds, groups, table, scalars, key0, key1, np.uint64(step), offset)
-
-        return bfloat16_launch
+        return tensorwise_launch
 
     def values(self):
         """``{name: float array}``: the state decoded (copies), in the rule's order."""
