@@ -183,14 +183,73 @@ def test_reset_state_and_new_momentum_keep_int8_state_right():
                             np.array([0, 2048, p.numel()], np.uint64), ("sum",))[0]
     np.testing.assert_allclose(decoded, expected.numpy().reshape(-1), rtol=0.08)
     assert opt.state[p]["step"] == 1
-    # SGD: a scheduler moving momentum off 0 builds a core with a momentum buffer, int8 too
-    sgd = ft.SGD(model.parameters(), lr=0.05, state_dtype="int8")
-    _train(model, sgd, x, y, 1)
-    sgd.param_groups[0]["momentum"] = 0.9
-    _train(model, sgd, x, y, 2)
-    state = sgd.state[p]
-    assert state["momentum_buffer"].dtype == torch.uint8 and state["momentum_buffer.absmax"].abs().max() > 0
-    assert "step" not in state  # int8 rounds to nearest: no step count is needed to resume
+    # SGD: a scheduler moving momentum off 0 builds a core with a momentum buffer, int8 too,
+    # which then holds what float32 state's does, to the quantization's resolution
+    buffers = {}
+    for state_dtype in ("int8", None):
+        model, x, y = _model()
+        sgd = ft.SGD(model.parameters(), lr=0.05, state_dtype=state_dtype)
+        _train(model, sgd, x, y, 1)
+        sgd.param_groups[0]["momentum"] = 0.9
+        _train(model, sgd, x, y, 2)
+        p = next(model.parameters())
+        state = sgd.state[p]
+        buffers[state_dtype] = _decode(state, "momentum_buffer", p) if state_dtype else \
+            state["momentum_buffer"].numpy().reshape(-1)
+    assert state["momentum_buffer"].dtype == torch.float32 and "step" not in sgd.state[p]
+    scale = np.abs(buffers[None]).max()
+    assert scale > 0 and np.abs(buffers["int8"] - buffers[None]).max() < 0.02 * scale
+
+
+def _decode(state, name, p):
+    """A parameter's int8 state row ``name`` decoded from its codes and absmax."""
+    return q.decode_int8(state[name].numpy().reshape(1, -1), state[name + ".absmax"].numpy().reshape(1, -1),
+                         np.append(np.arange(0, p.numel(), q.BLOCK), p.numel()).astype(np.uint64), (name,))[0]
+
+
+def test_each_parameter_shows_its_own_blocks_in_every_layout():
+    # two groups, empty parameters at a group's start and end, a weight of two blocks, and a
+    # parameter that skips steps: each parameter's codes and absmax decode to exactly the
+    # core's state there, and each absmax is its block's largest decoded magnitude
+    torch.manual_seed(3)
+    big, small, empty = (torch.nn.Parameter(torch.randn(*shape)) for shape in ((2049,), (5,), (0,)))
+    tail, lone = torch.nn.Parameter(torch.randn(0, 3)), torch.nn.Parameter(torch.randn(4096))
+    opt = ft.Adam([{"params": [empty, big, small, tail]}, {"params": [lone], "lr": 1e-3}], lr=1e-2,
+                  state_dtype="int8")
+    for step in range(3):
+        opt.zero_grad()
+        for param in (empty, big, small, tail, lone):
+            if param is not small or step != 1:  # small skips step 2
+                param.grad = torch.randn_like(param)
+        opt.step()
+    layout = [(piece.core, [e.param for e in piece.entries]) for piece in opt._slices]
+    for core, members in layout:
+        offset = 0
+        for p in members:
+            n = p.numel()
+            state = opt.state[p]
+            for name in ("exp_avg", "exp_avg_sq"):
+                decoded = _decode(state, name, p)
+                np.testing.assert_array_equal(decoded, core.state[name][offset:offset + n])
+                tops = [np.abs(decoded[b:b + q.BLOCK]).max() for b in range(0, n, q.BLOCK)]
+                np.testing.assert_array_equal(state[name + ".absmax"].numpy(), np.array(tops, np.float32))
+            offset += n
+    assert opt.state[small]["step"] == 2 and opt.state[big]["step"] == 3
+    assert opt.state[big]["exp_avg.absmax"].numel() == 2 and opt.state[lone]["exp_avg.absmax"].numel() == 2
+    assert opt.state[empty]["exp_avg.absmax"].numel() == 0 and opt.state[tail]["exp_avg"].shape == (0, 3)
+
+
+def test_the_map_a_user_edits_is_their_own():
+    # each published map is a copy: zeroing one optimizer's state leaves other optimizers, and
+    # the map that loads are checked against, alone
+    model, opt, saved = _saved_state()
+    _, other, _ = _saved_state()
+    for state in opt.state.values():
+        for value in state.values():
+            value.zero_()
+    first = next(iter(other.state))
+    assert other.state[first]["exp_avg.map"].abs().max() == 1.0
+    ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8").load_state_dict(saved)
 
 
 def _saved_state(dtype=torch.float32):
@@ -231,9 +290,16 @@ def test_int8_refusals():
         ft.LAMB(torch.nn.Linear(2, 2).bfloat16().parameters(), state_dtype="int8")
     model, opt, saved = _saved_state()
     p = next(model.parameters())
-    opt.state = {p: {"exp_avg": opt.state[p]["exp_avg"].clone(), "step": torch.tensor(2.0)}}  # codes, no absmax
-    with pytest.raises(ValueError, match=r"parameter 0 holds int8 codes \(uint8\) but no float 'exp_avg.absmax'"):
+    last = list(model.parameters())[-1]
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    # a new state whose last parameter has codes without their absmax: refused, and the first
+    # parameter (absent from it, so reset were the new state taken) is left as it was
+    opt.state = {last: {"exp_avg": opt.state[last]["exp_avg"].clone(), "step": torch.tensor(2.0)}}
+    with pytest.raises(ValueError, match=r"optimizer.state 'exp_avg' of parameter 3 holds int8 codes \(uint8\) "
+                                         r"but no float 'exp_avg.absmax'"):
         opt.step()
+    assert all(torch.equal(before[k], opt._entries[0].state[k]) for k in opt._entries[0].state)
+    assert opt._entries[0].steps == 2
 
 
 def test_a_rule_changed_by_a_group_key_carries_the_int8_state_over():

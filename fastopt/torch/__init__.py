@@ -30,7 +30,9 @@ frameworks take them. What differs is where the parameters live:
   assigned. ``model.zero_grad()`` (which sets gradients to None) works too: the fresh
   gradients are copied into the flat buffer at the next step.
 * ``state_dict()``/``load_state_dict()`` in torch.optim's format: a state dict of
-  ``torch.optim.AdamW`` loads into ``fastopt.torch.AdamW`` and the reverse.
+  ``torch.optim.AdamW`` loads into ``fastopt.torch.AdamW`` and the reverse (but for int8
+  state, whose codes torch.optim would take for values: load it into a fastopt.torch optimizer
+  without ``state_dtype`` first, which decodes it).
 * float32 and float64 parameters, and bfloat16 ones on the CPU: a step widens them to float32,
   runs the float32 rule and writes each new value back rounded stochastically (Philox, keyed by
   ``state_seed``), and the state is bfloat16 as torch's is, rounded stochastically too: torch's
@@ -325,7 +327,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         state = dict(entry.state)
         for name in entry.state:
             if name.endswith(ABSMAX):  # int8: the map beside the codes and absmax, as fastopt's state dicts
-                state[name[:-len(ABSMAX)] + MAP] = _code_map(name[:-len(ABSMAX)])
+                state[name[:-len(ABSMAX)] + MAP] = torch.from_numpy(_code_map(name[:-len(ABSMAX)]).copy())
         if self._has_step or self._keeps_step(entry):
             state["step"] = torch.tensor(float(entry.steps), dtype=_scalar_dtype())
         for name, value in entry.carried.items():
@@ -372,6 +374,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
         new dict): a parameter without state starts afresh (zero moments, step 0), as in torch;
         tensors put in its place are copied into the flat state."""
         given = self.state
+        for entry in self._entries:  # undecodable int8 state is refused before anything changes
+            saved = given.get(entry.param) if entry.param in given else None
+            for name, value in (saved.items() if isinstance(saved, dict) else ()):
+                _check_int8_state(entry.index, name, value, saved, source="optimizer.state")
         for entry in self._entries:
             saved = given.get(entry.param) if entry.param in given else None
             with torch.no_grad():
@@ -615,12 +621,13 @@ def _saved_by_param(state_dict, param_groups):
             if isinstance(states.get(i), dict)]
 
 
-def _check_int8_state(index, name, value, saved):
+def _check_int8_state(index, name, value, saved, source="state_dict state"):
     """Refuse int8 state that could not be decoded as fastopt encodes it: codes (uint8) without
-    their absmax, an absmax or map without codes, or a map other than fastopt's for the row."""
+    their absmax, an absmax or map without codes, or a map other than fastopt's for the row
+    (the message names ``source``, the parameter ``index`` and the state ``name``)."""
     if not isinstance(name, str) or not torch.is_tensor(value):
         return
-    where = f"state_dict state {name!r} of parameter {index}"
+    where = f"{source} {name!r} of parameter {index}"
     if value.dtype == torch.uint8:
         absmax = saved.get(name + ABSMAX)
         if not torch.is_tensor(absmax) or not absmax.is_floating_point():
@@ -632,7 +639,7 @@ def _check_int8_state(index, name, value, saved):
             codes = saved.get(row)
             if not torch.is_tensor(codes) or codes.dtype != torch.uint8:
                 raise ValueError(f"{where} belongs to int8 codes, but state {row!r} is not uint8 codes")
-            if suffix == MAP and not torch.equal(value.detach().cpu().to(torch.float32), _code_map(row)):
+            if suffix == MAP and not np.array_equal(value.detach().cpu().to(torch.float32).numpy(), _code_map(row)):
                 raise ValueError(f"{where} is not fastopt's int8 map of {row!r} (another quantizer's layout?): "
                                  "its codes cannot be decoded")
 
@@ -722,14 +729,10 @@ def _local_blocks(n):
     return np.append(np.arange(0, n, _quantized().BLOCK), n).astype(np.uint64)
 
 
-_CODE_MAPS = {}
-
-
 def _code_map(name):
-    """The 256 float32 values by code of int8 state row ``name`` (one shared CPU tensor a row)."""
-    if name not in _CODE_MAPS:
-        _CODE_MAPS[name] = torch.tensor(_quantized().row_codecs((name,))[0][0])
-    return _CODE_MAPS[name]
+    """The 256 float32 values by code of int8 state row ``name`` (fastopt's read-only array:
+    what a saved map is checked against; ``optimizer.state`` gets a copy of its own)."""
+    return _quantized().row_codecs((name,))[0][0]
 
 
 def _decoded(name, codes, absmax):
