@@ -200,6 +200,19 @@ def _lanes_tree(lanes, tid):
         half //= 2
 
 
+@cuda.jit(device=True, inline=True)
+def _tile_sums(lanes, tid, first, second, out, t):
+    """Row ``t`` of ``out``: each thread's two sums (``first``, ``second``) added by the fixed
+    tree (a tile's, or Adafactor's row's)."""
+    lanes[0, tid] = first
+    lanes[1, tid] = second
+    _lanes_tree(lanes, tid)
+    if tid == 0:
+        out[t, 0] = lanes[0, 0]
+        out[t, 1] = lanes[1, 0]
+    cuda.syncthreads()
+
+
 def tensorwise_norms(param, state, grad, bounds, groups, table, scalars, partial):
     """The first pass: a block of ``LANES`` threads per tile; thread ``j`` adds the squares of
     elements ``j, j + LANES, ...`` of the tile in order, then the block adds by the fixed tree."""
@@ -214,13 +227,7 @@ def tensorwise_norms(param, state, grad, bounds, groups, table, scalars, partial
                 p, u = measure(param, state, grad, i, chunk)  # noqa: F821
                 param_squares += square(p)  # noqa: F821
                 direction_squares += square(u)  # noqa: F821
-            lanes[0, tid] = param_squares
-            lanes[1, tid] = direction_squares
-            _lanes_tree(lanes, tid)
-            if tid == 0:
-                partial[t, 0] = lanes[0, 0]
-                partial[t, 1] = lanes[1, 0]
-            cuda.syncthreads()
+            _tile_sums(lanes, tid, param_squares, direction_squares, partial, t)
 
 
 @cuda.jit
@@ -375,13 +382,7 @@ def factored_rows(param, grad, groups, table, scalars, factors, tensor_tiles, ro
                 else:
                     at = row_factor[j] + (i - start)
                     factors[at] = update(factors[at], grad[i], chunk)  # noqa: F821
-            lanes[0, tid] = param_squares
-            lanes[1, tid] = grad_squares
-            _lanes_tree(lanes, tid)
-            if tid == 0:
-                row_sums[j, 0] = lanes[0, 0]
-                row_sums[j, 1] = lanes[1, 0]
-            cuda.syncthreads()
+            _tile_sums(lanes, tid, param_squares, grad_squares, row_sums, j)
 
 
 def factored_columns(grad, groups, tensor_tiles, block_start, block_width, block_stride, block_rows, block_out,
@@ -685,13 +686,7 @@ def encoded_tensorwise_norms(param, state, absmax, grad, bounds, groups, table, 
                 u = direction_at(param, state, scales, grad, i, chunk)  # noqa: F821
                 param_squares += square(param[i])  # noqa: F821
                 direction_squares += square(u)  # noqa: F821
-            lanes[0, tid] = param_squares
-            lanes[1, tid] = direction_squares
-            _lanes_tree(lanes, tid)
-            if tid == 0:
-                partial[t, 0] = lanes[0, 0]
-                partial[t, 1] = lanes[1, 0]
-            cuda.syncthreads()
+            _tile_sums(lanes, tid, param_squares, direction_squares, partial, t)
 
 
 def encoded_tensorwise_apply(param, state, absmax, grad, bounds, groups, table, scalars, key0, key1, step, offset,
