@@ -615,8 +615,7 @@ def int8_tiles(param, codes, absmax, grad, bounds, groups, table, scalars, key0,
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             start = bounds[t]
             n = bounds[t + 1] - start
-            for k in range(rows):
-                scales[k] = absmax[k, t]
+            _block_scales_into(scales, absmax, t, rows)
             for j in range(uint64(tid), n, uint64(threads)):
                 i = start + j
                 pword = uint32(0)

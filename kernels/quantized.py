@@ -415,9 +415,7 @@ def int8_step(param, codes, absmax, grad, bounds, groups, table, scalars, key0, 
             chunk = prologue(like, table[groups[t]], scalars)  # noqa: F821
             start = bounds[t]
             n = bounds[t + 1] - start
-            scales = np.empty(rows, np.float32)
-            for k in range(rows):
-                scales[k] = absmax[k, t]
+            scales = _block_scales(absmax, t, rows)
             # The block's own length, not BLOCK: the on-disk cache would keep a BLOCK frozen at
             # compile time, and a test process that changes it must not overrun another's scratch.
             scratch = np.empty((rows, n), np.float32)
