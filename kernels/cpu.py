@@ -38,7 +38,7 @@ JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath=False, nogil=True)
 #: ``alwaysinline``) has them inlined in Numba's first module pass, before its loop vectoriser
 #: runs: left to the inliner's cost model, a large element (AdamW's int8 decode and update) was
 #: still a call when the vectoriser saw the loop, which then ran scalar in the single-threaded
-#: builds (AdamW's int8 step over 8,192 elements took 3-4x its time; bfloat16 state 1.3x).
+#: builds (AdamW's int8 step over 8,192 elements took 3-4x its time).
 ELEMENT_OPTIONS = dict(error_model="numpy", fastmath=False, nogil=True, forceinline=True)
 
 #: Each parallel kernel's Python function and compile options, for :func:`serial_twin`.
