@@ -67,11 +67,15 @@ def as_numba(array):
     return cuda().as_cuda_array(array)
 
 
-def flat_device_buffer(name, array, *, any_shape=False):
+def flat_device_buffer(name, array, *, any_shape=False, bfloat16_ok=False):
     """A zero-copy numba view of a CUDA array, checked as the kernels need it: C-contiguous,
-    float32 or float64, and 1-D (or, with ``any_shape``, any shape, returned flattened)."""
+    float32 or float64 (or, ``bfloat16_ok``, a numba device array of ml_dtypes' bfloat16), and
+    1-D (or, with ``any_shape``, any shape, returned flattened)."""
     view = as_numba(array)
-    _checks.float_dtype(f"{name}.dtype", view.dtype)
+    if bfloat16_ok:
+        _checks.param_dtype(f"{name}.dtype", view.dtype)
+    else:
+        _checks.float_dtype(f"{name}.dtype", view.dtype)
     if not view.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous, got strides {view.strides}")
     if any_shape:
@@ -89,10 +93,18 @@ def zeros(shape, dtype):
 
 
 def fill(buffer, value):
+    """``buffer[:] = value`` on the device; a bfloat16 buffer is filled through its uint16 bits
+    (the value rounded to nearest, as numpy's assignment rounds it)."""
     from .kernels import cuda as kernels
 
-    if buffer.size:
-        kernels.launch_fill(buffer.reshape(buffer.size), buffer.dtype.type(value))
+    if not buffer.size:
+        return
+    flat = buffer.reshape(buffer.size)
+    if _checks.is_bfloat16(buffer.dtype):
+        bits = np.array(value, buffer.dtype).view(np.uint16)
+        kernels.launch_fill(flat.view(np.uint16), bits[()])
+    else:
+        kernels.launch_fill(flat, buffer.dtype.type(value))
 
 
 def host_copy(buffer):
@@ -223,9 +235,7 @@ class Cuda:
     def penalty(param, bounds, groups, table, column, bfloat16=False):
         from .kernels import cuda as kernels
 
-        if bfloat16:
-            raise ValueError("bfloat16 parameters live on the CPU for now")
-        return kernels.Penalty(param, bounds, groups, table, column)
+        return kernels.Penalty(param, bounds, groups, table, column, bfloat16)
 
 
 @functools.cache

@@ -23,12 +23,6 @@ def _shape(name, shape):
     return tuple(int(d) for d in dims)
 
 
-def _check_bfloat16_device(dtype, device):
-    if device == "cuda" and _checks.is_bfloat16(dtype):
-        raise ValueError(f"bfloat16 parameters live on the CPU for now, got device={device!r} (the CUDA kernels "
-                         "exist, fastopt.kernels.cuda.rounded_kernel, but the façade does not move bfloat16 buffers)")
-
-
 class FlatParams:
     """All parameters of a model in one contiguous 1-D buffer, and a gradient buffer.
 
@@ -44,7 +38,7 @@ class FlatParams:
         The dtype of both buffers. ``"bfloat16"`` (or ``ml_dtypes.bfloat16``; numpy has no
         bfloat16 of its own: ``pip install "fastopt[bfloat16]"``) keeps 2 bytes a parameter
         and a gradient: the optimizers step in float32 and write each new value back rounded
-        stochastically (see :class:`~fastopt.optim.optimizer.Optimizer`). CPU only for now.
+        stochastically (see :class:`~fastopt.optim.optimizer.Optimizer`), on the CPU or the GPU.
     device : "cpu" or "cuda"
         Where the buffers live: numpy arrays, or numba.cuda device arrays on the current GPU
         (an optimizer over them then runs its CUDA kernel). :meth:`to` moves them.
@@ -65,7 +59,6 @@ class FlatParams:
         layout = self._layout(shapes)
         dtype = _checks.param_dtype("dtype", dtype)
         _device.check_device("device", device)
-        _check_bfloat16_device(dtype, device)
         size = sum(math.prod(shape) for _, shape in layout)
         zeros = np.zeros if device == "cpu" else _device.zeros
         self._adopt(layout, zeros(size, dtype), zeros(size, dtype), device)
@@ -114,8 +107,8 @@ class FlatParams:
             _checks.flat_buffer("data", data, bfloat16_ok=True)
             _checks.flat_buffer("grad", grad, bfloat16_ok=True)
         else:
-            data = _device.flat_device_buffer("data", data)
-            grad = _device.flat_device_buffer("grad", grad)
+            data = _device.flat_device_buffer("data", data, bfloat16_ok=True)
+            grad = _device.flat_device_buffer("grad", grad, bfloat16_ok=True)
         if grad.dtype != data.dtype:
             raise TypeError(f"grad must have the dtype of data ({data.dtype}), got {grad.dtype}")
         size = sum(math.prod(shape) for _, shape in layout)
@@ -176,7 +169,6 @@ class FlatParams:
         _device.check_device("device", device)
         if device == self._device:
             return self
-        _check_bfloat16_device(self.dtype, device)
         if device == "cuda":
             data, grad = _device.to_device(self._data), _device.to_device(self._grad)
         else:

@@ -569,11 +569,24 @@ def sum_partials(partial, out):
         out[0] = total
 
 
+@functools.cache
+def tile_penalties_bfloat16():
+    """:func:`tile_penalties` of bfloat16 parameters, given as their uint16 bits (the square
+    of each value widened to float32, as the CPU's ``l2_penalty_bfloat16``)."""
+    from .penalty import _square_bits
+    from .quantized import bfloat16_value
+
+    square_of_bits = TARGET.element(_square_bits, bfloat16_value=bfloat16_value)
+    source = tile_penalties.py_func
+    return cuda.jit(rebound(source, {"_square": square_of_bits}, "tile_penalties_bfloat16"))
+
+
 class Penalty:
     """The L2 penalty of one optimizer's buffer on the device, with its scratch allocated once:
-    two launches and one 8-byte copy back per call."""
+    two launches and one 8-byte copy back per call. ``bfloat16``: ``param`` holds bfloat16
+    parameters' uint16 bits."""
 
-    def __init__(self, param, bounds, groups, table, column):
+    def __init__(self, param, bounds, groups, table, column, bfloat16=False):
         import numpy as np
 
         self._arguments = (param, bounds, groups, table, column)
@@ -581,7 +594,7 @@ class Penalty:
         self._total = cuda.device_array(1, np.float64)
         self._host = cuda.pinned_array(1, np.float64) if not SIMULATOR else np.zeros(1)
         self._used = self._partial[:groups.size]
-        self._tiles = configure(tile_penalties, blocks_for(groups.size))
+        self._tiles = configure(tile_penalties_bfloat16() if bfloat16 else tile_penalties, blocks_for(groups.size))
         self._sum = configure(sum_partials, 1)
         self._empty = groups.size == 0
 

@@ -157,6 +157,71 @@ def check(simulator):
             moved.step()
             expect(same(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
 
+    # bfloat16 parameters on the device, with each encoding of their state: the parameters'
+    # and the state's stochastic rounding bit for bit, the L2 penalty, a skipped parameter, and
+    # state dicts across devices.
+    bfloat16 = fastopt.checks.bfloat16()
+
+    def same_bits(a, b):
+        a, b = host(a), host(b)
+        return a.dtype == b.dtype == bfloat16 and np.array_equal(a.view(np.uint16), b.view(np.uint16))
+
+    for state_dtype in ("bfloat16", "float32", "int8"):
+        for cls_name, options in (("AdamW", {"lr": 1e-2, "weight_decay": 0.05}),
+                                  ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+                                  ("RMSProp", {"lr": 1e-3, "momentum": 0.5, "centered": True, "weight_decay": 1e-3}),
+                                  ("Lion", {"lr": 1e-3, "weight_decay": 0.1})):
+            cls = getattr(fastopt, cls_name)
+            shapes = {"w": (20, 31), "b": 31, "s": 5} if simulator else {"w": (121, 131), "b": 131, "s": 5}
+            rng = np.random.default_rng(3)
+            cpu = fastopt.FlatParams(shapes, dtype="bfloat16")
+            cpu.data[:] = rng.standard_normal(cpu.size)
+            gpu = cpu.to("cuda")
+            label = f"{cls_name} over bfloat16 parameters, {state_dtype} state"
+            expect(gpu.device == "cuda" and gpu.dtype == bfloat16 and same_bits(gpu["w"].copy_to_host(), cpu["w"]),
+                   f"{label}: to('cuda') keeps the dtype and the values")
+            made = [cls(p, groups=groups, state_dtype=state_dtype, state_seed=5, **options) for p in (cpu, gpu)]
+            for step in range(steps):
+                g = rng.standard_normal(cpu.size).astype(bfloat16)
+                cpu.grad[:] = g
+                gpu.grad.copy_to_device(g)
+                for optimizer in made:
+                    if step == 2:
+                        optimizer._step_at(optimizer.step_count + 1, skipped=frozenset({"b"}))
+                        optimizer._step_count += 1
+                    else:
+                        optimizer.step()
+            expect(same_bits(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
+            cpu_state, gpu_state = made[0].state_dict(), made[1].state_dict()
+            expect(set(cpu_state["state"]) == set(gpu_state["state"]) and
+                   all(same(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
+                   f"{label}: state bitwise equal")
+            penalty_cpu, penalty_gpu = made[0].l2_penalty(), made[1].l2_penalty()
+            expect(penalty_cpu > 0 and abs(penalty_gpu - penalty_cpu) <= 1e-12 * abs(penalty_cpu),
+                   f"{label}: L2 penalty within 1e-12 ({penalty_gpu!r} vs {penalty_cpu!r})")
+            moved = cls(cpu.to("cuda"), groups=groups, state_dtype=state_dtype, **options)
+            moved.load_state_dict(cpu_state)
+            g = rng.standard_normal(cpu.size).astype(bfloat16)
+            cpu.grad[:] = g
+            moved.params.grad.copy_to_device(g)
+            made[0].step()
+            moved.step()
+            expect(same_bits(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
+
+    # Zero-copy over bfloat16 device arrays; views, zero_grad and to('cpu') keep the dtype.
+    data, grad = cuda.to_device(np.ones(10, bfloat16)), cuda.to_device(np.full(10, 0.5, bfloat16))
+    params = fastopt.FlatParams.wrap(data, grad, {"w": (2, 5)})
+    fastopt.SGD(params, lr=0.1).step()  # 0.95 rounds stochastically to one of its two neighbours
+    values = data.copy_to_host().astype(np.float64)
+    expect(np.all((values == 0.94921875) | (values == 0.953125)) and len(set(values)) == 2,
+           f"wrap: the user's bfloat16 device array is stepped and rounded in place ({values})")
+    params["w"] = np.full((2, 5), 3.0)
+    params.zero_grad()
+    expect(np.all(data.copy_to_host() == 3.0) and np.all(grad.copy_to_host() == 0.0),
+           "bfloat16 views and zero_grad work on the device")
+    expect(params.to("cpu").dtype == bfloat16 and fastopt.FlatParams({"w": 3}, dtype="bfloat16", device="cuda")
+           .data.copy_to_host().view(np.uint16).tolist() == [0, 0, 0], "bfloat16: new device buffers are zeros")
+
     # Zero-copy: the optimizer updates the user's own device arrays.
     data, grad = cuda.to_device(np.ones(10, np.float32)), cuda.to_device(np.full(10, 0.5, np.float32))
     params = fastopt.FlatParams.wrap(data, grad, {"w": (2, 5)})
