@@ -69,9 +69,13 @@ def as_numba(array):
 
 def flat_device_buffer(name, array, *, any_shape=False, bfloat16_ok=False):
     """A zero-copy numba view of a CUDA array, checked as the kernels need it: C-contiguous,
-    float32 or float64 (or, ``bfloat16_ok``, a numba device array of ml_dtypes' bfloat16), and
-    1-D (or, with ``any_shape``, any shape, returned flattened)."""
+    float32 or float64 (or, ``bfloat16_ok``, bfloat16: a numba device array of ml_dtypes'
+    bfloat16, or a PyTorch bfloat16 tensor, whose ``__cuda_array_interface__`` says ``"<V2"``,
+    the typestr of ml_dtypes' bfloat16), and 1-D (or, with ``any_shape``, any shape, returned
+    flattened)."""
     view = as_numba(array)
+    if bfloat16_ok and view.dtype == np.dtype("V2"):
+        view = view.view(_checks.bfloat16())
     if bfloat16_ok:
         _checks.param_dtype(f"{name}.dtype", view.dtype)
     else:

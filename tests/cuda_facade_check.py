@@ -64,6 +64,13 @@ def check(simulator):
     def same(a, b):
         return np.array_equal(host(a), host(b), equal_nan=True)
 
+    def raises(kind, text, action):
+        try:
+            action()
+        except kind as error:
+            return text in str(error)
+        return False
+
     # Sizes: 16,411 elements span two chunks of the chunk table; the groups cut inside them.
     common = {"w": (121, 131), "b": 131, "scale": (11, 9)} if not simulator else {"w": (7, 9), "b": 9, "s": 5}
     # LAMB sums per tensor: under the simulator, a tensor of two tiles, one of 300 elements
@@ -209,16 +216,23 @@ def check(simulator):
             expect(same_bits(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
 
     # Zero-copy over bfloat16 device arrays; views, zero_grad and to('cpu') keep the dtype.
-    data, grad = cuda.to_device(np.ones(10, bfloat16)), cuda.to_device(np.full(10, 0.5, bfloat16))
+    host_data, host_grad = np.ones(10, bfloat16), np.full(10, 0.5, bfloat16)
+    data, grad = cuda.to_device(host_data), cuda.to_device(host_grad)
     params = fastopt.FlatParams.wrap(data, grad, {"w": (2, 5)})
     fastopt.SGD(params, lr=0.1).step()  # 0.95 rounds stochastically to one of its two neighbours
+    fastopt.SGD(fastopt.FlatParams.wrap(host_data, host_grad, {"w": (2, 5)}), lr=0.1).step()
     values = data.copy_to_host().astype(np.float64)
-    expect(np.all((values == 0.94921875) | (values == 0.953125)) and len(set(values)) == 2,
-           f"wrap: the user's bfloat16 device array is stepped and rounded in place ({values})")
+    expect(np.all((values == 0.94921875) | (values == 0.953125)) and same_bits(data, host_data),
+           f"wrap: the user's bfloat16 device array is stepped and rounded in place as on the CPU ({values})")
     params["w"] = np.full((2, 5), 3.0)
     params.zero_grad()
     expect(np.all(data.copy_to_host() == 3.0) and np.all(grad.copy_to_host() == 0.0),
            "bfloat16 views and zero_grad work on the device")
+    # What a PyTorch bfloat16 CUDA tensor becomes through __cuda_array_interface__ ("<V2"):
+    untyped = fastopt.FlatParams.wrap(data.view("V2"), grad.view("V2"), {"w": 10})
+    expect(untyped.dtype == bfloat16 and same_bits(untyped.data, data), "bfloat16 buffers typed '<V2' are adopted")
+    expect(raises(TypeError, "data.dtype must be float32, float64 or 'bfloat16'", lambda: fastopt.FlatParams.wrap(
+        cuda.to_device(np.zeros(4, "V4")), cuda.to_device(np.zeros(4, "V4")), {"w": 4})), "other void buffers are refused")
     expect(params.to("cpu").dtype == bfloat16 and fastopt.FlatParams({"w": 3}, dtype="bfloat16", device="cuda")
            .data.copy_to_host().view(np.uint16).tolist() == [0, 0, 0], "bfloat16: new device buffers are zeros")
 
@@ -234,13 +248,6 @@ def check(simulator):
     expect(params["w"].shape == (2, 5) and params.to("cpu").device == "cpu", "views keep their shapes; to('cpu')")
 
     # Errors, before anything changes.
-    def raises(kind, text, action):
-        try:
-            action()
-        except kind as error:
-            return text in str(error)
-        return False
-
     expect(raises(TypeError, "same device", lambda: fastopt.FlatParams.wrap(data, np.zeros(10, np.float32), {"w": 10})),
            "host grad with device data is refused")
     expect(raises(ValueError, "params.to('cuda')", lambda: fastopt.Adam(fastopt.FlatParams({"w": 3}), device="cuda")),

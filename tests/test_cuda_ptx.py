@@ -327,6 +327,19 @@ def test_penalty_kernels_round_as_written(dtype, cc, tmp_path):
 
 
 @CCS
+def test_bfloat16_penalty_and_fill_kernels_assemble(cc, tmp_path):
+    """bfloat16 parameters on the device: the L2 penalty of their uint16 bits squares each
+    value widened to float32 (not the integer), and a fill writes the bits."""
+    from fastopt.kernels import cuda
+
+    tiles = [np.zeros(8, np.uint16), np.zeros(3, np.uint64), np.zeros(2, np.int64), np.zeros((2, 2)), 1, np.zeros(3)]
+    body = check_kernel(cuda.tile_penalties_bfloat16().py_func, tiles, cc, tmp_path)
+    assert re.search(r"\bcvt\.f64\.f32", body) and re.search(r"\bmul\.rn\.f64", body), "no float32 value squared"
+    assert not re.search(r"\bcvt\.rn\.f64\.[us]16", body), "the bits squared as an integer"
+    check_kernel(cuda.fill.py_func, [np.zeros(8, np.uint16), np.uint16(0)], cc, tmp_path)
+
+
+@CCS
 def test_fill_kernel_assembles(cc, tmp_path):
     from fastopt.kernels import cuda
 
