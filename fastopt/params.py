@@ -88,11 +88,11 @@ class FlatParams:
     def wrap(cls, data, grad, shapes):
         """Adopt existing flat buffers without copying.
 
-        ``data`` and ``grad`` must be 1-D, C-contiguous, writeable arrays of one float dtype
-        and of the size that ``shapes`` lays out: both numpy arrays, or both CUDA arrays (numba
-        device arrays, CuPy arrays, PyTorch CUDA tensors: anything with
-        ``__cuda_array_interface__``), which are used in place, so that an optimizer updates
-        the user's own GPU memory.
+        ``data`` and ``grad`` must be 1-D, C-contiguous, writeable arrays of one dtype
+        (float32, float64 or bfloat16) and of the size that ``shapes`` lays out: both numpy
+        arrays, or both CUDA arrays (numba device arrays, CuPy arrays, PyTorch CUDA tensors:
+        anything with ``__cuda_array_interface__``; a bfloat16 one says ``"<V2"``, as torch
+        does), which are used in place, so that an optimizer updates the user's own GPU memory.
         """
         layout = cls._layout(shapes)
         for name, array in (("data", data), ("grad", grad)):
