@@ -6,8 +6,10 @@
    steps), CPU kernels against CUDA kernels: the number of differing elements (0 expected).
 2. The table of ``fastopt bench`` for both devices: each kernel at each size, fastopt on the
    GPU (CUDA events, median after warm-up) against torch.optim fused (foreach for RMSprop) on
-   the same card, with GB/s and % of a device-to-device copy measured at the same size; then
-   fastopt and torch on the CPU, against the in-place roofline.
+   the same card, with GB/s and % of a device-to-device copy measured at the same size, and
+   AdamW with int8 or bfloat16 state, or over bfloat16 parameters, against torch's fused AdamW
+   over float32 or bfloat16 parameters; then fastopt and torch on the CPU, against the in-place
+   roofline.
 3. The CUDA issue's bars: Adam over ``--adam-size`` float32 (28 bytes per parameter) as a
    percentage of the copy bandwidth and against torch fused Adam; host time per step for a
    1e5-parameter model.
@@ -45,7 +47,8 @@ def main(argv=None):
     parity = _gpu_bench.parity(int(float(args.parity_size)))
     print("parity (CPU vs CUDA, elements that differ):",
           ", ".join(f"{k} {v['differing']}" for k, v in parity.items()))
-    rows = _gpu_bench.gpu_report(sizes, repeats=args.repeats)
+    rows = _gpu_bench.gpu_report(sizes, (*_gpu_bench.DEFAULT_GPU_KERNELS, *_bench.STATE_DTYPE_KERNELS),
+                                 repeats=args.repeats)
     rows += _bench.report(cpu_sizes, ["adam", "sgd_nesterov", "rmsprop", "dropout"]) if cpu_sizes else []
     print(_bench.format_table(rows))
     bars = _gpu_bench.bars(int(float(args.adam_size)), int(float(args.host_size)),

@@ -66,6 +66,8 @@ def test_gpu_benchmark_script_runs_end_to_end():
     assert report["gpu"] == "the CUDA simulator"
     assert all(v["differing"] == 0 for v in report["parity"].values()), report["parity"]
     assert {row["device"] for row in report["rows"]} == {"cuda", "cpu"}
+    on_gpu = {row["kernel"] for row in report["rows"] if row["device"] == "cuda"}
+    assert {"adamw", "dropout", "adamw_int8", "adamw_bf16", "adamw_bf16_params"} <= on_gpu, on_gpu
     assert {"fastopt_ms", "copy_gbps", "pct_copy", "host_us_per_step", "host_us_breakdown"} <= set(report["bars"])
 
 

@@ -508,12 +508,14 @@ REPORT_KERNELS["adafactor"] = (BYTES_PER_ELEMENT["adafactor"], {
 
 #: AdamW with its state or parameters in fewer bytes, on request: fastopt's int8 and bfloat16
 #: state against torch's fused AdamW (float32 state), and over bfloat16 parameters against
-#: torch's fused AdamW over bfloat16 parameters (see :class:`StateDtypeStep`).
+#: torch's fused AdamW over bfloat16 parameters: ``{kernel: (fastopt's, torch's)}``, the
+#: implementations of :class:`StateDtypeStep` (and, on the GPU, of ``fastopt.bench.gpu``'s).
+STATE_DTYPE_KERNELS = {"adamw_int8": ("fastopt int8", "torch fused"),
+                       "adamw_bf16": ("fastopt bfloat16", "torch fused"),
+                       "adamw_bf16_params": ("fastopt bf16 params", "torch fused bf16 params")}
 REPORT_KERNELS.update({kernel: ({"fastopt": StateDtypeStep.BYTES[mine], "torch": StateDtypeStep.BYTES[peer]}, {
     "fastopt": lambda n, mine=mine: StateDtypeStep(mine, n), "torch": lambda n, peer=peer: StateDtypeStep(peer, n)})
-    for kernel, mine, peer in (("adamw_int8", "fastopt int8", "torch fused"),
-                               ("adamw_bf16", "fastopt bfloat16", "torch fused"),
-                               ("adamw_bf16_params", "fastopt bf16 params", "torch fused bf16 params"))})
+    for kernel, (mine, peer) in STATE_DTYPE_KERNELS.items()})
 #: LAMB with int8 or bfloat16 state against numpy's float32 LAMB (torch has none): p read
 #: twice and written, g read twice, two rows of state read twice and written (int8: 1 byte
 #: each, and absmax, 1/512 of that; bfloat16: 2 bytes each).

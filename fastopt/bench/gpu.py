@@ -65,6 +65,33 @@ class CudaTorchStep:
         self.step = self.optimizer.step
 
 
+class CudaStateDtypeStep:
+    """AdamW over ``n`` parameters on the GPU with its state or parameters in fewer bytes (the
+    implementations of :class:`fastopt.bench.cpu.StateDtypeStep` that a card runs): fastopt's
+    CUDA kernels with int8 or bfloat16 state, or over bfloat16 parameters; torch's fused AdamW
+    over float32 or bfloat16 parameters on the same card."""
+
+    def __init__(self, implementation, n):
+        if implementation.startswith("fastopt"):
+            param_dtype, state_dtype = _bench.StateDtypeStep.FASTOPT[implementation]
+            data, grad = _bench.random_buffer(n, 0), _bench.random_buffer(n, 1) * np.float32(1e-3)
+            if param_dtype == "bfloat16":
+                from ..checks import bfloat16
+
+                data, grad = data.astype(bfloat16()), grad.astype(bfloat16())
+            self.params = fastopt.FlatParams.wrap(_to_device(data), _to_device(grad), {"p": n})
+            self.optimizer = fastopt.AdamW(self.params, lr=1e-3, state_dtype=state_dtype)
+        else:
+            import torch
+
+            self.timer = "torch"
+            dtype = torch.bfloat16 if implementation == "torch fused bf16 params" else torch.float32
+            p = torch.from_numpy(_bench.random_buffer(n, 10)).cuda().to(dtype).requires_grad_()
+            p.grad = (torch.from_numpy(_bench.random_buffer(n, 11) * np.float32(1e-3))).cuda().to(dtype)
+            self.optimizer = torch.optim.AdamW([p], lr=1e-3, fused=True)
+        self.step = self.optimizer.step
+
+
 class CudaCopyStep:
     """A device-to-device copy of ``n`` float32: 8 bytes per element, the bandwidth ceiling."""
 
@@ -178,6 +205,8 @@ GPU_KERNELS = {
     "dropout": CudaDropoutStep.BYTES_PER_ELEMENT,
     **{rule: _bench.BYTES_PER_ELEMENT[rule] for rule in ("adagrad", "adamax", "nadam", "radam", "lion", "lamb",
                                                          "adafactor")},
+    **{kernel: {"fastopt": _bench.StateDtypeStep.BYTES[mine], "torch": _bench.StateDtypeStep.BYTES[peer]}
+       for kernel, (mine, peer) in _bench.STATE_DTYPE_KERNELS.items()},
 }
 #: What the GPU report times unless told: the first five.
 DEFAULT_GPU_KERNELS = ("adam", "adamw", "sgd_nesterov", "rmsprop", "dropout")
@@ -186,6 +215,9 @@ DEFAULT_GPU_KERNELS = ("adam", "adamw", "sgd_nesterov", "rmsprop", "dropout")
 def _case(kernel, implementation, n):
     if kernel == "dropout":
         return CudaDropoutStep(implementation, n)
+    if kernel in _bench.STATE_DTYPE_KERNELS:
+        mine, peer = _bench.STATE_DTYPE_KERNELS[kernel]
+        return CudaStateDtypeStep(mine if implementation == "fastopt" else peer, n)
     return (CudaTorchStep if implementation == "torch" else CudaFastoptStep)(kernel, n)
 
 
@@ -201,7 +233,8 @@ def gpu_report(sizes, kernels=None, repeats=50):
         roofline = 8 * n / (copy_ms / 1e3) / 1e9
         for kernel in kernels:
             medians = {name: event_ms(_case(kernel, name, n), repeats) / 1e3 for name in implementations
-                       if name == "fastopt" or kernel in _bench.TorchStep.TORCH or kernel == "dropout"}
+                       if name == "fastopt" or kernel in _bench.TorchStep.TORCH or kernel == "dropout"
+                       or kernel in _bench.STATE_DTYPE_KERNELS}
             rows += _bench.report_rows(kernel, n, "cuda", GPU_KERNELS[kernel], medians, roofline)
     return rows
 
