@@ -126,94 +126,65 @@ def check(simulator):
             expect(same(moved.params.data, cpu.data) and same(back.params.data, cpu.data),
                    f"{label}: state dicts continue across devices bitwise")
 
-    # int8 and bfloat16 state: the same steps on both devices, bit for bit, and their state dicts
-    # across devices (a skipped parameter too: fastopt.torch's path).
-    for state_dtype in ("int8", "bfloat16"):
-        for cls_name, options in (("AdamW", {"lr": 1e-2}), ("SGD", {"lr": 1e-2, "momentum": 0.9}),
-                                  ("RMSProp", {"lr": 1e-3, "momentum": 0.5, "centered": True}),
-                                  ("LAMB", {"lr": 1e-2, "weight_decay": 0.01})):  # LAMB: three launches
-            cls = getattr(fastopt, cls_name)
-            shapes = {"w": (20, 31), "b": 31, "s": 5} if simulator else {"w": (121, 131), "b": 131, "s": 5}
-            rng = np.random.default_rng(2)
-            cpu = fastopt.FlatParams(shapes)
-            cpu.data[:] = rng.standard_normal(cpu.size)
-            gpu = cpu.to("cuda")
-            made = [cls(p, groups=groups, state_dtype=state_dtype, state_seed=11, **options) for p in (cpu, gpu)]
-            for step in range(steps):
-                g = rng.standard_normal(cpu.size).astype(np.float32)
-                cpu.grad[:] = g
-                gpu.grad.copy_to_device(g)
-                for optimizer in made:
-                    if step == 2:
-                        optimizer._step_at(optimizer.step_count + 1, skipped=frozenset({"b"}))
-                        optimizer._step_count += 1
-                    else:
-                        optimizer.step()
-            label = f"{cls_name} {state_dtype} state"
-            expect(same(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
-            cpu_state, gpu_state = made[0].state_dict(), made[1].state_dict()
-            expect(set(cpu_state["state"]) == set(gpu_state["state"]) and
-                   all(same(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
-                   f"{label}: state bitwise equal")
-            moved = cls(cpu.to("cuda"), groups=groups, state_dtype=state_dtype, **options)
-            moved.load_state_dict(cpu_state)
-            g = rng.standard_normal(cpu.size).astype(np.float32)
-            cpu.grad[:] = g
-            moved.params.grad.copy_to_device(g)
-            made[0].step()
-            moved.step()
-            expect(same(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
-
-    # bfloat16 parameters on the device, with each encoding of their state: the parameters'
-    # and the state's stochastic rounding bit for bit, the L2 penalty, a skipped parameter, and
-    # state dicts across devices.
+    # int8 and bfloat16 state over float32 parameters, and bfloat16 parameters with each encoding
+    # of their state: the same steps on both devices (one skipping a parameter: fastopt.torch's
+    # path), the parameters and state bit for bit (the stochastic roundings included), the L2
+    # penalty, and a CPU state dict continuing on the GPU.
     bfloat16 = fastopt.checks.bfloat16()
 
     def same_bits(a, b):
         a, b = host(a), host(b)
-        return a.dtype == b.dtype == bfloat16 and np.array_equal(a.view(np.uint16), b.view(np.uint16))
+        return a.dtype == b.dtype and np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
 
+    def encoded_pair(cls_name, options, dtype, state_dtype, seed, state_seed):
+        cls = getattr(fastopt, cls_name)
+        shapes = {"w": (20, 31), "b": 31, "s": 5} if simulator else {"w": (121, 131), "b": 131, "s": 5}
+        rng = np.random.default_rng(seed)
+        cpu = fastopt.FlatParams(shapes, dtype=dtype)
+        cpu.data[:] = rng.standard_normal(cpu.size)
+        gpu = cpu.to("cuda")
+        label = f"{cls_name} over {cpu.dtype} parameters, {state_dtype} state"
+        expect(gpu.device == "cuda" and gpu.dtype == cpu.dtype and same_bits(gpu["w"].copy_to_host(), cpu["w"]),
+               f"{label}: to('cuda') keeps the dtype and the values")
+        made = [cls(p, groups=groups, state_dtype=state_dtype, state_seed=state_seed, **options) for p in (cpu, gpu)]
+        for step in range(steps):
+            g = rng.standard_normal(cpu.size).astype(cpu.dtype)
+            cpu.grad[:] = g
+            gpu.grad.copy_to_device(g)
+            for optimizer in made:
+                if step == 2:
+                    optimizer._step_at(optimizer.step_count + 1, skipped=frozenset({"b"}))
+                    optimizer._step_count += 1
+                else:
+                    optimizer.step()
+        expect(same_bits(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
+        cpu_state, gpu_state = made[0].state_dict(), made[1].state_dict()
+        expect(set(cpu_state["state"]) == set(gpu_state["state"]) and
+               all(same(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
+               f"{label}: state bitwise equal")
+        penalty_cpu, penalty_gpu = made[0].l2_penalty(), made[1].l2_penalty()
+        expect(penalty_cpu > 0 and abs(penalty_gpu - penalty_cpu) <= 1e-12 * abs(penalty_cpu),
+               f"{label}: L2 penalty within 1e-12 ({penalty_gpu!r} vs {penalty_cpu!r})")
+        moved = cls(cpu.to("cuda"), groups=groups, state_dtype=state_dtype, **options)
+        moved.load_state_dict(cpu_state)
+        g = rng.standard_normal(cpu.size).astype(cpu.dtype)
+        cpu.grad[:] = g
+        moved.params.grad.copy_to_device(g)
+        made[0].step()
+        moved.step()
+        expect(same_bits(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
+
+    for state_dtype in ("int8", "bfloat16"):
+        for cls_name, options in (("AdamW", {"lr": 1e-2}), ("SGD", {"lr": 1e-2, "momentum": 0.9, "weight_decay": 1e-3}),
+                                  ("RMSProp", {"lr": 1e-3, "momentum": 0.5, "centered": True, "weight_decay": 1e-3}),
+                                  ("LAMB", {"lr": 1e-2, "weight_decay": 0.01})):  # LAMB: three launches
+            encoded_pair(cls_name, options, np.float32, state_dtype, seed=2, state_seed=11)
     for state_dtype in ("bfloat16", "float32", "int8"):
         for cls_name, options in (("AdamW", {"lr": 1e-2, "weight_decay": 0.05}),
                                   ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
                                   ("RMSProp", {"lr": 1e-3, "momentum": 0.5, "centered": True, "weight_decay": 1e-3}),
                                   ("Lion", {"lr": 1e-3, "weight_decay": 0.1})):
-            cls = getattr(fastopt, cls_name)
-            shapes = {"w": (20, 31), "b": 31, "s": 5} if simulator else {"w": (121, 131), "b": 131, "s": 5}
-            rng = np.random.default_rng(3)
-            cpu = fastopt.FlatParams(shapes, dtype="bfloat16")
-            cpu.data[:] = rng.standard_normal(cpu.size)
-            gpu = cpu.to("cuda")
-            label = f"{cls_name} over bfloat16 parameters, {state_dtype} state"
-            expect(gpu.device == "cuda" and gpu.dtype == bfloat16 and same_bits(gpu["w"].copy_to_host(), cpu["w"]),
-                   f"{label}: to('cuda') keeps the dtype and the values")
-            made = [cls(p, groups=groups, state_dtype=state_dtype, state_seed=5, **options) for p in (cpu, gpu)]
-            for step in range(steps):
-                g = rng.standard_normal(cpu.size).astype(bfloat16)
-                cpu.grad[:] = g
-                gpu.grad.copy_to_device(g)
-                for optimizer in made:
-                    if step == 2:
-                        optimizer._step_at(optimizer.step_count + 1, skipped=frozenset({"b"}))
-                        optimizer._step_count += 1
-                    else:
-                        optimizer.step()
-            expect(same_bits(cpu.data, gpu.data), f"{label}: parameters bitwise equal")
-            cpu_state, gpu_state = made[0].state_dict(), made[1].state_dict()
-            expect(set(cpu_state["state"]) == set(gpu_state["state"]) and
-                   all(same(cpu_state["state"][k], gpu_state["state"][k]) for k in cpu_state["state"]),
-                   f"{label}: state bitwise equal")
-            penalty_cpu, penalty_gpu = made[0].l2_penalty(), made[1].l2_penalty()
-            expect(penalty_cpu > 0 and abs(penalty_gpu - penalty_cpu) <= 1e-12 * abs(penalty_cpu),
-                   f"{label}: L2 penalty within 1e-12 ({penalty_gpu!r} vs {penalty_cpu!r})")
-            moved = cls(cpu.to("cuda"), groups=groups, state_dtype=state_dtype, **options)
-            moved.load_state_dict(cpu_state)
-            g = rng.standard_normal(cpu.size).astype(bfloat16)
-            cpu.grad[:] = g
-            moved.params.grad.copy_to_device(g)
-            made[0].step()
-            moved.step()
-            expect(same_bits(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
+            encoded_pair(cls_name, options, "bfloat16", state_dtype, seed=3, state_seed=5)
 
     # Zero-copy over bfloat16 device arrays; views, zero_grad and to('cpu') keep the dtype.
     host_data, host_grad = np.ones(10, bfloat16), np.full(10, 0.5, bfloat16)
@@ -231,8 +202,9 @@ def check(simulator):
     # What a PyTorch bfloat16 CUDA tensor becomes through __cuda_array_interface__ ("<V2"):
     untyped = fastopt.FlatParams.wrap(data.view("V2"), grad.view("V2"), {"w": 10})
     expect(untyped.dtype == bfloat16 and same_bits(untyped.data, data), "bfloat16 buffers typed '<V2' are adopted")
-    expect(raises(TypeError, "data.dtype must be float32, float64 or 'bfloat16'", lambda: fastopt.FlatParams.wrap(
-        cuda.to_device(np.zeros(4, "V4")), cuda.to_device(np.zeros(4, "V4")), {"w": 4})), "other void buffers are refused")
+    void = cuda.to_device(np.zeros(4, "V4"))
+    expect(raises(TypeError, "data.dtype must be float32, float64 or 'bfloat16'",
+                  lambda: fastopt.FlatParams.wrap(void, void, {"w": 4})), "other void buffers are refused")
     expect(params.to("cpu").dtype == bfloat16 and fastopt.FlatParams({"w": 3}, dtype="bfloat16", device="cuda")
            .data.copy_to_host().view(np.uint16).tolist() == [0, 0, 0], "bfloat16: new device buffers are zeros")
 
