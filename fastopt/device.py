@@ -111,23 +111,36 @@ def fill(buffer, value):
         kernels.launch_fill(flat, buffer.dtype.type(value))
 
 
+def bits(array):
+    """A bfloat16 array (host or device) as its uint16 bits, any other as it is. numba-cuda
+    hands a host array to the driver through Python's buffer protocol, which cannot describe
+    ml_dtypes' bfloat16 ("cannot include dtype 'E' in a buffer"): bfloat16 crosses between
+    host and device as uint16."""
+    return array.view(np.uint16) if _checks.is_bfloat16(array.dtype) else array
+
+
 def host_copy(buffer):
     """A host (numpy) copy of a CPU or CUDA buffer."""
-    return buffer.copy() if isinstance(buffer, np.ndarray) else buffer.copy_to_host()
+    if isinstance(buffer, np.ndarray):
+        return buffer.copy()
+    return bits(buffer).copy_to_host().view(buffer.dtype)
 
 
 def copy_into(buffer, values):
-    """Write host ``values`` into a CPU or CUDA ``buffer`` of the same size."""
+    """Write ``values`` (host, or device for a CUDA ``buffer``) into a CPU or CUDA ``buffer`` of
+    the same size and, on the device, the same dtype."""
     if isinstance(buffer, np.ndarray):
         np.copyto(buffer, values)
     else:
-        buffer.copy_to_device(np.ascontiguousarray(values))
+        if not is_cuda_array(values):
+            values = np.ascontiguousarray(values)
+        bits(buffer).copy_to_device(bits(values))
 
 
 def to_device(array):
     """A CUDA copy of a host array (a device array is returned as it is)."""
     if isinstance(array, np.ndarray):
-        return cuda().to_device(array)
+        return cuda().to_device(bits(array)).view(array.dtype)
     return array
 
 

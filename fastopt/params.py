@@ -172,7 +172,7 @@ class FlatParams:
         if device == "cuda":
             data, grad = _device.to_device(self._data), _device.to_device(self._grad)
         else:
-            data, grad = self._data.copy_to_host(), self._grad.copy_to_host()
+            data, grad = _device.host_copy(self._data), _device.host_copy(self._grad)
         params = type(self).__new__(type(self))
         params._adopt(self._layout_spec, data, grad, device)
         return params
@@ -212,15 +212,20 @@ class FlatParams:
         start, stop, shape = self._slice(name)
         if self._device == "cuda" and _device.is_cuda_array(value):
             source = _device.as_numba(value)
+            if _checks.is_bfloat16(self.dtype) and source.dtype == np.dtype("V2"):  # torch's bfloat16
+                source = source.view(self.dtype)
             if tuple(source.shape) != shape:
                 raise ValueError(f"value for {name!r} must have shape {shape}, got {tuple(source.shape)}")
-            self._data[start:stop].copy_to_device(source.reshape(stop - start))
+            if source.dtype != self.dtype:
+                raise TypeError(f"value for {name!r} must have dtype {self.dtype} (a device array is copied as it "
+                                f"is, not converted), got {source.dtype}")
+            _device.copy_into(self._data[start:stop], source.reshape(stop - start))
             return
         value = np.asarray(value)
         if value.shape != shape:
             raise ValueError(f"value for {name!r} must have shape {shape}, got {value.shape}")
         if self._device == "cuda":
-            self._data[start:stop].copy_to_device(np.ascontiguousarray(value.reshape(-1), dtype=self.dtype))
+            _device.copy_into(self._data[start:stop], np.asarray(value.reshape(-1), dtype=self.dtype))
         else:
             self._data[start:stop] = value.reshape(-1)
 

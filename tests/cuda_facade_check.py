@@ -44,6 +44,27 @@ def patch_simulator():
     chunks.TENSOR_TILE = 300
     # int8 blocks: several per tensor at test sizes (the kernels' scratch holds the full 2,048)
     quantized.BLOCK = 300
+    strict_host_copies()
+
+
+def strict_host_copies():
+    """Make the simulator's copies between host and device take a host array as numba-cuda's
+    driver does, through the buffer protocol, so that a copy a GPU would refuse fails here
+    too: ml_dtypes' bfloat16 has no buffer format ("cannot include dtype 'E' in a buffer")."""
+    from numba import cuda
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    def as_driver_takes(array):
+        if isinstance(array, np.ndarray):
+            memoryview(array)
+        return array
+
+    to_device, copy_to_device, copy_to_host = cuda.to_device, FakeCUDAArray.copy_to_device, FakeCUDAArray.copy_to_host
+    cuda.to_device = lambda array, *args, **kwargs: to_device(as_driver_takes(array), *args, **kwargs)
+    FakeCUDAArray.copy_to_device = lambda self, array, *args, **kwargs: copy_to_device(
+        self, as_driver_takes(array), *args, **kwargs)
+    FakeCUDAArray.copy_to_host = lambda self, array=None, *args, **kwargs: copy_to_host(
+        self, None if array is None else as_driver_takes(array), *args, **kwargs)
 
 
 def host(array):
@@ -136,6 +157,13 @@ def check(simulator):
         a, b = host(a), host(b)
         return a.dtype == b.dtype and np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
 
+    def upload(buffer, values):
+        """Host ``values`` into a device buffer: bfloat16 through its uint16 bits, as README says."""
+        if values.dtype == bfloat16:
+            buffer.view(np.uint16).copy_to_device(values.view(np.uint16))
+        else:
+            buffer.copy_to_device(values)
+
     def encoded_pair(cls_name, options, dtype, state_dtype, seed, state_seed):
         cls = getattr(fastopt, cls_name)
         shapes = {"w": (20, 31), "b": 31, "s": 5} if simulator else {"w": (121, 131), "b": 131, "s": 5}
@@ -150,7 +178,7 @@ def check(simulator):
         for step in range(steps):
             g = rng.standard_normal(cpu.size).astype(cpu.dtype)
             cpu.grad[:] = g
-            gpu.grad.copy_to_device(g)
+            upload(gpu.grad, g)
             for optimizer in made:
                 if step == 2:
                     optimizer._step_at(optimizer.step_count + 1, skipped=frozenset({"b"}))
@@ -169,7 +197,7 @@ def check(simulator):
         moved.load_state_dict(cpu_state)
         g = rng.standard_normal(cpu.size).astype(cpu.dtype)
         cpu.grad[:] = g
-        moved.params.grad.copy_to_device(g)
+        upload(moved.params.grad, g)
         made[0].step()
         moved.step()
         expect(same_bits(moved.params.data, cpu.data), f"{label}: a CPU state dict continues on the GPU bitwise")
@@ -188,7 +216,8 @@ def check(simulator):
 
     # Zero-copy over bfloat16 device arrays; views, zero_grad and to('cpu') keep the dtype.
     host_data, host_grad = np.ones(10, bfloat16), np.full(10, 0.5, bfloat16)
-    data, grad = cuda.to_device(host_data), cuda.to_device(host_grad)
+    data = cuda.to_device(host_data.view(np.uint16)).view(bfloat16)
+    grad = cuda.to_device(host_grad.view(np.uint16)).view(bfloat16)
     params = fastopt.FlatParams.wrap(data, grad, {"w": (2, 5)})
     fastopt.SGD(params, lr=0.1).step()  # 0.95 rounds stochastically to one of its two neighbours
     fastopt.SGD(fastopt.FlatParams.wrap(host_data, host_grad, {"w": (2, 5)}), lr=0.1).step()
@@ -202,6 +231,16 @@ def check(simulator):
     # What a PyTorch bfloat16 CUDA tensor becomes through __cuda_array_interface__ ("<V2"):
     untyped = fastopt.FlatParams.wrap(data.view("V2"), grad.view("V2"), {"w": 10})
     expect(untyped.dtype == bfloat16 and same_bits(untyped.data, data), "bfloat16 buffers typed '<V2' are adopted")
+    values = fastopt.device.to_device(np.linspace(-1, 1, 10).astype(bfloat16).reshape(2, 5))
+    params["w"] = values.view("V2")
+    expect(same_bits(data.reshape(2, 5), values), "a '<V2' device value is copied into bfloat16 parameters")
+    params["w"] = np.full((2, 5), 3.0)
+    expect(raises(TypeError, "value for 'w' must have dtype bfloat16", lambda: params.__setitem__(
+        "w", cuda.to_device(np.zeros((2, 5), np.float32)))) and np.all(data.copy_to_host() == 3.0),
+        "a device value of another dtype is refused, naming it, and nothing changes")
+    made = fastopt.FlatParams.from_arrays({"w": np.linspace(0, 1, 7), "b": [0.1, 0.2]}, dtype="bfloat16", device="cuda")
+    expect(made.device == "cuda" and same_bits(made["w"].copy_to_host(), np.linspace(0, 1, 7).astype(bfloat16)),
+           "from_arrays(dtype='bfloat16', device='cuda')")
     void = cuda.to_device(np.zeros(4, "V4"))
     expect(raises(TypeError, "data.dtype must be float32, float64 or 'bfloat16'",
                   lambda: fastopt.FlatParams.wrap(void, void, {"w": 4})), "other void buffers are refused")

@@ -36,7 +36,7 @@ def gpu_available():
 
 
 def _to_device(array):
-    return _device.cuda().to_device(array)
+    return _device.to_device(array)
 
 
 class CudaFastoptStep:
