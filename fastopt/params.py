@@ -76,7 +76,8 @@ class FlatParams:
         values = {}
         for name, value in arrays.items():
             array = np.asarray(value)
-            if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+                    or _checks.is_bfloat16(array.dtype)):
                 raise TypeError(f"array {name!r} must hold real numbers, got dtype {array.dtype}")
             values[name] = array
         params = cls({name: array.shape for name, array in values.items()}, dtype=dtype)

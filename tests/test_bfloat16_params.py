@@ -215,6 +215,14 @@ def test_l2_penalty_reads_the_bfloat16_values():
     assert SGD(params, lr=0.1, weight_decay=0.5).l2_penalty() == 0.5 * 0.5 * 14.0
 
 
+def test_from_arrays_takes_bfloat16_arrays():
+    values = np.array([0.1, -2.5, 3.0], ml_dtypes.bfloat16)
+    params = FlatParams.from_arrays({"w": values, "b": [1.0]}, dtype="bfloat16")
+    np.testing.assert_array_equal(params["w"].view(np.uint16), values.view(np.uint16))
+    widened = FlatParams.from_arrays({"w": values})
+    np.testing.assert_array_equal(widened["w"], values.astype(np.float32))
+
+
 def test_bad_input_is_refused_before_anything_changes():
     params = FlatParams({"w": 10}, dtype="bfloat16")
     with pytest.raises(ValueError, match=r"state_dtype='float64'"):
