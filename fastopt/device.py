@@ -61,21 +61,18 @@ def is_cuda_array(array):
 
 
 def as_numba(array):
-    """A numba device array over the same memory as ``array`` (zero-copy)."""
-    if getattr(array, "__cuda_ndarray__", False):
-        return array
-    return cuda().as_cuda_array(array)
+    """A numba device array over the same memory as ``array`` (zero-copy). A 2-byte void
+    (typestr ``"<V2"``) is how PyTorch describes a bfloat16 tensor, the typestr of ml_dtypes'
+    bfloat16, and comes back typed so."""
+    view = array if getattr(array, "__cuda_ndarray__", False) else cuda().as_cuda_array(array)
+    return view.view(_checks.bfloat16()) if view.dtype == np.dtype("V2") else view
 
 
 def flat_device_buffer(name, array, *, any_shape=False, bfloat16_ok=False):
     """A zero-copy numba view of a CUDA array, checked as the kernels need it: C-contiguous,
-    float32 or float64 (or, ``bfloat16_ok``, bfloat16: a numba device array of ml_dtypes'
-    bfloat16, or a PyTorch bfloat16 tensor, whose ``__cuda_array_interface__`` says ``"<V2"``,
-    the typestr of ml_dtypes' bfloat16), and 1-D (or, with ``any_shape``, any shape, returned
-    flattened)."""
+    float32 or float64 (or, ``bfloat16_ok``, bfloat16: see :func:`as_numba`), and 1-D (or, with
+    ``any_shape``, any shape, returned flattened)."""
     view = as_numba(array)
-    if bfloat16_ok and view.dtype == np.dtype("V2"):
-        view = view.view(_checks.bfloat16())
     if bfloat16_ok:
         _checks.param_dtype(f"{name}.dtype", view.dtype)
     else:
@@ -101,14 +98,8 @@ def fill(buffer, value):
     (the value rounded to nearest, as numpy's assignment rounds it)."""
     from .kernels import cuda as kernels
 
-    if not buffer.size:
-        return
-    flat = buffer.reshape(buffer.size)
-    if _checks.is_bfloat16(buffer.dtype):
-        bits = np.array(value, buffer.dtype).view(np.uint16)
-        kernels.launch_fill(flat.view(np.uint16), bits[()])
-    else:
-        kernels.launch_fill(flat, buffer.dtype.type(value))
+    if buffer.size:
+        kernels.launch_fill(bits(buffer.reshape(buffer.size)), bits(np.array(value, buffer.dtype))[()])
 
 
 def bits(array):

@@ -213,8 +213,6 @@ class FlatParams:
         start, stop, shape = self._slice(name)
         if self._device == "cuda" and _device.is_cuda_array(value):
             source = _device.as_numba(value)
-            if _checks.is_bfloat16(self.dtype) and source.dtype == np.dtype("V2"):  # torch's bfloat16
-                source = source.view(self.dtype)
             if tuple(source.shape) != shape:
                 raise ValueError(f"value for {name!r} must have shape {shape}, got {tuple(source.shape)}")
             if source.dtype != self.dtype:
