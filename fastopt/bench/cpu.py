@@ -299,7 +299,8 @@ class StateDtypeStep:
     with ``state_dtype`` float32, int8 or bfloat16, torch's fused AdamW (float32 state), and,
     where installed, bitsandbytes' and torchao's 8-bit AdamW on the CPU (blocks of 256 and
     128, their defaults). ``bytes`` is what a step moves per parameter (fastopt's reads and
-    writes, as :data:`BYTES_PER_ELEMENT`); ``state_bytes`` the state a parameter keeps."""
+    writes, as :data:`BYTES_PER_ELEMENT`); ``state_bytes`` the state a parameter keeps.
+    ``device="cuda"``: fastopt's and torch's fused steps on the GPU (``fastopt.bench.gpu``)."""
 
     IMPLEMENTATIONS = ("fastopt float32", "fastopt int8", "fastopt bfloat16", "torch fused", "bitsandbytes 8-bit",
                        "torchao 8-bit")
@@ -324,7 +325,7 @@ class StateDtypeStep:
                "fastopt bf16 params f32 state": ("bfloat16", "float32"),
                "fastopt bf16 params int8 state": ("bfloat16", "int8")}
 
-    def __init__(self, implementation, n):
+    def __init__(self, implementation, n, device="cpu"):
         self.implementation = implementation
         if implementation.startswith("fastopt"):
             param_dtype, state_dtype = self.FASTOPT[implementation]
@@ -333,17 +334,22 @@ class StateDtypeStep:
                 from ..checks import bfloat16
 
                 data, grad = data.astype(bfloat16()), grad.astype(bfloat16())
+            if device == "cuda":
+                from .. import device as _device
+
+                data, grad = _device.to_device(data), _device.to_device(grad)
             self.params = fastopt.FlatParams.wrap(data, grad, {"p": n})
             self.optimizer = fastopt.AdamW(self.params, lr=1e-3, state_dtype=state_dtype)
             self.step = self.optimizer.step
             return
         import torch
 
-        p = torch.from_numpy(random_buffer(n, 10)).requires_grad_()
-        p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3))
-        if implementation in ("torch fused bf16 params", "torchao bf16 params"):
-            p = p.detach().to(torch.bfloat16).requires_grad_()
-            p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3)).to(torch.bfloat16)
+        if device == "cuda":
+            self.timer = "torch"  # fastopt.bench.gpu.event_ms times it with torch's events
+        bf16 = implementation in ("torch fused bf16 params", "torchao bf16 params")
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        p = torch.from_numpy(random_buffer(n, 10)).to(device, dtype).requires_grad_()
+        p.grad = torch.from_numpy(random_buffer(n, 11) * np.float32(1e-3)).to(device, dtype)
         self.params = [p]
         if implementation == "torchao bf16 params":
             from torchao.optim import _AdamW
@@ -509,7 +515,7 @@ REPORT_KERNELS["adafactor"] = (BYTES_PER_ELEMENT["adafactor"], {
 #: AdamW with its state or parameters in fewer bytes, on request: fastopt's int8 and bfloat16
 #: state against torch's fused AdamW (float32 state), and over bfloat16 parameters against
 #: torch's fused AdamW over bfloat16 parameters: ``{kernel: (fastopt's, torch's)}``, the
-#: implementations of :class:`StateDtypeStep` (and, on the GPU, of ``fastopt.bench.gpu``'s).
+#: implementations of :class:`StateDtypeStep` (on the CPU or, in ``fastopt.bench.gpu``, the GPU).
 STATE_DTYPE_KERNELS = {"adamw_int8": ("fastopt int8", "torch fused"),
                        "adamw_bf16": ("fastopt bfloat16", "torch fused"),
                        "adamw_bf16_params": ("fastopt bf16 params", "torch fused bf16 params")}

@@ -65,33 +65,6 @@ class CudaTorchStep:
         self.step = self.optimizer.step
 
 
-class CudaStateDtypeStep:
-    """AdamW over ``n`` parameters on the GPU with its state or parameters in fewer bytes (the
-    implementations of :class:`fastopt.bench.cpu.StateDtypeStep` that a card runs): fastopt's
-    CUDA kernels with int8 or bfloat16 state, or over bfloat16 parameters; torch's fused AdamW
-    over float32 or bfloat16 parameters on the same card."""
-
-    def __init__(self, implementation, n):
-        if implementation.startswith("fastopt"):
-            param_dtype, state_dtype = _bench.StateDtypeStep.FASTOPT[implementation]
-            data, grad = _bench.random_buffer(n, 0), _bench.random_buffer(n, 1) * np.float32(1e-3)
-            if param_dtype == "bfloat16":
-                from ..checks import bfloat16
-
-                data, grad = data.astype(bfloat16()), grad.astype(bfloat16())
-            self.params = fastopt.FlatParams.wrap(_to_device(data), _to_device(grad), {"p": n})
-            self.optimizer = fastopt.AdamW(self.params, lr=1e-3, state_dtype=state_dtype)
-        else:
-            import torch
-
-            self.timer = "torch"
-            dtype = torch.bfloat16 if implementation == "torch fused bf16 params" else torch.float32
-            p = torch.from_numpy(_bench.random_buffer(n, 10)).cuda().to(dtype).requires_grad_()
-            p.grad = (torch.from_numpy(_bench.random_buffer(n, 11) * np.float32(1e-3))).cuda().to(dtype)
-            self.optimizer = torch.optim.AdamW([p], lr=1e-3, fused=True)
-        self.step = self.optimizer.step
-
-
 class CudaCopyStep:
     """A device-to-device copy of ``n`` float32: 8 bytes per element, the bandwidth ceiling."""
 
@@ -217,7 +190,7 @@ def _case(kernel, implementation, n):
         return CudaDropoutStep(implementation, n)
     if kernel in _bench.STATE_DTYPE_KERNELS:
         mine, peer = _bench.STATE_DTYPE_KERNELS[kernel]
-        return CudaStateDtypeStep(mine if implementation == "fastopt" else peer, n)
+        return _bench.StateDtypeStep(mine if implementation == "fastopt" else peer, n, device="cuda")
     return (CudaTorchStep if implementation == "torch" else CudaFastoptStep)(kernel, n)
 
 
